@@ -1,0 +1,229 @@
+"""Typed experiment configuration: yaml file -> ``Config``, every key overridable as ``--key value``.
+
+The config is an ordinary immutable value passed to the functions that need it; nothing reads a
+global. Unknown keys, wrong types and out-of-range choices are reported as one ``UserError`` line.
+"""
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from src.errors import UserError
+
+CHOICES = {
+    "device_target": ("CPU", "GPU", "Ascend"),
+    "dataset": ("kits19", "kits21", "mots", "msd"),
+    "normalization": ("ct", "ct_clip_scale"),
+    "network": ("plain_unet", "res_unet_aspp", "dodnet"),
+    "downsample": ("conv", "maxpool"),
+    "loss": ("dice_ce", "dice_ce_hec", "dodnet"),
+    "amp_level": ("auto", "O0", "O2"),
+    "postprocess": ("none", "auto", "lcc"),
+}
+LIST_LENGTHS = {"target_spacing": 3, "patch_size": 3, "clip_window": 2, "hec_weights": 2}
+
+
+@dataclass(frozen=True)
+class Config:
+    # run
+    name: str = "kits19_nnunet"
+    device_target: str = "CPU"
+    seed: int = 12345
+    num_workers: int = 2
+    # data and experiment plan
+    dataset: str = "kits19"
+    target_spacing: Optional[List[float]] = None
+    patch_size: Optional[List[int]] = None
+    patch_budget_voxels: int = 128 * 128 * 128
+    normalization: str = "ct"
+    clip_window: List[float] = field(default_factory=lambda: [-325.0, 325.0])
+    num_folds: int = 5
+    # network
+    network: str = "plain_unet"
+    base_features: int = 32
+    max_features: int = 320
+    max_stages: Optional[int] = None
+    downsample: str = "conv"
+    deep_supervision: bool = True
+    ds_weights: Optional[List[float]] = None
+    # optimisation
+    batch_size: int = 2
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    val_iters: int = 50
+    lr: float = 0.01
+    momentum: float = 0.99
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+    poly_exponent: float = 0.9
+    oversample_foreground: float = 0.33
+    loss: str = "dice_ce"
+    hec_weights: List[float] = field(default_factory=lambda: [0.1, 0.3])
+    augment: bool = True
+    amp_level: str = "auto"
+    ema_alpha: float = 0.9
+    # inference
+    step_size: float = 0.5
+    tta_mirror: bool = True
+    sw_batch_size: int = 2
+    postprocess: str = "auto"
+
+    def replace(self, **changes) -> "Config":
+        return _validated(dataclasses.replace(self, **changes))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_types():
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _unwrap_optional(tp):
+    """Return (inner type, allows None) for ``Optional[X]``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return tp, False
+
+
+def _coerce(key, value, tp):
+    inner, optional = _unwrap_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
+        if optional:
+            return None
+        raise UserError(f"config key '{key}' must not be null")
+    if typing.get_origin(inner) in (list, List):
+        (item_type,) = typing.get_args(inner)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce_scalar(key, v, item_type) for v in value]
+    return _coerce_scalar(key, value, inner)
+
+
+def _coerce_scalar(key, value, tp):
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"config key '{key}' expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{key}' expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}' expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{key}' expects a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _validated(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    for key, length in LIST_LENGTHS.items():
+        value = getattr(cfg, key)
+        if value is not None and len(value) != length:
+            raise UserError(f"config key '{key}' needs {length} values, got {len(value)}")
+    if cfg.target_spacing is not None and min(cfg.target_spacing) <= 0:
+        raise UserError("config key 'target_spacing' must be positive")
+    if cfg.patch_size is not None and min(cfg.patch_size) < 4:
+        raise UserError("config key 'patch_size' must be at least 4 voxels per axis")
+    positive = ("batch_size", "epochs", "iters_per_epoch", "num_folds", "base_features", "max_features",
+                "sw_batch_size", "patch_budget_voxels")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise UserError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.num_workers < 0 or cfg.val_iters < 0:
+        raise UserError("config keys 'num_workers' and 'val_iters' must not be negative")
+    if not 0.0 <= cfg.oversample_foreground <= 1.0:
+        raise UserError("config key 'oversample_foreground' must lie in [0, 1]")
+    if not 0.0 < cfg.step_size <= 1.0:
+        raise UserError("config key 'step_size' must lie in (0, 1]")
+    if cfg.lr <= 0:
+        raise UserError("config key 'lr' must be positive")
+    return cfg
+
+
+def config_from_dict(values: dict) -> Config:
+    types_by_key = _field_types()
+    unknown = sorted(set(values) - set(types_by_key))
+    if unknown:
+        raise UserError(f"unknown config key(s): {', '.join(unknown)}")
+    coerced = {key: _coerce(key, value, types_by_key[key]) for key, value in values.items()}
+    return _validated(Config(**coerced))
+
+
+def load_config(path, overrides: Optional[dict] = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid yaml: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    values.update(overrides or {})
+    return config_from_dict(values)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--key value`` for every config key; unset flags stay None and leave the yaml value."""
+    group = parser.add_argument_group("config overrides (any key of the yaml file)")
+    for key, tp in _field_types().items():
+        inner, _ = _unwrap_optional(tp)
+        is_list = typing.get_origin(inner) in (list, List)
+        group.add_argument(f"--{key}", dest=f"cfg_{key}", default=None, nargs="+" if is_list else None,
+                           metavar="V", help=argparse.SUPPRESS if key == "name" else None)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    overrides = {}
+    for key in _field_types():
+        value = getattr(args, f"cfg_{key}", None)
+        if value is None:
+            continue
+        if isinstance(value, list) and len(value) == 1 and value[0].lower() in ("null", "none"):
+            value = None
+        overrides[key] = value
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, overrides_from_args(args))
+
+
+def save_config(cfg: Config, path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)

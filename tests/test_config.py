@@ -1,0 +1,77 @@
+import argparse
+from pathlib import Path
+
+import pytest
+
+from src.config import Config, add_config_arguments, config_from_args, load_config, save_config
+from src.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.name == path.stem
+
+
+def test_bdci_config_keeps_the_seed_values():
+    cfg = load_config(CONFIG_DIR / "kits19_bdci.yaml")
+    assert cfg.target_spacing == [3.22, 1.62, 1.62]
+    assert cfg.patch_size == [80, 160, 160]
+    assert cfg.ds_weights == [0.53, 0.27, 0.13, 0.07, 0.0]
+    assert cfg.momentum == 0.9 and cfg.epochs == 600 and cfg.iters_per_epoch == 50
+
+
+def test_cli_overrides_every_kind_of_key():
+    cfg = config_from_args(_args(["--config", str(CONFIG_DIR / "demo.yaml"), "--epochs", "1",
+                                  "--iters_per_epoch", "2", "--patch_size", "32", "64", "64",
+                                  "--tta_mirror", "true", "--lr", "0.5", "--device_target", "CPU"]))
+    assert cfg.epochs == 1 and cfg.iters_per_epoch == 2
+    assert cfg.patch_size == [32, 64, 64]
+    assert cfg.tta_mirror is True and cfg.lr == 0.5
+
+
+def test_null_override_clears_an_optional_list():
+    cfg = config_from_args(_args(["--config", str(CONFIG_DIR / "kits19_bdci.yaml"), "--target_spacing", "null"]))
+    assert cfg.target_spacing is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: 10\nbogus_key: 1\n", "unknown config key"),
+    ("epochs: ten\n", "expects an integer"),
+    ("device_target: TPU\n", "must be one of"),
+    ("patch_size: [32, 64]\n", "needs 3 values"),
+    ("deep_supervision: maybe\n", "true or false"),
+    ("- just\n- a list\n", "mapping"),
+    ("epochs: [1\n", "not valid yaml"),
+])
+def test_bad_configs_give_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(CONFIG_DIR / "demo.yaml").replace(epochs=3, patch_size=[16, 32, 32])
+    save_config(cfg, tmp_path / "cfg.yaml")
+    assert load_config(tmp_path / "cfg.yaml") == cfg
+
+
+def test_replace_validates():
+    with pytest.raises(UserError):
+        Config().replace(batch_size=0)
