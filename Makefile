@@ -22,7 +22,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m scripts.demo --output demo_output
+	PYTHON=$(PY) bash scripts/run_demo.sh demo_output
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole pipeline on synthetic KiTS19-format data, on CPU: synth -> preprocess -> train fold 0 ->
+# evaluate the held-out fold -> export MindIR -> predict one raw case with the MindIR -> report folder.
+# Usage: bash scripts/run_demo.sh [OUT_DIR] [extra train.py args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-demo_output}
+shift || true
+PY=${PYTHON:-.venv/bin/python}
+CFG=config/demo.yaml
+CASES=${DEMO_CASES:-20}
+export DEVICE_TARGET=CPU
+
+step() { printf '\n== %s\n' "$*"; }
+start=$(date +%s)
+rm -rf "$OUT.partial"
+mkdir -p "$OUT.partial"
+W="$OUT.partial"
+
+step "1/6 synthetic KiTS19-format data ($CASES cases)"
+$PY prepare.py synth --format kits19 --cases "$CASES" --out "$W/raw" --seed 0
+step "2/6 fingerprint, plan, preprocess"
+$PY prepare.py preprocess --raw "$W/raw" --out "$W/preprocessed" --config $CFG
+step "3/6 train fold 0"
+$PY train.py --config $CFG --data "$W/preprocessed" --fold 0 --output "$W/train" "$@"
+step "4/6 evaluate the held-out fold"
+$PY eval.py --config $CFG --ckpt "$W/train/fold_0/checkpoint_best.ckpt" --data "$W/preprocessed" --fold 0 --output "$W/eval"
+step "5/6 export MindIR"
+$PY export.py --config $CFG --ckpt "$W/train/fold_0/checkpoint_best.ckpt" --file_name "$W/demo_unet" --file_format MINDIR
+step "6/6 predict one raw case with the MindIR"
+case_dir=$(ls -d "$W"/raw/case_* | tail -n 1)
+$PY predict.py --config $CFG --mindir "$W/demo_unet.mindir" --input "$case_dir/imaging.nii.gz" --output "$W/predict"
+$PY -m scripts.make_report --work "$W" --report "$W/report" --seconds $(( $(date +%s) - start ))
+
+rm -rf "$OUT"
+mv "$W" "$OUT"
+echo "demo finished in $(( $(date +%s) - start )) s; report: $OUT/report/report.md"
