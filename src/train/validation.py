@@ -1,0 +1,81 @@
+"""Online validation as in nnU-Net: a pseudo-Dice from patches of the validation cases, and its EMA.
+
+Per foreground class, true/false positives and false negatives of the highest-resolution output's
+argmax are summed over all validation batches (and all ranks), then Dice = 2TP / (2TP + FP + FN);
+voxels labelled -1 (outside the nonzero mask) are ignored. The mean over the foreground classes is the
+pseudo-Dice; an exponential moving average of it picks the best checkpoint.
+"""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.train.distributed import ParallelInfo, all_reduce
+
+
+class ValidationStep(nn.Cell):
+    """``(data, seg_0, ...) -> (loss, tp, fp, fn)``, the counts per class (background included)."""
+
+    def __init__(self, forward_network, loss_fn, num_classes: int):
+        super().__init__(auto_prefix=False)
+        self.network = forward_network
+        self.loss_fn = loss_fn
+        self.classes = ms.Tensor(np.arange(num_classes, dtype=np.int32).reshape(1, num_classes, 1, 1, 1))
+
+    def construct(self, data, *targets):
+        outputs = self.network(data)
+        loss = self.loss_fn(outputs, targets)
+        logits = outputs[0] if isinstance(outputs, tuple) else outputs
+        target = targets[0]
+        predicted = ops.equal(ops.argmax(logits, 1, keepdims=True).astype(ms.int32), self.classes)
+        reference = ops.equal(target, self.classes)
+        valid = ops.cast(target >= 0, ms.float32)
+        predicted = ops.cast(predicted, ms.float32) * valid
+        reference = ops.cast(reference, ms.float32)
+        axes = (0, 2, 3, 4)
+        tp = ops.reduce_sum(predicted * reference, axes)
+        fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
+        fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+        return loss, tp, fp, fn
+
+
+def dice_per_class(tp, fp, fn) -> list:
+    """Dice of each class from summed counts; NaN for a class absent from both prediction and reference."""
+    scores = []
+    for t, p, n in zip(tp, fp, fn):
+        denominator = 2.0 * t + p + n
+        scores.append(float(2.0 * t / denominator) if denominator > 0 else float("nan"))
+    return scores
+
+
+def mean_ignoring_nan(values):
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def update_ema(ema, value, alpha: float):
+    """``alpha * ema + (1 - alpha) * value``; the first value starts the average, a missing one keeps it."""
+    if value is None:
+        return ema
+    if ema is None:
+        return float(value)
+    return float(alpha * ema + (1.0 - alpha) * value)
+
+
+def run_validation(step: ValidationStep, batches, num_classes: int, info: ParallelInfo = ParallelInfo()) -> dict:
+    """Evaluate ``step`` on every batch of ``batches`` (tuples of Tensors); counts are summed over ranks.
+
+    Returns ``loss`` (mean over batches, None without batches), ``dice`` (per foreground class) and
+    ``pseudo_dice`` (their mean, None when no class was seen).
+    """
+    totals = np.zeros(3 * num_classes + 2, dtype=np.float64)
+    for batch in batches:
+        loss, tp, fp, fn = step(*batch)
+        totals += np.concatenate([[float(loss.asnumpy()), 1.0], tp.asnumpy(), fp.asnumpy(), fn.asnumpy()])
+    totals = all_reduce(totals, "sum", info).astype(np.float64)
+    loss_sum, count = totals[0], totals[1]
+    tp, fp, fn = np.split(totals[2:], 3)
+    dice = dice_per_class(tp[1:], fp[1:], fn[1:])
+    return {"loss": float(loss_sum / count) if count else None, "dice": dice,
+            "pseudo_dice": mean_ignoring_nan(dice)}
