@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+
+from src.errors import UserError
+from src.infer.postprocess import (apply_postprocessing, decide_postprocessing, largest_component,
+                                   lcc_everything, load_postprocessing, resolve_postprocessing,
+                                   save_postprocessing)
+
+
+def test_largest_component_uses_face_connectivity():
+    mask = np.zeros((6, 6, 6), bool)
+    mask[0:2, 0:2, 0:2] = True        # 8 voxels
+    mask[3:6, 3:6, 3:5] = True        # 18 voxels
+    mask[2, 2, 2] = True              # touches the first block only diagonally: its own component
+    keep = largest_component(mask)
+    assert keep.sum() == 18 and keep[4, 4, 4] and not keep[0, 0, 0] and not keep[2, 2, 2]
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def two_kidneys_and_a_speck():
+    label = np.zeros((10, 20, 20), np.uint8)
+    label[2:8, 2:8, 2:8] = 1            # right kidney
+    label[3:5, 3:5, 3:5] = 2            # tumour inside it
+    label[2:7, 12:17, 12:17] = 1        # left kidney (smaller)
+    label[9, 19, 19] = 2                # isolated false-positive tumour speck
+    return label
+
+
+def test_apply_postprocessing_steps():
+    label = two_kidneys_and_a_speck()
+    assert apply_postprocessing(label, None) is label
+    fg_only = apply_postprocessing(label, {"all_foreground": True, "per_class": []})
+    assert (fg_only[2:7, 12:17, 12:17] == 0).all() and fg_only[9, 19, 19] == 0
+    assert (fg_only[2:8, 2:8, 2:8] == label[2:8, 2:8, 2:8]).all()
+    tumour_only = apply_postprocessing(label, {"all_foreground": False, "per_class": [2]})
+    assert tumour_only[9, 19, 19] == 0 and (tumour_only[2:7, 12:17, 12:17] == 1).all()
+    assert (tumour_only == 2).sum() == 8
+    assert label[9, 19, 19] == 2  # input untouched
+
+
+def test_decision_keeps_only_steps_that_help():
+    reference = two_kidneys_and_a_speck()
+    reference[9, 19, 19] = 0
+    prediction = two_kidneys_and_a_speck()   # both kidneys right, plus the false tumour speck
+    spec = decide_postprocessing([(prediction, reference)], labels=[1, 2])
+    # all-foreground LCC would delete the left kidney: rejected; tumour LCC removes the speck: kept
+    assert spec["all_foreground"] is False
+    assert spec["per_class"] == [2]
+    assert spec["dice_per_class_lcc"]["2"] == pytest.approx(1.0)
+    assert spec["dice_raw"]["2"] < 1.0
+
+
+def test_decision_accepts_foreground_lcc_when_there_is_one_organ():
+    reference = np.zeros((8, 8, 8), np.uint8)
+    reference[1:5, 1:5, 1:5] = 1
+    reference[2:3, 2:3, 2:3] = 2
+    prediction = reference.copy()
+    prediction[7, 7, 7] = 1                   # speck of kidney far away
+    spec = decide_postprocessing(iter([(prediction, reference), (reference, reference)]), labels=[1, 2])
+    assert spec["all_foreground"] is True and spec["per_class"] == [] and spec["cases"] == 2
+
+
+def test_decision_rejects_mismatched_shapes_and_empty_input():
+    with pytest.raises(UserError):
+        decide_postprocessing([(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))], [1])
+    with pytest.raises(UserError):
+        decide_postprocessing([], [1])
+
+
+def test_resolve_modes_and_files(tmp_path):
+    labels = [1, 2]
+    assert resolve_postprocessing("none", [tmp_path / "a.ckpt"], labels)[0] is None
+    assert resolve_postprocessing("lcc", [tmp_path / "a.ckpt"], labels)[0] == lcc_everything(labels)
+    spec, source = resolve_postprocessing("auto", [tmp_path / "a.ckpt"], labels)
+    assert spec is None and "no postprocessing.json" in source
+
+    folds = [tmp_path / f"fold_{i}" for i in range(2)]
+    for i, folder in enumerate(folds):
+        save_postprocessing({"all_foreground": i == 0, "per_class": [2] if i == 0 else [1, 2]},
+                            folder / "postprocessing.json")
+    ckpts = [folder / "checkpoint_best.ckpt" for folder in folds]
+    spec, _ = resolve_postprocessing("auto", ckpts, labels)
+    assert spec == {"all_foreground": False, "per_class": [2]}       # what both folds agree on
+    spec, _ = resolve_postprocessing("auto", ckpts[1:], labels)
+    assert spec["per_class"] == [1, 2]
+    save_postprocessing({"all_foreground": True, "per_class": []}, tmp_path / "postprocessing.json")
+    spec, source = resolve_postprocessing("auto", ckpts, labels)
+    assert spec["all_foreground"] is True and source == str(tmp_path / "postprocessing.json")
+
+
+def test_load_rejects_malformed_files(tmp_path):
+    path = tmp_path / "postprocessing.json"
+    path.write_text(json.dumps({"per_class": [1]}))
+    with pytest.raises(UserError, match="all_foreground"):
+        load_postprocessing(path)
+    path.write_text("{not json")
+    with pytest.raises(UserError):
+        load_postprocessing(path)
