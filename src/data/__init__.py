@@ -1,0 +1,1 @@
+"""Data: raw NIfTI I/O, fingerprint, planning, preprocessing, sampling and augmentation."""
