@@ -1,0 +1,277 @@
+"""Resampling of images, label maps and probabilities onto a new voxel grid, with nnU-Net v2's semantics.
+
+Geometry follows nnU-Net v2 (scikit-image ``resize`` with ``mode='edge'``, no anti-aliasing, output
+clipped to the input's range): output voxel ``j`` of an axis samples input coordinate
+``(j + 0.5) * n_in / n_out - 0.5``, out-of-range coordinates take the edge value, order 0 rounds half up.
+When the spacing is anisotropic the in-plane axes are resampled slice by slice and the separate axis
+with order 0, which only ever picks whole slices.
+
+Speed comes from separability rather than a different method. A grid resample is a tensor product of
+1D operators, so each axis is one matrix product (BLAS, multi-threaded) with an ``(n_out, n_in)``
+matrix. For order 3 that matrix already contains scipy's cubic B-spline prefilter (edge padding of 12
+voxels, as ``scipy.ndimage.zoom`` does for ``mode='nearest'``), so no per-voxel spline evaluation is
+needed. With order 0 along the separate axis only the slices that get picked are resampled.
+Label maps are not resampled label by label over the whole volume: a voxel whose interpolation taps
+all carry one label keeps it, and only the remaining boundary voxels are resolved by thresholding each
+label's interpolated indicator at 0.5 in ascending label order (later labels overwrite, voxels where no
+label reaches 0.5 become 0), exactly as nnU-Net v2's threshold rule.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+from scipy.ndimage import spline_filter1d
+
+ANISOTROPY_THRESHOLD = 3.0
+# scipy.ndimage.zoom pads this many edge voxels before the spline prefilter for mode='nearest'.
+_SPLINE_EDGE_PAD = 12
+_SUPPORTED_ORDERS = (0, 1, 3)
+
+
+# ---------------------------------------------------------------- planning
+
+def compute_new_shape(shape, spacing, target_spacing) -> tuple[int, int, int]:
+    """Voxel counts after resampling ``shape`` from ``spacing`` to ``target_spacing`` (Python rounding)."""
+    if not len(shape) == len(spacing) == len(target_spacing):
+        raise ValueError(f"shape {shape}, spacing {spacing} and target {target_spacing} differ in length")
+    # Same float expression as nnU-Net (spacing / target * size) so half-way cases round identically.
+    return tuple(int(round(float(s) / float(t) * int(n))) for n, s, t in zip(shape, spacing, target_spacing))
+
+
+def _single_lowres_axis(spacing) -> int | None:
+    spacing = np.asarray(spacing, dtype=np.float64)
+    axes = np.flatnonzero(spacing.max() / spacing == 1)
+    # Two or three axes sharing the largest spacing (e.g. 0.24 x 1.25 x 1.25) have no single slice axis.
+    return int(axes[0]) if len(axes) == 1 else None
+
+
+def _is_anisotropic(spacing, threshold: float) -> bool:
+    spacing = np.asarray(spacing, dtype=np.float64)
+    return bool(spacing.max() / spacing.min() > threshold)
+
+
+def needs_separate_z(spacing, target_spacing, threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
+    """The axis to resample separately with order 0, or None.
+
+    The current spacing decides first (its coarsest axis); only when it is not anisotropic does the
+    target spacing get a say. A tie for the coarsest axis means no separate axis at all.
+    """
+    for candidate in (spacing, target_spacing):
+        if _is_anisotropic(candidate, threshold):
+            return _single_lowres_axis(candidate)
+    return None
+
+
+# ---------------------------------------------------------------- 1D operators
+
+def _source_coordinates(n_in: int, n_out: int) -> np.ndarray:
+    return (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+
+
+def _nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    return np.clip(np.floor(_source_coordinates(n_in, n_out) + 0.5), 0, n_in - 1).astype(np.intp)
+
+
+def _linear_taps(n_in: int, n_out: int):
+    """(lower index, upper index, weight of the upper one) per output voxel, coordinates clamped to the edge."""
+    coords = np.clip(_source_coordinates(n_in, n_out), 0, n_in - 1)
+    lower = np.floor(coords)
+    upper = np.minimum(lower + 1, n_in - 1)
+    return lower.astype(np.intp), upper.astype(np.intp), coords - lower
+
+
+def _cubic_bspline_weights(frac: np.ndarray) -> np.ndarray:
+    """Weights of the 4 taps floor(x)-1 .. floor(x)+2 for fractional parts ``frac``, shape (n, 4)."""
+    rest = 1.0 - frac
+    return np.stack([
+        rest ** 3 / 6.0,
+        (3.0 * frac ** 3 - 6.0 * frac ** 2 + 4.0) / 6.0,
+        (3.0 * rest ** 3 - 6.0 * rest ** 2 + 4.0) / 6.0,
+        frac ** 3 / 6.0,
+    ], axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
+    """The (n_out, n_in) float32 matrix that resamples one line of ``n_in`` voxels to ``n_out``."""
+    rows = np.arange(n_out)
+    matrix = np.zeros((n_out, n_in), dtype=np.float64)
+    if order == 0:
+        matrix[rows, _nearest_indices(n_in, n_out)] = 1.0
+    elif order == 1:
+        lower, upper, upper_weight = _linear_taps(n_in, n_out)
+        np.add.at(matrix, (rows, lower), 1.0 - upper_weight)
+        np.add.at(matrix, (rows, upper), upper_weight)
+    elif order == 3:
+        # Prefiltering the edge-padded identity gives the spline coefficients of every unit input line,
+        # so evaluating the B-spline on them yields the whole linear operator in one go.
+        pad = _SPLINE_EDGE_PAD
+        padded_identity = np.pad(np.eye(n_in), ((pad, pad), (0, 0)), mode="edge")
+        coefficients = spline_filter1d(padded_identity, order=3, axis=0, mode="mirror", output=np.float64)
+        # Not clamped: beyond the edge the spline of the edge-padded line is evaluated, as scipy does.
+        coords = _source_coordinates(n_in, n_out) + pad
+        first_tap = np.floor(coords).astype(np.intp) - 1
+        weights = _cubic_bspline_weights(coords - np.floor(coords))
+        for tap in range(4):
+            matrix += weights[:, tap, None] * coefficients[first_tap + tap]
+    else:
+        raise ValueError(f"interpolation order {order} is not supported (use one of {_SUPPORTED_ORDERS})")
+    matrix = matrix.astype(np.float32)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def _apply_along_axis(volume: np.ndarray, matrix: np.ndarray, axis: int) -> np.ndarray:
+    """``matrix`` applied to every line of a C-contiguous float32 3D ``volume`` along ``axis``."""
+    d0, d1, d2 = volume.shape
+    n_out = matrix.shape[0]
+    if axis == 0:
+        return (matrix @ volume.reshape(d0, d1 * d2)).reshape(n_out, d1, d2)
+    if axis == 1:
+        return np.matmul(matrix, volume)
+    return (volume.reshape(d0 * d1, d2) @ matrix.T).reshape(d0, d1, n_out)
+
+
+def _resample_axes(volume: np.ndarray, new_shape, axes, order: int) -> np.ndarray:
+    """Resample float32 ``volume`` along ``axes`` to ``new_shape``; shrinking axes first keeps work small."""
+    changing = [a for a in axes if volume.shape[a] != new_shape[a]]
+    changing.sort(key=lambda a: new_shape[a] / volume.shape[a])
+    for axis in changing:
+        matrix = _interpolation_matrix(volume.shape[axis], int(new_shape[axis]), order)
+        volume = _apply_along_axis(np.ascontiguousarray(volume), matrix, axis)
+    return volume
+
+
+# ---------------------------------------------------------------- checks
+
+def _check_new_shape(new_shape) -> tuple[int, int, int]:
+    new_shape = tuple(int(n) for n in new_shape)
+    if len(new_shape) != 3 or min(new_shape) < 1:
+        raise ValueError(f"new_shape must be 3 positive sizes, got {new_shape}")
+    return new_shape
+
+
+def _check_axis(separate_z_axis) -> int | None:
+    if separate_z_axis is None:
+        return None
+    if int(separate_z_axis) not in (0, 1, 2):
+        raise ValueError(f"separate_z_axis must be None, 0, 1 or 2, got {separate_z_axis}")
+    return int(separate_z_axis)
+
+
+def _check_spacing(spacing) -> None:
+    values = np.asarray(spacing, dtype=np.float64)
+    if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"spacing must be 3 positive finite numbers, got {spacing}")
+
+
+# ---------------------------------------------------------------- images and probabilities
+
+def _resample_volume(volume: np.ndarray, new_shape, order: int, separate_z_axis: int | None) -> np.ndarray:
+    """One channel; output clipped to the input range, per slice when the z axis is separate (as skimage)."""
+    if separate_z_axis is None:
+        result = _resample_axes(volume.astype(np.float32, copy=False), new_shape, (0, 1, 2), order)
+        return np.clip(result, volume.min(), volume.max(), out=result)
+    picked = _nearest_indices(volume.shape[separate_z_axis], new_shape[separate_z_axis])
+    needed, position = np.unique(picked, return_inverse=True)
+    slices = np.moveaxis(np.take(volume, needed, axis=separate_z_axis), separate_z_axis, 0)
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    plane_shape = (len(needed),) + tuple(n for a, n in enumerate(new_shape) if a != separate_z_axis)
+    result = _resample_axes(slices, plane_shape, (1, 2), order)
+    low = slices.min(axis=(1, 2))[:, None, None]
+    high = slices.max(axis=(1, 2))[:, None, None]
+    np.clip(result, low, high, out=result)
+    if not np.array_equal(position, np.arange(len(position))):
+        result = result[position]
+    return np.moveaxis(result, 0, separate_z_axis)
+
+
+def _resample_channels(data, new_shape, order: int, separate_z_axis, what: str) -> np.ndarray:
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(f"{what} must be (C, d0, d1, d2), got shape {data.shape}")
+    if order not in _SUPPORTED_ORDERS:
+        raise ValueError(f"interpolation order {order} is not supported (use one of {_SUPPORTED_ORDERS})")
+    new_shape = _check_new_shape(new_shape)
+    separate_z_axis = _check_axis(separate_z_axis)
+    if data.shape[1:] == new_shape:
+        return data.astype(np.float32, copy=True)
+    out = np.empty((data.shape[0],) + new_shape, dtype=np.float32)
+    for channel in range(data.shape[0]):
+        out[channel] = _resample_volume(data[channel], new_shape, order, separate_z_axis)
+    return out
+
+
+def resample_image(data, spacing, new_shape, order: int = 3, separate_z_axis: int | None = None) -> np.ndarray:
+    """Resample a (C, d0, d1, d2) image to ``new_shape`` (spline ``order`` 0, 1 or 3; order 0 along the
+    separate axis). ``spacing`` is the current spacing, checked for sanity; the geometry is the shapes'."""
+    _check_spacing(spacing)
+    return _resample_channels(data, new_shape, order, separate_z_axis, "image")
+
+
+def resample_probabilities(probs, new_shape, separate_z_axis: int | None = None) -> np.ndarray:
+    """Resample (C, d0, d1, d2) class probabilities or logits linearly (order 0 along the separate axis);
+    linear weights sum to one, so probabilities stay a partition of unity."""
+    return _resample_channels(probs, new_shape, 1, separate_z_axis, "probabilities")
+
+
+# ---------------------------------------------------------------- label maps
+
+def _threshold_resample(labels: np.ndarray, new_shape, axes) -> np.ndarray:
+    """Per-label linear interpolation + 0.5 threshold along ``axes`` (ascending labels, default 0)."""
+    taps = {a: _linear_taps(labels.shape[a], new_shape[a]) for a in axes if labels.shape[a] != new_shape[a]}
+    lowest, highest = labels, labels
+    for axis, (lower, upper, _) in taps.items():
+        lowest = np.minimum(np.take(lowest, lower, axis=axis), np.take(lowest, upper, axis=axis))
+        highest = np.maximum(np.take(highest, lower, axis=axis), np.take(highest, upper, axis=axis))
+    out = lowest.astype(np.int8)
+    mixed = np.nonzero(lowest != highest)
+    if len(mixed[0]) == 0:
+        return out
+    # Gather every tap of each mixed voxel with the product of its per-axis weights (axis order, like
+    # scipy), then sum the taps in lexicographic order so exact ties (0.5) come out as scipy's do.
+    tap_labels, tap_weights = [], []
+    for choice in itertools.product((0, 1), repeat=len(taps)):
+        source = list(mixed)
+        weight = np.ones(len(mixed[0]), dtype=np.float64)
+        for (axis, (lower, upper, upper_weight)), take_upper in zip(taps.items(), choice):
+            out_index = mixed[axis]
+            source[axis] = (upper if take_upper else lower)[out_index]
+            weight = weight * (upper_weight[out_index] if take_upper else 1.0 - upper_weight[out_index])
+        tap_labels.append(labels[tuple(source)])
+        tap_weights.append(weight)
+    decided = np.zeros(len(mixed[0]), dtype=np.int8)
+    for label in np.unique(np.stack(tap_labels)):
+        indicator = np.zeros(len(mixed[0]), dtype=np.float64)
+        for tap_label, tap_weight in zip(tap_labels, tap_weights):
+            indicator += np.where(tap_label == label, tap_weight, 0.0)
+        decided[indicator >= 0.5] = label
+    out[mixed] = decided
+    return out
+
+
+def resample_segmentation(seg, spacing, new_shape, separate_z_axis: int | None = None) -> np.ndarray:
+    """Resample a (d0, d1, d2) integer label map (labels -1..127, -1 = ignore) to ``new_shape`` as int8.
+
+    Every label, -1 included, is an indicator resampled linearly and thresholded at 0.5 in ascending
+    label order; along the separate axis whole slices are picked (order 0).
+    """
+    seg = np.asarray(seg)
+    if seg.ndim != 3 or not np.issubdtype(seg.dtype, np.integer):
+        raise ValueError(f"segmentation must be a 3D integer array, got {seg.dtype} {seg.shape}")
+    _check_spacing(spacing)
+    new_shape = _check_new_shape(new_shape)
+    separate_z_axis = _check_axis(separate_z_axis)
+    if seg.size and (seg.min() < -1 or seg.max() > 127):
+        raise ValueError(f"labels must lie in -1..127, got {seg.min()}..{seg.max()}")
+    seg = seg.astype(np.int8, copy=False)
+    if seg.shape == new_shape:
+        return seg.copy()
+    if separate_z_axis is None:
+        return _threshold_resample(seg, new_shape, (0, 1, 2))
+    picked = _nearest_indices(seg.shape[separate_z_axis], new_shape[separate_z_axis])
+    slices = np.moveaxis(np.take(seg, picked, axis=separate_z_axis), separate_z_axis, 0)
+    plane_shape = (len(picked),) + tuple(n for a, n in enumerate(new_shape) if a != separate_z_axis)
+    return np.ascontiguousarray(np.moveaxis(_threshold_resample(slices, plane_shape, (1, 2)), 0, separate_z_axis))
