@@ -21,7 +21,9 @@ _unscale = ops.MultitypeFuncGraph("unscale")
 
 @_unscale.register("Tensor", "Tensor")
 def _unscale_tensor(scale, grad):
-    return grad * ops.cast(ops.reciprocal(scale), ops.dtype(grad))
+    # a division, not a multiplication by the reciprocal: 1/scale is subnormal for huge scales and CPUs
+    # flush it to zero
+    return grad / ops.cast(scale, ops.dtype(grad))
 
 
 _not_finite = ops.MultitypeFuncGraph("not_finite")
