@@ -1,0 +1,192 @@
+"""Per-case clinical summary of a predicted label map: volumes per side, largest tumour diameter, overlay.
+
+Side rule: the left-right array axis and its direction come from the image affine (nibabel axis
+codes; for KiTS files that is the column axis). The patient midline is the centroid, along that
+axis, of the body (voxels above -500 HU); every labelled voxel on the patient's left of it counts as
+left, the others as right. Diameter: the maximum Feret diameter (largest distance between two points)
+of the largest face-connected tumour component, measured in mm over the voxels' corner points
+(so a single voxel measures its own diagonal), spacing aware.
+"""
+import io
+from typing import Dict, Optional, Sequence, Tuple
+
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import ndimage
+from scipy.spatial import ConvexHull
+
+from src.data.io import ImageMeta, atomic_write_bytes, atomic_write_json
+
+BODY_THRESHOLD_HU = -500.0
+CT_WINDOW_HU = (-160.0, 240.0)
+TUMOUR_NAMES = ("tumor", "tumour")
+SIDE_RULE = ("left/right from the image affine's left-right axis; midline = centroid of the body "
+             f"(voxels > {BODY_THRESHOLD_HU:g} HU) along that axis; voxels on the patient's left of it count as left")
+OUTLINE_COLOURS = {"kidney": "lime", "tumor": "red", "tumour": "red", "cyst": "deepskyblue"}
+FALLBACK_COLOURS = ("orange", "magenta", "yellow", "cyan", "white")
+
+
+def lateral_axis(affine) -> Tuple[int, bool]:
+    """(array axis pointing along the patient's left-right direction, True if increasing index goes left)."""
+    codes = nib.aff2axcodes(np.asarray(affine, dtype=np.float64))
+    for axis, code in enumerate(codes):
+        if code in ("L", "R"):
+            return axis, code == "L"
+    return 2, True
+
+
+def axial_axis(affine) -> int:
+    """The array axis running head-foot (KiTS: the slice axis); axial slices are taken across it."""
+    codes = nib.aff2axcodes(np.asarray(affine, dtype=np.float64))
+    for axis, code in enumerate(codes):
+        if code in ("S", "I"):
+            return axis
+    return 0
+
+
+def midline_position(image: np.ndarray, axis: int) -> float:
+    """Centroid index of the body along ``axis``; the image centre when nothing is above the threshold."""
+    other = tuple(a for a in range(image.ndim) if a != axis)
+    profile = np.count_nonzero(image > BODY_THRESHOLD_HU, axis=other).astype(np.float64)
+    if profile.sum() == 0:
+        return (image.shape[axis] - 1) / 2.0
+    return float(np.dot(np.arange(image.shape[axis]), profile) / profile.sum())
+
+
+def side_volumes(label: np.ndarray, spacing: Sequence[float], labels: Dict[str, int], axis: int,
+                 midline: float, left_is_high: bool) -> Dict[str, Dict[str, float]]:
+    """Volume in mL of each foreground label, split left/right at ``midline`` along ``axis``."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    index = np.arange(label.shape[axis])
+    on_left = index > midline if left_is_high else index < midline
+    other = tuple(a for a in range(label.ndim) if a != axis)
+    volumes = {}
+    for name, value in sorted(labels.items(), key=lambda item: item[1]):
+        if value <= 0:
+            continue
+        profile = np.count_nonzero(label == value, axis=other)
+        left = float(profile[on_left].sum()) * voxel_ml
+        right = float(profile[~on_left].sum()) * voxel_ml
+        volumes[name] = {"left": left, "right": right, "total": left + right}
+    return volumes
+
+
+def max_feret_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Largest distance (mm) between two corner points of the voxels of ``mask``; 0 for an empty mask."""
+    if not mask.any():
+        return 0.0
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    mask = mask[box]
+    boundary = mask & ~ndimage.binary_erosion(mask)
+    centres = np.argwhere(boundary).astype(np.float64)
+    corners = np.array([[dz, dy, dx] for dz in (-0.5, 0.5) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
+    points = (centres[:, None, :] + corners[None]).reshape(-1, 3) * np.asarray(spacing, dtype=np.float64)
+    points = np.unique(points, axis=0)
+    hull_points = points[ConvexHull(points).vertices]
+    longest = 0.0
+    for start in range(0, len(hull_points), 1024):
+        chunk = hull_points[start:start + 1024]
+        squared = ((chunk[:, None, :] - hull_points[None, :, :]) ** 2).sum(axis=-1)
+        longest = max(longest, float(squared.max()))
+    return float(np.sqrt(longest))
+
+
+def largest_component_diameter(label: np.ndarray, value: int, spacing: Sequence[float]) -> Optional[float]:
+    """Feret diameter (mm) of the largest face-connected component of ``label == value``; None if absent."""
+    components, count = ndimage.label(label == value)
+    if count == 0:
+        return None
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return max_feret_diameter(components == int(np.argmax(sizes)), spacing)
+
+
+def tumour_value(labels: Dict[str, int]) -> Optional[int]:
+    for name, value in labels.items():
+        if name.lower() in TUMOUR_NAMES:
+            return int(value)
+    return None
+
+
+def overlay_slice_index(label: np.ndarray, axis: int, labels: Dict[str, int]) -> int:
+    """The axial slice with the largest tumour area; else the largest foreground area; else the middle."""
+    other = tuple(a for a in range(label.ndim) if a != axis)
+    tumour = tumour_value(labels)
+    for mask in ((label == tumour) if tumour is not None else None, label > 0):
+        if mask is None:
+            continue
+        area = np.count_nonzero(mask, axis=other)
+        if area.max() > 0:
+            return int(np.argmax(area))
+    return label.shape[axis] // 2
+
+
+def render_overlay(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], labels: Dict[str, int],
+                   axis: int, index: int, title: str) -> bytes:
+    """PNG bytes of one axial slice, CT windowed to CT_WINDOW_HU, with an outline per foreground label."""
+    ct = np.take(image, index, axis=axis)
+    seg = np.take(label, index, axis=axis)
+    in_plane = [s for a, s in enumerate(spacing) if a != axis]
+    figure = Figure(figsize=(6, 6 * ct.shape[0] * in_plane[0] / (ct.shape[1] * in_plane[1])), dpi=100)
+    FigureCanvasAgg(figure)
+    ax = figure.add_axes([0, 0, 1, 0.94])
+    ax.imshow(ct, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], aspect=in_plane[0] / in_plane[1],
+              interpolation="nearest")
+    foreground = [(name, value) for name, value in sorted(labels.items(), key=lambda item: item[1]) if value > 0]
+    for i, (name, value) in enumerate(foreground):
+        mask = seg == value
+        if mask.any():
+            colour = OUTLINE_COLOURS.get(name.lower(), FALLBACK_COLOURS[i % len(FALLBACK_COLOURS)])
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0)
+            ax.plot([], [], color=colour, label=name)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.6)
+    ax.set_axis_off()
+    figure.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def build_case_report(case_id: str, image: np.ndarray, label: np.ndarray, meta: ImageMeta,
+                      labels: Dict[str, int]) -> dict:
+    """Volumes per side (mL) per foreground label and the largest tumour diameter (mm) of one case."""
+    axis, left_is_high = lateral_axis(meta.affine)
+    midline = midline_position(image, axis)
+    tumour = tumour_value(labels)
+    diameter = largest_component_diameter(label, tumour, meta.spacing) if tumour is not None else None
+    return {
+        "case_id": case_id,
+        "image": meta.source,
+        "spacing_mm": [float(s) for s in meta.spacing],
+        "volumes_ml": side_volumes(label, meta.spacing, labels, axis, midline, left_is_high),
+        "largest_tumor_diameter_mm": diameter,
+        "side_rule": SIDE_RULE,
+        "lateral_axis": axis,
+        "midline_index": midline,
+    }
+
+
+def report_line(report: dict) -> str:
+    parts = []
+    for name, volume in report["volumes_ml"].items():
+        parts.append(f"{name} L {volume['left']:.1f} mL R {volume['right']:.1f} mL")
+    diameter = report.get("largest_tumor_diameter_mm")
+    parts.append("no tumour" if diameter is None else f"largest tumour {diameter:.1f} mm")
+    return f"{report['case_id']}: " + ", ".join(parts)
+
+
+def write_case_outputs(case_id: str, image: np.ndarray, label: np.ndarray, meta: ImageMeta,
+                       labels: Dict[str, int], report_path, overlay_path) -> dict:
+    """Write ``<case>_report.json`` and ``<case>_overlay.png`` (both atomically); returns the report."""
+    report = build_case_report(case_id, image, label, meta, labels)
+    axis = axial_axis(meta.affine)
+    index = overlay_slice_index(label, axis, labels)
+    title = f"{case_id}  slice {index}  " + ("" if report["largest_tumor_diameter_mm"] is None
+                                              else f"largest tumour {report['largest_tumor_diameter_mm']:.1f} mm")
+    atomic_write_bytes(overlay_path, render_overlay(image, label, meta.spacing, labels, axis, index, title))
+    report.update({"overlay": str(overlay_path), "overlay_axis": axis, "overlay_slice": index})
+    atomic_write_json(report_path, report)
+    return report
