@@ -29,6 +29,7 @@ def phantom(shape=(16, 20, 24), seed=0):
     image = np.zeros(shape, np.int16)
     body = tuple(slice(2, s - 2) for s in shape)
     image[body] = rng.randint(-200, 300, size=[s - 4 for s in shape])
+    image[body][image[body] == 0] = 1  # the body must be nonzero everywhere for exact crop boxes
     label = np.zeros(shape, np.uint8)
     centre = [s // 2 for s in shape]
     label[centre[0] - 3:centre[0] + 3, centre[1] - 4:centre[1] + 4, centre[2] - 4:centre[2] + 4] = 1
