@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One device. Usage: bash scripts/run_standalone_train.sh CFG DATA OUT [train.py args, e.g. --fold 1]
+# DEVICE_TARGET (Ascend|GPU|CPU) overrides the config's device_target; DEVICE_ID picks the card.
+# Without --fold, fold 0 is trained. The log goes to OUT/train_standalone.log as well as the terminal.
+set -euo pipefail
+if [ $# -lt 3 ]; then
+  echo "usage: bash $0 CFG DATA OUT [train.py args]" >&2
+  exit 2
+fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CFG=$1; DATA=$2; OUT=$3
+shift 3
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=python
+EXTRA=()
+[ -n "${DEVICE_TARGET:-}" ] && EXTRA+=(--device_target "$DEVICE_TARGET")
+case " $* " in *" --fold "*|*" --fold="*) ;; *) EXTRA+=(--fold 0) ;; esac
+mkdir -p "$OUT"
+"$PY" "$ROOT/train.py" --config "$CFG" --data "$DATA" --output "$OUT" "${EXTRA[@]}" "$@" 2>&1 \
+  | tee "$OUT/train_standalone.log"
+exit "${PIPESTATUS[0]}"
