@@ -1,0 +1,164 @@
+"""Where training patches come from: nnU-Net's patch-box rule and cheap random access to preprocessed cases.
+
+A patch box may reach beyond the volume; the part outside is padded with data 0 and seg -1 (ignored by
+the loss, reset to 0 by the augmentation). Foreground-forced boxes are centred on a random voxel of a
+random present foreground class; the others are uniform over the positions that keep the patch inside
+the volume (or centre it, with padding, when the volume is smaller than the patch).
+
+``np.load`` cannot memory-map an npz, but np.savez stores its members uncompressed, so ``load_case`` maps
+those bytes directly: a worker reads only the voxels of its patch, and nothing is unpacked or duplicated
+on disk (nnU-Net instead unpacks every case to .npy).
+"""
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.errors import UserError
+
+PAD_DATA = 0.0
+PAD_SEG = -1
+
+
+def oversample_mask(batch_size: int, fraction: float) -> np.ndarray:
+    """Which batch items must contain foreground: the last round(fraction * batch_size) (half rounds up)."""
+    forced = int(np.floor(fraction * batch_size + 0.5))
+    forced = min(max(forced, 0), batch_size)
+    mask = np.zeros(batch_size, dtype=bool)
+    mask[batch_size - forced:] = True
+    return mask
+
+
+def present_foreground_classes(fg_locations: dict) -> list:
+    return sorted(label for label, coords in fg_locations.items() if label > 0 and len(coords) > 0)
+
+
+def sample_patch_bbox(shape, patch_size, force_fg: bool, fg_locations: dict, rng: np.random.Generator) -> list:
+    """Return [(lo, hi)] per axis, hi - lo = patch_size; lo may be negative and hi may exceed shape.
+
+    ``fg_locations`` maps label -> (N, 3) voxel coordinates. Without a present foreground class a forced
+    patch falls back to a random position, as nnU-Net does.
+    """
+    shape = np.asarray(shape, dtype=np.int64)
+    patch = np.asarray(patch_size, dtype=np.int64)
+    need_to_pad = np.maximum(patch - shape, 0)
+    lower = -(need_to_pad // 2) - need_to_pad % 2
+    upper = shape + need_to_pad // 2 + need_to_pad % 2 - patch
+    classes = present_foreground_classes(fg_locations) if force_fg else []
+    if classes:
+        label = classes[rng.integers(len(classes))]
+        coords = fg_locations[label]
+        voxel = np.asarray(coords[rng.integers(len(coords))], dtype=np.int64)
+        # Clamped at the lower end only: near the upper border the patch reaches out and is padded (nnU-Net).
+        lo = np.maximum(lower, voxel - patch // 2)
+    else:
+        lo = np.array([rng.integers(lower[d], upper[d] + 1) for d in range(3)], dtype=np.int64)
+    return [(int(lo[d]), int(lo[d] + patch[d])) for d in range(3)]
+
+
+def crop_with_padding(array: np.ndarray, bbox, pad_value) -> np.ndarray:
+    """Copy ``array[..., lo:hi, lo:hi, lo:hi]`` (bbox over the last three axes), padding outside the array."""
+    spatial = array.shape[-3:]
+    out_shape = array.shape[:-3] + tuple(hi - lo for lo, hi in bbox)
+    src, dst = [], []
+    for (lo, hi), size in zip(bbox, spatial):
+        a, b = max(lo, 0), min(hi, size)
+        if a >= b:
+            return np.full(out_shape, pad_value, dtype=array.dtype)
+        src.append(slice(a, b))
+        dst.append(slice(a - lo, b - lo))
+    inside = array[(Ellipsis, *src)]
+    if inside.shape == out_shape:
+        return np.array(inside, copy=True)
+    out = np.full(out_shape, pad_value, dtype=array.dtype)
+    out[(Ellipsis, *dst)] = inside
+    return out
+
+
+def centred_bbox(bbox, shape) -> list:
+    """A box of ``shape`` with the same centre as ``bbox`` (each size difference must be even)."""
+    box = []
+    for (lo, hi), size in zip(bbox, shape):
+        grow = size - (hi - lo)
+        if grow % 2:
+            raise ValueError(f"cannot centre a box of size {size} on one of size {hi - lo}")
+        box.append((lo - grow // 2, hi + grow // 2))
+    return box
+
+
+@dataclass
+class PreprocessedCase:
+    case_id: str
+    data: np.ndarray  # (C, z, y, x) float32, memory-mapped when the npz is uncompressed
+    seg: np.ndarray  # (z, y, x) int8
+    fg_locations: dict  # label -> (N, 3) int voxel coordinates
+
+    @property
+    def shape(self):
+        return self.seg.shape
+
+
+def _stored_member_offsets(path: Path) -> dict:
+    """name -> byte offset of each uncompressed member's .npy bytes inside the zip (np.savez writes those)."""
+    offsets = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                continue
+            handle.seek(info.header_offset)
+            local_header = handle.read(30)
+            if local_header[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+            name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+            offsets[info.filename[:-4]] = info.header_offset + 30 + name_length + extra_length
+    return offsets
+
+
+def _map_members(path: Path, offsets: dict) -> dict:
+    """Arrays viewing one read-only map of the file (one file descriptor per case, no copy)."""
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    arrays = {}
+    with open(path, "rb") as handle:
+        for name, start in offsets.items():
+            handle.seek(start)
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read_header(handle)
+            if dtype.hasobject:
+                raise ValueError(f"member {name} holds Python objects")
+            arrays[name] = np.ndarray(shape, dtype=dtype, buffer=mapped, offset=handle.tell(),
+                                      order="F" if fortran_order else "C")
+    return arrays
+
+
+def _read_members(path: Path) -> dict:
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def load_case(pre_dir, case_id: str) -> PreprocessedCase:
+    """Open ``<case>.npz``; its members are memory-mapped when stored uncompressed (as np.savez writes),
+    so a patch reads only its own voxels; a compressed npz is read whole."""
+    path = Path(pre_dir) / f"{case_id}.npz"
+    if not path.is_file():
+        raise UserError(f"preprocessed case not found: {path}")
+    try:
+        offsets = _stored_member_offsets(path)
+        wanted = {"data", "seg"}
+        arrays = _map_members(path, offsets) if wanted <= set(offsets) else _read_members(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"preprocessed case {path} cannot be read: {err}") from None
+    if "data" not in arrays or "seg" not in arrays:
+        raise UserError(f"preprocessed case {path} lacks the 'data' or 'seg' array")
+    data, seg = arrays["data"], arrays["seg"]
+    fg = {int(name[3:]): arrays[name] for name in arrays if name.startswith("fg_") and name[3:].isdigit()}
+    if data.ndim != 4 or seg.ndim != 3 or data.shape[1:] != seg.shape or data.dtype != np.float32:
+        raise UserError(f"preprocessed case {path}: data {data.dtype}{data.shape} and seg {seg.shape} do not "
+                        "match (expected float32 (C,z,y,x) and (z,y,x))")
+    for label, coords in fg.items():
+        if coords.size and (coords.ndim != 2 or coords.shape[1] != 3):
+            raise UserError(f"preprocessed case {path}: fg_{label} must hold (N, 3) coordinates")
+    return PreprocessedCase(case_id, data, seg, fg)
