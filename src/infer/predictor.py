@@ -1,0 +1,242 @@
+"""Predictors: checkpoints (one or an ensemble of folds) or a MindIR file behind one numpy interface.
+
+A checkpoint carries the plan and the config it was trained with, so the network is rebuilt from the
+checkpoint alone (architecture keys from the stored config; inference keys - step size, mirroring,
+window batch, device - from the user's config). Several checkpoints are ensembled as nnU-Net ensembles
+folds: each model's sliding-window logits are turned into softmax probabilities and those averaged.
+A MindIR file needs its sidecar ``<name>.json`` (written by export.py) for the plan and batch size.
+"""
+import json
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from src.config import Config, config_from_dict
+from src.errors import UserError
+from src.infer.geometry import probabilities_to_original
+from src.infer.sliding_window import NetFn, sliding_window_logits
+
+# What must agree between models of an ensemble, and between a model and a preprocessed folder.
+PLAN_KEYS_FOR_INFERENCE = ("target_spacing", "normalization", "intensity", "patch_size", "num_classes",
+                           "num_channels", "labels")
+# Config keys that define the network's weights; everything else may come from the user's config.
+ARCHITECTURE_KEYS = ("network", "base_features", "max_features", "max_stages", "downsample")
+
+
+class FixedBatchNetFn:
+    """Calls a network that only accepts ``batch`` samples: splits larger batches and zero-fills the
+    last chunk (a MindIR exported at batch 1 is called once per window)."""
+
+    def __init__(self, net_fn: NetFn, batch: int):
+        self.net_fn = net_fn
+        self.batch = int(batch)
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        outputs = []
+        for first in range(0, windows.shape[0], self.batch):
+            chunk = windows[first:first + self.batch]
+            filled = chunk.shape[0]
+            if filled < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - filled,) + chunk.shape[1:], chunk.dtype)])
+            outputs.append(np.asarray(self.net_fn(np.ascontiguousarray(chunk)))[:filled])
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+class CellNetFn:
+    """numpy in, numpy out around a MindSpore Cell (or GraphCell) returning one logits tensor."""
+
+    def __init__(self, cell):
+        self.cell = cell
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        import mindspore as ms
+
+        output = self.cell(ms.Tensor(np.ascontiguousarray(windows, dtype=np.float32)))
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        return output.asnumpy().astype(np.float32, copy=False)
+
+
+def softmax_inplace(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 of (K, ...) float32, overwriting ``logits``; two extra volumes of memory."""
+    logits -= logits.max(axis=0)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0)
+    return logits
+
+
+class Predictor:
+    """Sliding-window prediction with one or several models sharing a plan."""
+
+    def __init__(self, net_fns: Sequence[NetFn], plan: dict, sources: Sequence[str], step_size: float = 0.5,
+                 batch_size: int = 2, mirror: bool = True, progress: bool = True):
+        if not net_fns:
+            raise ValueError("a predictor needs at least one model")
+        self.net_fns = list(net_fns)
+        self.plan = plan
+        self.sources = [str(s) for s in sources]
+        self.step_size = float(step_size)
+        self.batch_size = int(batch_size)
+        self.mirror = bool(mirror)
+        self.progress = progress
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.plan["num_classes"])
+
+    @property
+    def patch_size(self) -> List[int]:
+        return [int(p) for p in self.plan["patch_size"]]
+
+    @property
+    def labels(self) -> dict:
+        return {str(k): int(v) for k, v in self.plan["labels"].items()}
+
+    def predict_logits(self, net_fn: NetFn, data: np.ndarray, description: str = "windows") -> np.ndarray:
+        return sliding_window_logits(data, net_fn, self.patch_size, self.num_classes, step_size=self.step_size,
+                                     batch_size=self.batch_size, mirror=self.mirror, progress=self.progress,
+                                     description=description)
+
+    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        """Class probabilities (K, ...) float32 for a preprocessed volume (C, ...): the average over
+        models of the softmax of their mirrored, Gaussian-weighted sliding-window logits."""
+        expected_channels = int(self.plan.get("num_channels", 1))
+        if data.ndim != 4 or data.shape[0] != expected_channels:
+            raise UserError(f"expected preprocessed data ({expected_channels}, d0, d1, d2), got {data.shape}")
+        total = None
+        for i, net_fn in enumerate(self.net_fns):
+            description = f"model {i + 1}/{len(self.net_fns)}" if len(self.net_fns) > 1 else "windows"
+            probs = softmax_inplace(self.predict_logits(net_fn, data, description))
+            if total is None:
+                total = probs
+            else:
+                total += probs
+                del probs
+        if len(self.net_fns) > 1:
+            total /= np.float32(len(self.net_fns))
+        return total
+
+    def predict_case_to_original(self, probs: np.ndarray, case_props: dict) -> np.ndarray:
+        return probabilities_to_original(probs, case_props)
+
+
+def check_plans_agree(reference: dict, other: dict, reference_name: str, other_name: str) -> None:
+    """UserError naming the first inference-relevant plan key on which two plans differ."""
+    for key in PLAN_KEYS_FOR_INFERENCE:
+        if key in reference and key in other and _normalized(reference[key]) != _normalized(other[key]):
+            raise UserError(f"{other_name} does not match {reference_name}: plan key '{key}' is "
+                            f"{other[key]!r} vs {reference[key]!r}")
+
+
+def _normalized(value):
+    return json.loads(json.dumps(value))
+
+
+def mindir_sidecar(mindir) -> Path:
+    """``NAME.json`` next to ``NAME.mindir``: the plan, config and input shape export.py stored."""
+    return Path(mindir).with_suffix(".json")
+
+
+def read_mindir_sidecar(mindir) -> dict:
+    path = mindir_sidecar(mindir)
+    if not path.is_file():
+        raise UserError(f"{path} not found: a MindIR needs the .json export.py writes next to it "
+                        f"(plan, patch size, batch size)")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+    for key in ("plan", "batch_size", "input_shape"):
+        if key not in info:
+            raise UserError(f"{path} lacks '{key}'")
+    return info
+
+
+def inference_config(model_config: dict, user_cfg: Config) -> Config:
+    """The user's config with the model's architecture keys (so the weights fit)."""
+    stored = config_from_dict(model_config)
+    return user_cfg.replace(**{key: getattr(stored, key) for key in ARCHITECTURE_KEYS})
+
+
+def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: str):
+    """The trained network with the checkpoint's weights, deep supervision off, in eval mode, wrapped
+    for float16 on Ascend when the (resolved) amp level asks for it."""
+    from src.models import build_network
+    from src.train.checkpoint import load_network_weights
+    from src.train.train_cell import apply_amp, resolve_amp_level
+
+    if model_cfg.network == "dodnet":
+        raise UserError("DoDNet is the pretraining model (task-conditioned, 2 sigmoid outputs); transfer its "
+                        "weights with train.py --pretrained and predict with the fine-tuned network")
+    network = build_network(model_cfg, plan)
+    load_network_weights(network, ckpt_path)
+    network.set_deep_supervision(False)
+    network.set_train(False)
+    forward = apply_amp(network, resolve_amp_level(model_cfg.amp_level, device))
+    forward.set_train(False)
+    return forward
+
+
+def load_checkpoint_network(path, cfg: Config, device: str):
+    """(network ready for inference, the checkpoint's plan, the config it was built with)."""
+    from src.train.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(path)
+    if "plan" not in meta or "config" not in meta:
+        raise UserError(f"checkpoint {path} carries no plan/config; it was not written by train.py")
+    model_cfg = inference_config(meta["config"], cfg)
+    return build_inference_network(model_cfg, meta["plan"], path, device), meta["plan"], model_cfg
+
+
+def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, plan: Optional[dict] = None,
+                   progress: bool = True) -> Predictor:
+    """A Predictor over one or several checkpoints, or over a MindIR file.
+
+    ``plan`` (e.g. a preprocessed folder's plans.json) is checked against the models' plans.
+    """
+    from src.train.device import setup_device
+
+    if bool(ckpts) == (mindir is not None):
+        raise UserError("give either checkpoint(s) or a MindIR file")
+    device = setup_device(cfg.device_target, mode="graph")
+    if mindir is not None:
+        net_fns, model_plan, sources = _mindir_models(mindir)
+    else:
+        net_fns, model_plan, sources = _checkpoint_models(ckpts, cfg, device)
+    if plan is not None:
+        check_plans_agree(plan, model_plan, "the preprocessed data's plans.json", sources[0])
+    return Predictor(net_fns, model_plan, sources, step_size=cfg.step_size, batch_size=cfg.sw_batch_size,
+                     mirror=cfg.tta_mirror, progress=progress)
+
+
+def _checkpoint_models(ckpts: Sequence, cfg: Config, device: str):
+    net_fns, plans = [], []
+    for path in ckpts:
+        network, model_plan, _ = load_checkpoint_network(path, cfg, device)
+        if plans:
+            check_plans_agree(plans[0], model_plan, str(ckpts[0]), str(path))
+        net_fns.append(CellNetFn(network))
+        plans.append(model_plan)
+    return net_fns, plans[0], [str(p) for p in ckpts]
+
+
+def _mindir_models(mindir):
+    import mindspore as ms
+    from mindspore import nn
+
+    path = Path(mindir)
+    if not path.is_file():
+        raise UserError(f"MindIR file not found: {path}")
+    info = read_mindir_sidecar(path)
+    try:
+        graph = ms.load(str(path))
+    except Exception as err:  # MindSpore raises RuntimeError/ValueError for damaged files
+        raise UserError(f"cannot load MindIR {path}: {str(err).strip().splitlines()[0] if str(err).strip() else err}") \
+            from None
+    model_plan = info["plan"]
+    input_shape = [int(s) for s in info["input_shape"]]
+    if input_shape[2:] != [int(p) for p in model_plan["patch_size"]]:
+        raise UserError(f"{mindir_sidecar(path)}: input shape {input_shape} does not match the plan's patch size")
+    net_fn: Callable = FixedBatchNetFn(CellNetFn(nn.GraphCell(graph)), int(info["batch_size"]))
+    return [net_fn], model_plan, [str(path)]
