@@ -1,0 +1,185 @@
+"""Losses with nnU-Net semantics: Dice + CE, deep supervision, HEC cross-entropy, DoDNet partial labels.
+
+Dice + CE follows nnU-Net v2 (``DC_and_CE_loss`` with ``MemoryEfficientSoftDiceLoss``):
+softmax probabilities, soft Dice per sample and per foreground class (background excluded),
+``dice = (2 I + 1e-5) / max(sum_pred + sum_gt + 1e-5, 1e-8)``, averaged over samples and classes,
+and ``loss = CE - mean dice`` (the Dice term is returned as -dice, so the loss can go below 0).
+Label -1 marks ignored voxels: they are left out of the CE mean and of every Dice sum.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.errors import UserError
+
+DICE_SMOOTH = 1e-5
+DODNET_SMOOTH = 1.0
+
+
+def deep_supervision_weights(num_outputs: int, ds_weights=None) -> list:
+    """nnU-Net: 1/2^i, the lowest resolution set to 0, normalized. Given weights longer than the
+    number of outputs (the plan has fewer stages than the config was written for) are cut to the
+    highest resolutions and renormalized."""
+    if ds_weights is None:
+        weights = [1.0 / 2 ** i for i in range(num_outputs)]
+        if num_outputs > 1:
+            weights[-1] = 0.0
+    else:
+        weights = [float(w) for w in ds_weights]
+        if len(weights) < num_outputs:
+            raise UserError(f"ds_weights has {len(weights)} values but the network has {num_outputs} "
+                            f"deep-supervision outputs")
+        weights = weights[:num_outputs]
+    total = sum(weights)
+    if total <= 0 or any(w < 0 for w in weights):
+        raise UserError(f"ds_weights must be >= 0 with a positive sum, got {weights}")
+    return [w / total for w in weights]
+
+
+def downsample_targets(seg: np.ndarray, strides, deep_supervision: bool = True) -> tuple:
+    """Nearest-neighbour targets for every deep-supervision output, highest resolution first.
+
+    ``strides`` are the plan's per-stage strides (first [1, 1, 1]); output i is downsampled by the
+    product of the strides of stages 0..i, which is exactly the shape of decoder output i.
+    """
+    seg = np.asarray(seg)
+    if seg.ndim != 5:
+        raise ValueError(f"targets must be (B, C, d0, d1, d2), got shape {seg.shape}")
+    num_outputs = len(strides) - 1 if deep_supervision else 1
+    factor = np.ones(3, dtype=np.int64)
+    targets = []
+    for i in range(max(num_outputs, 1)):
+        factor = factor * np.asarray(strides[i], dtype=np.int64)
+        f0, f1, f2 = (int(f) for f in factor)
+        targets.append(np.ascontiguousarray(seg[:, :, ::f0, ::f1, ::f2], dtype=np.int32))
+    return tuple(targets)
+
+
+def spatial_axes(x) -> tuple:
+    return tuple(range(2, x.ndim))
+
+
+class DiceCELoss(nn.Cell):
+    """One resolution: CE - soft Dice, optionally + HEC binary cross-entropies.
+
+    HEC terms (KiTS21 seed): kidney_and_masses = labels >= 1 and masses = labels >= 2, each a
+    foreground-vs-rest BCE on the summed softmax probabilities (taken in log space so that it
+    stays finite), weighted by ``hec_weights`` and added.
+    """
+
+    def __init__(self, num_classes: int, hec_weights=None, smooth: float = DICE_SMOOTH):
+        super().__init__()
+        if num_classes < 2:
+            raise UserError(f"Dice + CE needs at least 2 classes, got {num_classes}")
+        self.num_classes = num_classes
+        self.smooth = smooth
+        self.class_ids = ms.Tensor(np.arange(num_classes, dtype=np.int32).reshape(1, num_classes, 1, 1, 1))
+        self.use_hec = hec_weights is not None and any(float(w) != 0 for w in hec_weights)
+        if self.use_hec and num_classes < 3:
+            raise UserError("the HEC loss needs the classes background, kidney and at least one mass class")
+        weights = [float(w) for w in hec_weights] if hec_weights is not None else [0.0, 0.0]
+        self.hec_kidney_weight = weights[0]
+        self.hec_masses_weight = weights[1]
+
+    def construct(self, logits, target):
+        log_probs = ops.log_softmax(logits, 1)
+        probs = ops.exp(log_probs)
+        onehot = (target == self.class_ids).astype(logits.dtype)
+        valid = (target >= 0).astype(logits.dtype)
+        num_valid = ops.maximum(valid.sum(), 1.0)
+        ce = -(log_probs * onehot).sum() / num_valid
+
+        axes = spatial_axes(logits)
+        intersect = (probs * onehot).sum(axes)[:, 1:]
+        sum_pred = (probs * valid).sum(axes)[:, 1:]
+        sum_gt = onehot.sum(axes)[:, 1:]
+        dice = (2.0 * intersect + self.smooth) / ops.maximum(sum_pred + sum_gt + self.smooth, 1e-8)
+        loss = ce - dice.mean()
+        if self.use_hec:
+            loss = loss + self.hec_kidney_weight * self.group_bce(log_probs, target, valid, num_valid, 1)
+            loss = loss + self.hec_masses_weight * self.group_bce(log_probs, target, valid, num_valid, 2)
+        return loss
+
+    def group_bce(self, log_probs, target, valid, num_valid, first_label):
+        """BCE of "label >= first_label" against the probability mass of those classes."""
+        log_in = ops.logsumexp(log_probs[:, first_label:], 1, True)
+        log_out = ops.logsumexp(log_probs[:, :first_label], 1, True)
+        inside = (target >= first_label).astype(log_probs.dtype)
+        return -((inside * log_in + (1.0 - inside) * log_out) * valid).sum() / num_valid
+
+
+class DeepSupervisionLoss(nn.Cell):
+    """Weighted sum of a per-resolution loss over (outputs, targets), highest resolution first.
+
+    A single tensor output (deep supervision off, DoDNet) is scored against the first target.
+    Outputs with weight 0 are not computed at all.
+    """
+
+    def __init__(self, scale_loss: nn.Cell, weights):
+        super().__init__()
+        self.scale_loss = scale_loss
+        self.weights = tuple(float(w) for w in weights)
+
+    def construct(self, outputs, targets):
+        if not isinstance(targets, (tuple, list)):
+            return self.scale_loss(outputs, targets)
+        if not isinstance(outputs, (tuple, list)):
+            return self.scale_loss(outputs, targets[0])
+        total = 0.0
+        for i in range(len(self.weights)):
+            if self.weights[i] != 0.0:
+                total = total + self.weights[i] * self.scale_loss(outputs[i], targets[i])
+        return total
+
+
+class DoDNetLoss(nn.Cell):
+    """Partial-label loss on sigmoid outputs (B, 2, ...) against targets (B, 2, ...) in {0, 1, -1}.
+
+    Per sample and channel: Dice loss 1 - 2 sum(p t) / (sum p + sum t + 1), averaged over the
+    (sample, channel) pairs that have any labelled voxel; plus BCE averaged over labelled voxels.
+    A channel whose task does not annotate it is all -1 and contributes nothing.
+    """
+
+    def __init__(self, smooth: float = DODNET_SMOOTH):
+        super().__init__()
+        self.smooth = smooth
+
+    def construct(self, logits, target):
+        valid = (target >= 0).astype(logits.dtype)
+        truth = (target > 0).astype(logits.dtype)
+        probs = ops.sigmoid(logits)
+        axes = spatial_axes(logits)
+        intersect = (probs * truth).sum(axes)
+        sum_pred = (probs * valid).sum(axes)
+        sum_gt = truth.sum(axes)
+        dice_loss = 1.0 - 2.0 * intersect / (sum_pred + sum_gt + self.smooth)
+        labelled = (valid.sum(axes) > 0).astype(logits.dtype)
+        dice_term = (dice_loss * labelled).sum() / ops.maximum(labelled.sum(), 1.0)
+        # BCE with logits, the overflow-free form: max(x, 0) - x t + log(1 + exp(-|x|))
+        bce = ops.relu(logits) - logits * truth + ops.log1p(ops.exp(-ops.abs(logits)))
+        bce_term = (bce * valid).sum() / ops.maximum(valid.sum(), 1.0)
+        return dice_term + bce_term
+
+
+def num_deep_supervision_outputs(cfg, plan: dict) -> int:
+    if cfg.network == "dodnet" or not cfg.deep_supervision:
+        return 1
+    return len(plan["strides"]) - 1
+
+
+def build_loss(cfg, plan: dict) -> nn.Cell:
+    """The loss named by ``cfg.loss``, wrapped for deep supervision; called as loss(outputs, targets)."""
+    if cfg.loss == "dodnet":
+        if cfg.network != "dodnet":
+            raise UserError(f"loss 'dodnet' needs network 'dodnet', not {cfg.network!r}")
+        return DeepSupervisionLoss(DoDNetLoss(), [1.0])
+    if cfg.network == "dodnet":
+        raise UserError(f"network 'dodnet' is trained with loss 'dodnet', not {cfg.loss!r}")
+    if cfg.loss == "dice_ce":
+        scale_loss = DiceCELoss(int(plan["num_classes"]))
+    elif cfg.loss == "dice_ce_hec":
+        scale_loss = DiceCELoss(int(plan["num_classes"]), hec_weights=list(cfg.hec_weights))
+    else:
+        raise UserError(f"unknown loss {cfg.loss!r}; expected dice_ce, dice_ce_hec or dodnet")
+    weights = deep_supervision_weights(num_deep_supervision_outputs(cfg, plan), cfg.ds_weights)
+    return DeepSupervisionLoss(scale_loss, weights)

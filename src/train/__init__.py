@@ -1,0 +1,1 @@
+"""Training: device setup, train-step cells, schedules, checkpoints, the fold trainer."""
