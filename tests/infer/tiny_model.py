@@ -1,6 +1,7 @@
 """A tiny trained-looking model for inference tests: a 2-stage U-Net (features 4-8) saved as a training
 checkpoint with its plan and config, and a fixture that restores MindSpore's execution mode."""
 import copy
+from pathlib import Path
 
 import mindspore as ms
 import pytest
@@ -43,6 +44,7 @@ def write_tiny_checkpoint(path, seed: int = 0, plan: dict = None, cfg: Config = 
     """A training checkpoint (network weights + plan + config) of a randomly initialised tiny U-Net."""
     plan = plan or tiny_plan()
     cfg = cfg or tiny_config()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     ms.set_seed(seed)
     network = build_network(cfg, plan)
     save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan, "epoch": 1})
