@@ -21,7 +21,7 @@ from src.data.io import ImageMeta, load_label
 from src.errors import UserError
 from src.metrics.kits import KITS19_KEYS, KITS21_COLUMNS, KITS21_HECS, case_scores
 
-PREDICTION_SUFFIX = ".nii.gz"
+LABEL_SUFFIX = ".nii.gz"
 # Inside a KiTS case folder the majority-vote reference of KiTS21 wins over a plain segmentation.
 KITS_REFERENCE_NAMES = ("aggregated_MAJ_seg.nii.gz", "segmentation.nii.gz")
 METRIC_LABELS = {"kits19": (0, 1, 2), "kits21": (0, 1, 2, 3)}
@@ -146,22 +146,30 @@ def score_case(case_id: str, pred_path, ref_path, metric: str) -> dict:
     return {"caseID": case_id, **case_scores(pred, ref, spacing)}
 
 
-def find_references(ref_dir) -> dict[str, Path]:
-    """Case id -> reference file, from KiTS case folders and/or a flat folder of ``<case>.nii.gz``."""
-    ref_dir = Path(ref_dir)
-    if not ref_dir.is_dir():
-        raise UserError(f"reference folder not found: {ref_dir}")
+def _references_in(folder: Path) -> dict[str, Path]:
     references = {}
-    for entry in sorted(ref_dir.iterdir()):
+    for entry in sorted(folder.iterdir()):
         if entry.is_dir():
             found = next((entry / name for name in KITS_REFERENCE_NAMES if (entry / name).is_file()), None)
             if found is not None:
                 references[entry.name] = found
-        elif entry.name.endswith(PREDICTION_SUFFIX) and not entry.name.startswith("."):
-            references.setdefault(entry.name[: -len(PREDICTION_SUFFIX)], entry)
+        elif entry.name.endswith(LABEL_SUFFIX) and not entry.name.startswith("."):
+            references.setdefault(entry.name[: -len(LABEL_SUFFIX)], entry)
+    return references
+
+
+def find_references(ref_dir) -> dict[str, Path]:
+    """Case id -> reference file, from KiTS case folders and/or a flat folder of ``<case>.nii.gz``
+    (in ``REF_DIR`` itself or, for a clone of the KiTS repository, in ``REF_DIR/data``)."""
+    ref_dir = Path(ref_dir)
+    if not ref_dir.is_dir():
+        raise UserError(f"reference folder not found: {ref_dir}")
+    references = _references_in(ref_dir)
+    if not references and (ref_dir / "data").is_dir():
+        references = _references_in(ref_dir / "data")
     if not references:
         raise UserError(f"no references in {ref_dir}: expected <case>/{KITS_REFERENCE_NAMES[0]}, "
-                        f"<case>/{KITS_REFERENCE_NAMES[1]} or <case>{PREDICTION_SUFFIX}")
+                        f"<case>/{KITS_REFERENCE_NAMES[1]} or <case>{LABEL_SUFFIX}")
     return references
 
 
@@ -173,11 +181,11 @@ def score_folders(pred_dir, ref_dir, metric: str, workers: int = 2) -> list[dict
     if not pred_dir.is_dir():
         raise UserError(f"prediction folder not found: {pred_dir}")
     references = find_references(ref_dir)
-    pairs = [(case_id, pred_dir / f"{case_id}{PREDICTION_SUFFIX}", ref) for case_id, ref in references.items()]
+    pairs = [(case_id, pred_dir / f"{case_id}{LABEL_SUFFIX}", ref) for case_id, ref in references.items()]
     missing = [case_id for case_id, pred, _ in pairs if not pred.is_file()]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UserError(f"no prediction in {pred_dir} for case {shown} (expected <case>{PREDICTION_SUFFIX})")
+        raise UserError(f"no prediction in {pred_dir} for case {shown} (expected <case>{LABEL_SUFFIX})")
     if workers <= 1 or len(pairs) == 1:
         return [score_case(case_id, pred, ref, metric) for case_id, pred, ref in pairs]
     # Spawned, not forked: the caller may hold MindSpore threads, which forking would copy mid-state.

@@ -87,6 +87,12 @@ def test_find_references_prefers_majority_vote(kits_folders):
     assert references["case_00001"].name == "segmentation.nii.gz"
 
 
+def test_find_references_in_a_kits_repository_clone(tmp_path):
+    _save(_labels(0), tmp_path / "kits21" / "data" / "case_00007" / "aggregated_MAJ_seg.nii.gz")
+    references = find_references(tmp_path / "kits21")
+    assert list(references) == ["case_00007"]
+
+
 def test_missing_prediction_names_the_case(kits_folders):
     pred_dir, ref_dir, _ = kits_folders
     (pred_dir / "case_00001.nii.gz").unlink()
