@@ -18,6 +18,7 @@ BORDER_SEG = -1
 # Extra input voxels around what a rotated/scaled patch touches: 2 for the cubic spline support, 4 so the
 # spline prefilter's edge effect (decaying as 0.268^n) has died out where the patch reads.
 SPATIAL_MARGIN = 6
+SPLINE_PAD = 12
 
 
 def _draw_factor(rng, low, high):
@@ -105,13 +106,20 @@ class SpatialTransform:
         offset = (in_shape - 1) / 2.0 - matrix @ ((patch - 1) / 2.0)
         out_data = np.empty((data.shape[0], *self.patch_size), dtype=np.float32)
         for c in range(data.shape[0]):
-            channel = np.asarray(data[c], dtype=np.float32)
-            if self.data_order > 1:
-                channel = ndimage.spline_filter(channel, self.data_order, output=np.float32, mode="mirror")
-            ndimage.affine_transform(channel, matrix, offset, output_shape=self.patch_size, output=out_data[c],
-                                     order=self.data_order, mode="constant", cval=BORDER_DATA, prefilter=False)
+            _interpolate_channel(np.asarray(data[c], dtype=np.float32), matrix, offset, self.data_order, out_data[c])
         reaches_border = _maps_outside(matrix, offset, patch, in_shape)
         return out_data, _transform_labels(seg, matrix, offset, self.patch_size, self.seg_order, reaches_border)
+
+
+def _interpolate_channel(channel, matrix, offset, order, out):
+    """Spline interpolation with zeros beyond the region. The region is zero-padded before the spline
+    prefilter (as scipy does for mode 'grid-constant'), so values at grid points come back exactly."""
+    if order > 1:
+        pad = SPLINE_PAD
+        channel = ndimage.spline_filter(np.pad(channel, pad), order, output=np.float32, mode="mirror")
+        offset = offset + pad
+    ndimage.affine_transform(channel, matrix, offset, output_shape=out.shape, output=out, order=order,
+                             mode="grid-constant", cval=BORDER_DATA, prefilter=False)
 
 
 def _maps_outside(matrix, offset, patch, in_shape) -> bool:
@@ -123,7 +131,7 @@ def _maps_outside(matrix, offset, patch, in_shape) -> bool:
 def _transform_labels(seg, matrix, offset, out_shape, order, reaches_border):
     seg = np.asarray(seg)
     if order == 0:
-        return ndimage.affine_transform(seg, matrix, offset, output_shape=out_shape, order=0, mode="constant",
+        return ndimage.affine_transform(seg, matrix, offset, output_shape=out_shape, order=0, mode="grid-constant",
                                         cval=BORDER_SEG)
     out = np.zeros(out_shape, dtype=seg.dtype)
     lowest = min(int(seg.min()), BORDER_SEG) if reaches_border else int(seg.min())
@@ -134,7 +142,7 @@ def _transform_labels(seg, matrix, offset, out_shape, order, reaches_border):
         if not mask.any() and not (reaches_border and outside):
             continue
         ndimage.affine_transform(mask.view(np.uint8), matrix, offset, output_shape=out_shape, output=weights,
-                                 order=order, mode="constant", cval=outside)
+                                 order=order, mode="grid-constant", cval=outside)
         out[weights >= 0.5] = label
     return out
 

@@ -125,9 +125,10 @@ def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: 
 
     workers = max(int(num_workers), 1)
     shards = {"num_shards": world, "shard_id": rank} if world > 1 else {}
+    # max_rowsize is left at its 2.10 default (None: shared memory sized to each batch); -1 means the
+    # same but is deprecated and warns.
     return msds.GeneratorDataset(source, column_names=source.column_names, shuffle=False,
-                                 num_parallel_workers=workers, python_multiprocessing=workers > 1,
-                                 max_rowsize=-1, **shards)
+                                 num_parallel_workers=workers, python_multiprocessing=workers > 1, **shards)
 
 
 def build_train_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
