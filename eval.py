@@ -1,0 +1,83 @@
+"""Evaluate: a model on a fold's validation cases, or existing predictions against references.
+
+    python eval.py --config CFG (--ckpt CKPT [CKPT ...] | --mindir FILE) --data PRE --fold F --output EV [--ref REF_DIR]
+    python eval.py --pred PRED_DIR --ref REF_DIR --metric kits19|kits21 --out FILE.csv
+
+With a model: sliding-window inference on the fold's validation cases (splits.json), back to the
+original geometry, postprocessing per the config (none | lcc | auto), scored against the raw labels
+(found through each case's raw image path, or in --ref); writes EV/predictions/<case>.nii.gz,
+EV/metrics.csv, EV/summary.json, EV/eval_info.json (and EV/postprocessing.json when auto decides).
+Several --ckpt (e.g. the five folds) are ensembled by averaging their softmax outputs.
+"""
+import argparse
+
+import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
+from src.config import add_config_arguments, config_from_args
+from src.errors import UserError, exit_on_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="yaml config (model mode)")
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument("--ckpt", nargs="+", metavar="CKPT", help="training checkpoint(s); several are ensembled")
+    models.add_argument("--mindir", metavar="FILE", help="MindIR exported by export.py (with its .json)")
+    parser.add_argument("--data", help="preprocessed folder (plans.json, splits.json, cases)")
+    parser.add_argument("--fold", help="fold whose validation cases are evaluated")
+    parser.add_argument("--output", help="evaluation folder")
+    parser.add_argument("--pred", help="folder of <case>.nii.gz predictions (scoring mode)")
+    parser.add_argument("--ref", help="references: KiTS case folders or flat <case>.nii.gz (scoring mode; "
+                                      "optional in model mode)")
+    parser.add_argument("--metric", choices=("kits19", "kits21"), help="label set of the references (scoring mode)")
+    parser.add_argument("--out", help="metrics CSV to write (scoring mode); <name>_summary.json goes next to it")
+    add_config_arguments(parser)
+    return parser
+
+
+def score_existing(args) -> None:
+    from pathlib import Path
+
+    from src.metrics.report import score_folders, write_metrics_csv, write_summary_json
+
+    missing = [flag for flag, value in (("--ref", args.ref), ("--metric", args.metric), ("--out", args.out))
+               if value is None]
+    if missing:
+        raise UserError(f"scoring mode (--pred) also needs {', '.join(missing)}")
+    rows = score_folders(args.pred, args.ref, args.metric)
+    out = Path(args.out)
+    write_metrics_csv(rows, out)
+    summary = write_summary_json(rows, out.with_name(out.stem + "_summary.json"))
+    print(f"scored {summary['cases']} cases: wrote {out}; kits21 mean Dice {summary['kits21_mean_dice']:.4f}, "
+          f"kits19 composite {summary['kits19_composite']:.4f}")
+
+
+def evaluate_model(args) -> None:
+    missing = [flag for flag, value in (("--config", args.config), ("--data", args.data), ("--fold", args.fold),
+                                        ("--output", args.output)) if value is None]
+    if missing or not (args.ckpt or args.mindir):
+        missing += [] if (args.ckpt or args.mindir) else ["--ckpt or --mindir"]
+        raise UserError(f"model evaluation needs {', '.join(missing)}")
+    cfg = config_from_args(args)
+    from src.infer.evaluate import evaluate_fold
+
+    summary = evaluate_fold(cfg, args.data, args.fold, args.output, ckpts=args.ckpt, mindir=args.mindir,
+                            ref_dir=args.ref)
+    print(f"fold {args.fold}: {summary['cases']} cases, kits19 kidney {summary['kits19_kidney_dice']:.4f} "
+          f"tumor {summary['kits19_tumor_dice']:.4f} composite {summary['kits19_composite']:.4f}; "
+          f"kits21 mean Dice {summary['kits21_mean_dice']:.4f} mean SD {summary['kits21_mean_sd']:.4f}; "
+          f"wrote {args.output}/summary.json")
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.pred is not None:
+        if args.ckpt or args.mindir:
+            raise UserError("--pred scores existing predictions; it cannot be combined with --ckpt/--mindir")
+        score_existing(args)
+    else:
+        evaluate_model(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Evaluate a fold end to end: preprocessed validation cases -> probabilities -> original geometry ->
+postprocessing -> ``predictions/<case>.nii.gz`` -> KiTS scores (``metrics.csv``, ``summary.json``).
+
+``evaluate_cases`` takes the probabilities from a callable so eval.py (a live predictor) and the
+Ascend 310 postprocess.py (stitched offline results) share everything after the network.
+Postprocessing with ``auto`` and no stored decision: the decision is made on these cases (as
+nnU-Net decides on its cross-validation predictions), stored as ``postprocessing.json`` in the
+output folder and next to a single model, applied, and the post-processed predictions are scored.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from src.data.io import ImageMeta, atomic_write_json, find_cases, load_label
+from src.errors import UserError
+from src.infer.geometry import probabilities_to_original, save_prediction
+from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, decide_postprocessing, label_values,
+                                   resolve_postprocessing, save_postprocessing, spec_summary)
+from src.metrics.kits import case_scores
+from src.metrics.report import find_references, write_metrics_csv, write_summary_json
+
+ProbabilityFn = Callable[[str, np.ndarray, dict], np.ndarray]
+
+
+def read_json(path, what: str):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{what} {path} is not valid JSON: {err}") from None
+
+
+def read_plan(pre_dir) -> dict:
+    return read_json(Path(pre_dir) / "plans.json", "plans.json of the preprocessed folder")
+
+
+def fold_validation_cases(pre_dir, fold) -> List[str]:
+    """The validation case ids of ``fold`` from ``PRE/splits.json``."""
+    splits = read_json(Path(pre_dir) / "splits.json", "splits.json of the preprocessed folder")
+    try:
+        fold = int(fold)
+    except (TypeError, ValueError):
+        raise UserError(f"--fold must be a fold number, got {fold!r}") from None
+    if not 0 <= fold < len(splits):
+        raise UserError(f"--fold {fold} is out of range: {Path(pre_dir) / 'splits.json'} has {len(splits)} folds")
+    cases = list(splits[fold].get("val", []))
+    if not cases:
+        raise UserError(f"fold {fold} has no validation cases in {Path(pre_dir) / 'splits.json'}")
+    return cases
+
+
+def load_case_properties(pre_dir, case_id: str) -> dict:
+    return read_json(Path(pre_dir) / f"{case_id}.json", f"case file of {case_id}")
+
+
+def load_case_data(pre_dir, case_id: str) -> np.ndarray:
+    path = Path(pre_dir) / f"{case_id}.npz"
+    if not path.is_file():
+        raise UserError(f"preprocessed case not found: {path}")
+    try:
+        with np.load(path) as arrays:
+            return arrays["data"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot read preprocessed case {path}: {err}") from None
+
+
+def reference_label_paths(case_props: Dict[str, dict], ref_dir=None) -> Dict[str, Path]:
+    """Case id -> raw reference label. From ``ref_dir`` (KiTS case folders or flat ``<case>.nii.gz``)
+    when given; otherwise the dataset the case's raw image came from (``image_meta.source``)."""
+    if ref_dir is not None:
+        found = find_references(ref_dir)
+        missing = [c for c in case_props if c not in found]
+        if missing:
+            raise UserError(f"no reference for case(s) {', '.join(missing[:5])} in {ref_dir}")
+        return {c: found[c] for c in case_props}
+    by_root: Dict[Path, dict] = {}
+    paths = {}
+    for case_id, props in case_props.items():
+        stored = props.get("label_source")
+        if stored:
+            paths[case_id] = Path(stored)
+            continue
+        root = Path(props["image_meta"]["source"]).parent.parent
+        if root not in by_root:
+            try:
+                by_root[root] = {c.case_id: c.label for c in find_cases(root)}
+            except UserError as err:
+                raise UserError(f"case {case_id}: cannot locate its reference label via the raw dataset {root} "
+                                f"({err}); pass --ref REF_DIR") from None
+        label = by_root[root].get(case_id)
+        if label is None:
+            raise UserError(f"case {case_id}: no reference label in the raw dataset {root}; pass --ref REF_DIR")
+        paths[case_id] = Path(label)
+    return paths
+
+
+def _score(case_id: str, label: np.ndarray, ref_path: Path, meta: ImageMeta) -> dict:
+    reference = load_label(ref_path, like=meta)
+    return {"caseID": case_id, **case_scores(label, reference, meta.spacing)}
+
+
+def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityFn, out_dir, postprocess: str,
+                   model_paths: Sequence, labels: Dict[str, int], ref_dir=None, progress: bool = True,
+                   info: Optional[dict] = None) -> dict:
+    """Predict, restore, postprocess, write and score ``case_ids``; returns the summary."""
+    out_dir = Path(out_dir)
+    pred_dir = out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    foreground = label_values(labels)
+    props = {case_id: load_case_properties(pre_dir, case_id) for case_id in case_ids}
+    references = reference_label_paths(props, ref_dir)
+    spec, spec_source = resolve_postprocessing(postprocess, model_paths, foreground)
+    decide_here = postprocess == "auto" and spec is None
+    metas = {case_id: ImageMeta.from_json(props[case_id]["image_meta"]) for case_id in case_ids}
+    rows = []
+    started = time.time()
+    for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
+        data = load_case_data(pre_dir, case_id)
+        probs = probabilities(case_id, data, props[case_id])
+        del data
+        label = probabilities_to_original(probs, props[case_id])
+        del probs
+        if not decide_here:
+            label = apply_postprocessing(label, spec)
+            rows.append(_score(case_id, label, references[case_id], metas[case_id]))
+        save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
+    if decide_here:
+        spec = decide_postprocessing(
+            ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]))
+             for c in case_ids), foreground)
+        spec_source = f"decided on these {len(case_ids)} cases"
+        save_postprocessing(spec, out_dir / POSTPROCESSING_FILE)
+        model_folders = {Path(p).resolve().parent for p in model_paths}
+        if len(model_folders) == 1:
+            save_postprocessing(spec, next(iter(model_folders)) / POSTPROCESSING_FILE)
+        for case_id in case_ids:
+            raw = load_label(pred_dir / f"{case_id}.nii.gz", like=metas[case_id])
+            label = apply_postprocessing(raw, spec)
+            if label is not raw:
+                save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
+            rows.append(_score(case_id, label, references[case_id], metas[case_id]))
+    write_metrics_csv(rows, out_dir / "metrics.csv")
+    summary = write_summary_json(rows, out_dir / "summary.json")
+    atomic_write_json(out_dir / "eval_info.json", {
+        **(info or {}),
+        "cases": list(case_ids),
+        "postprocessing": spec_summary(spec),
+        "postprocessing_spec": spec,
+        "postprocessing_source": spec_source,
+        "seconds": round(time.time() - started, 1),
+    })
+    return summary
+
+
+def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=None, progress: bool = True) -> dict:
+    """eval.py with a model: the fold's validation cases through ``load_predictor``."""
+    from src.infer.predictor import load_predictor
+
+    plan = read_plan(pre_dir)
+    case_ids = fold_validation_cases(pre_dir, fold)
+    predictor = load_predictor(cfg, ckpts=ckpts, mindir=mindir, plan=plan, progress=progress)
+    model_paths = list(ckpts) if ckpts else [mindir]
+
+    def probabilities(case_id, data, props):
+        return predictor.predict_preprocessed(data)
+
+    info = {"fold": int(fold), "models": [str(p) for p in model_paths], "tta_mirror": cfg.tta_mirror,
+            "step_size": cfg.step_size}
+    return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, model_paths,
+                          predictor.labels, ref_dir=ref_dir, progress=progress, info=info)
