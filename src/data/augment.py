@@ -15,9 +15,10 @@ from src.data.sampler import crop_with_padding
 ANISOTROPY_THRESHOLD = 3.0
 BORDER_DATA = 0.0
 BORDER_SEG = -1
-# Extra input voxels around what a rotated/scaled patch touches: 2 for the cubic spline support, 4 so the
-# spline prefilter's edge effect (decaying as 0.268^n) has died out where the patch reads.
-SPATIAL_MARGIN = 6
+# Extra input voxels around what a rotated/scaled patch touches: 2 for the cubic spline support, 2 more so
+# the spline prefilter's edge effect (decaying as 0.268^n) is small where the patch reads.
+SPATIAL_MARGIN = 4
+# Zero padding before the prefilter when the patch reads near the region's edge (standalone use).
 SPLINE_PAD = 12
 
 
@@ -105,27 +106,31 @@ class SpatialTransform:
             return data[(slice(None), *box)], seg[box]
         offset = (in_shape - 1) / 2.0 - matrix @ ((patch - 1) / 2.0)
         out_data = np.empty((data.shape[0], *self.patch_size), dtype=np.float32)
+        clearance = _clearance(matrix, offset, patch, in_shape)
         for c in range(data.shape[0]):
-            _interpolate_channel(np.asarray(data[c], dtype=np.float32), matrix, offset, self.data_order, out_data[c])
-        reaches_border = _maps_outside(matrix, offset, patch, in_shape)
-        return out_data, _transform_labels(seg, matrix, offset, self.patch_size, self.seg_order, reaches_border)
+            _interpolate_channel(np.asarray(data[c], dtype=np.float32), matrix, offset, self.data_order,
+                                 clearance < SPATIAL_MARGIN - 0.5, out_data[c])
+        return out_data, _transform_labels(seg, matrix, offset, self.patch_size, self.seg_order, clearance < 0)
 
 
-def _interpolate_channel(channel, matrix, offset, order, out):
-    """Spline interpolation with zeros beyond the region. The region is zero-padded before the spline
-    prefilter (as scipy does for mode 'grid-constant'), so values at grid points come back exactly."""
+def _interpolate_channel(channel, matrix, offset, order, near_edge, out):
+    """Spline interpolation with zeros beyond the region. Near the region's edge the region is zero-padded
+    before the spline prefilter (as scipy does for mode 'grid-constant'), so grid values come back exactly;
+    a region cut with SPATIAL_MARGIN to spare skips that copy."""
     if order > 1:
-        pad = SPLINE_PAD
-        channel = ndimage.spline_filter(np.pad(channel, pad), order, output=np.float32, mode="mirror")
-        offset = offset + pad
+        if near_edge:
+            channel = np.pad(channel, SPLINE_PAD)
+            offset = offset + SPLINE_PAD
+        channel = ndimage.spline_filter(channel, order, output=np.float32, mode="mirror")
     ndimage.affine_transform(channel, matrix, offset, output_shape=out.shape, output=out, order=order,
                              mode="grid-constant", cval=BORDER_DATA, prefilter=False)
 
 
-def _maps_outside(matrix, offset, patch, in_shape) -> bool:
+def _clearance(matrix, offset, patch, in_shape) -> float:
+    """Smallest distance (voxels) from the input points the patch reads to the region's edge; < 0 outside."""
     corners = np.array(np.meshgrid(*[(0, p - 1) for p in patch], indexing="ij")).reshape(3, -1)
     mapped = matrix @ corners + offset[:, None]
-    return bool(np.any(mapped < 0) or np.any(mapped > (in_shape - 1)[:, None]))
+    return float(min(mapped.min(), ((in_shape - 1)[:, None] - mapped).min()))
 
 
 def _transform_labels(seg, matrix, offset, out_shape, order, reaches_border):
@@ -136,7 +141,8 @@ def _transform_labels(seg, matrix, offset, out_shape, order, reaches_border):
     out = np.zeros(out_shape, dtype=seg.dtype)
     lowest = min(int(seg.min()), BORDER_SEG) if reaches_border else int(seg.min())
     weights = np.empty(out_shape, dtype=np.float32)
-    for label in range(lowest, int(seg.max()) + 1):
+    # Background first would only write 0 onto the zeros, so it is skipped when nothing lies below it.
+    for label in range(1 if lowest == 0 else lowest, int(seg.max()) + 1):
         mask = seg == label
         outside = 1.0 if label == BORDER_SEG else 0.0
         if not mask.any() and not (reaches_border and outside):

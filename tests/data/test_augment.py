@@ -96,6 +96,27 @@ def test_border_is_filled_with_data_zero_and_seg_minus_one():
     assert out_seg[8, 8, 8] == 1 and abs(out[0, 8, 8, 8] - 1) < 1e-4
 
 
+@pytest.mark.parametrize("with_ignore", [False, True])
+def test_labels_follow_nnunet_rule_each_label_mask_linear_then_threshold(with_ignore):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    seg = ndimage.zoom(rng.integers(0, 3, size=(5, 6, 6)), 4, order=0).astype(np.int8)
+    if with_ignore:
+        seg[:3] = -1
+    spatial = SpatialTransform((16, 16, 16))
+    matrix = rotation_matrix((0.4, -0.3, 0.2)) * 0.8
+    _, out = spatial.apply(seg[None].astype(np.float32), seg, matrix)
+    offset = (np.array(seg.shape) - 1) / 2 - matrix @ np.full(3, 7.5)
+    expected = np.zeros((16, 16, 16), dtype=np.int8)
+    for label in np.unique(seg):  # every present label, ascending, later ones overwrite
+        weights = ndimage.affine_transform((seg == label).astype(np.float32), matrix, offset,
+                                           output_shape=(16, 16, 16), order=1)
+        expected[weights >= 0.5] = label
+    np.testing.assert_array_equal(out, expected)
+    assert len(np.unique(out)) == len(np.unique(seg))
+
+
 def test_spatial_probability_and_parameter_ranges():
     spatial = SpatialTransform(PATCH)
     rng = np.random.default_rng(0)
