@@ -5,12 +5,13 @@ The network is any callable ``net_fn(batch (n, C, *patch) float32) -> (n, K, *pa
 one code path serves a Cell, an ensemble of Cells and a MindIR GraphCell. Memory stays bounded:
 window logits are summed into one preallocated (K, *shape) float32 array plus one (*shape) weight
 array, never one array per window. The Ascend 310 flow (preprocess.py/postprocess.py) reuses
-``window_starts``, ``mirror_combinations``, ``pad_to_patch`` and ``WindowAccumulator`` so that the
-stitching of offline results is the same code as the online path.
+``window_layout``, ``mirror_combinations``, ``pad_to_patch``, ``mean_over_mirrors`` and
+``stitch_windows`` so that the stitching of offline results is the same code as the online path.
 """
 import itertools
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -68,6 +69,15 @@ def flip_spatial(batch: np.ndarray, spatial_flip: Tuple[int, ...]) -> np.ndarray
     return np.ascontiguousarray(np.flip(batch, axis=tuple(a + 2 for a in spatial_flip)))
 
 
+def patch_padding(shape: Sequence[int], patch_size: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    """(before, after) zero padding per axis that brings ``shape`` up to the patch, split evenly."""
+    pads = []
+    for size, patch in zip(shape, patch_size):
+        missing = max(int(patch) - int(size), 0)
+        pads.append((missing // 2, missing - missing // 2))
+    return tuple(pads)
+
+
 def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> Tuple[np.ndarray, Tuple[slice, ...]]:
     """Pad the spatial axes of (C, *shape) with zeros, evenly on both sides, up to the patch size.
 
@@ -75,15 +85,52 @@ def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> Tuple[np.ndarra
     cut the original region back out of an array of the padded shape.
     """
     shape = data.shape[1:]
-    pads = []
-    for size, patch in zip(shape, patch_size):
-        missing = max(patch - size, 0)
-        pads.append((missing // 2, missing - missing // 2))
+    pads = patch_padding(shape, patch_size)
     crop = tuple(slice(lo, lo + size) for (lo, _), size in zip(pads, shape))
     if not any(lo or hi for lo, hi in pads):
         return data, crop
-    padded = np.pad(data, [(0, 0)] + pads, mode="constant", constant_values=0)
+    padded = np.pad(data, [(0, 0)] + list(pads), mode="constant", constant_values=0)
     return padded.astype(np.float32, copy=False), crop
+
+
+@dataclass(frozen=True)
+class WindowLayout:
+    """Where the windows of one volume go: its shape, the padding up to the patch, the window corners
+    (in padded coordinates). Stored by the Ascend 310 flow so stitching needs no image."""
+
+    shape: Tuple[int, ...]
+    patch_size: Tuple[int, ...]
+    pads: Tuple[Tuple[int, int], ...]
+    starts: Tuple[Tuple[int, ...], ...]
+
+    @property
+    def padded_shape(self) -> Tuple[int, ...]:
+        return tuple(s + lo + hi for s, (lo, hi) in zip(self.shape, self.pads))
+
+    @property
+    def crop(self) -> Tuple[slice, ...]:
+        return tuple(slice(lo, lo + s) for s, (lo, _) in zip(self.shape, self.pads))
+
+    def region(self, start: Sequence[int]) -> Tuple[slice, ...]:
+        return tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "patch_size": list(self.patch_size),
+                "pads": [list(p) for p in self.pads], "starts": [list(s) for s in self.starts]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "WindowLayout":
+        return cls(tuple(int(v) for v in d["shape"]), tuple(int(v) for v in d["patch_size"]),
+                   tuple((int(lo), int(hi)) for lo, hi in d["pads"]),
+                   tuple(tuple(int(v) for v in s) for s in d["starts"]))
+
+
+def window_layout(shape: Sequence[int], patch_size: Sequence[int], step_size: float) -> WindowLayout:
+    shape = tuple(int(s) for s in shape)
+    patch = tuple(int(p) for p in patch_size)
+    pads = patch_padding(shape, patch)
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(shape, pads))
+    return WindowLayout(shape, patch, pads, tuple(window_starts(padded, patch, step_size)))
 
 
 class WindowAccumulator:
@@ -136,6 +183,22 @@ def mean_over_mirrors(predict_flipped: Callable[[Tuple[int, ...]], np.ndarray], 
     return out
 
 
+def stitch_windows(layout: WindowLayout, num_classes: int,
+                   window_logits: Iterable[Tuple[Tuple[int, ...], np.ndarray]], progress: bool = True,
+                   description: str = "windows") -> np.ndarray:
+    """Gaussian-weighted average (K, *layout.shape) of ``(start, logits (K, *patch))`` pairs covering
+    the layout's windows; padding is cut away. Shared by the online and the offline (310) path."""
+    accumulator = WindowAccumulator(num_classes, layout.padded_shape, layout.patch_size)
+    with tqdm(total=len(layout.starts), desc=description, unit="win", disable=not progress, leave=False) as bar:
+        for start, logits in window_logits:
+            accumulator.add(start, logits)
+            bar.update(1)
+    logits = accumulator.result()
+    if logits.shape[1:] == layout.shape:
+        return logits
+    return np.ascontiguousarray(logits[(slice(None),) + layout.crop])
+
+
 def sliding_window_logits(data: np.ndarray, net_fn: NetFn, patch_size: Sequence[int], num_classes: int,
                           step_size: float = 0.5, batch_size: int = 2, mirror: bool = False,
                           mirror_axes: Sequence[int] = (0, 1, 2), progress: bool = True,
@@ -149,26 +212,20 @@ def sliding_window_logits(data: np.ndarray, net_fn: NetFn, patch_size: Sequence[
     if data.ndim != len(patch_size) + 1:
         raise ValueError(f"expected (C, *spatial) data with {len(patch_size)} spatial axes, got {data.shape}")
     data = np.asarray(data, dtype=np.float32)
-    padded, crop = pad_to_patch(data, patch_size)
-    starts = window_starts(padded.shape[1:], patch_size, step_size)
+    layout = window_layout(data.shape[1:], patch_size, step_size)
+    padded, _ = pad_to_patch(data, patch_size)
     flips = mirror_combinations(mirror, mirror_axes)
-    accumulator = WindowAccumulator(num_classes, padded.shape[1:], patch_size)
-    patch = tuple(int(p) for p in patch_size)
-    batch = np.zeros((batch_size, data.shape[0]) + patch, dtype=np.float32)
-    batch_logits = np.empty((batch_size, num_classes) + patch, dtype=np.float32)
+    batch = np.zeros((batch_size, data.shape[0]) + layout.patch_size, dtype=np.float32)
+    batch_logits = np.empty((batch_size, num_classes) + layout.patch_size, dtype=np.float32)
 
-    with tqdm(total=len(starts), desc=description, unit="win", disable=not progress, leave=False) as bar:
-        for first in range(0, len(starts), batch_size):
-            chunk = starts[first:first + batch_size]
+    def predicted_windows():
+        for first in range(0, len(layout.starts), batch_size):
+            chunk = layout.starts[first:first + batch_size]
             batch[len(chunk):] = 0.0
             for i, start in enumerate(chunk):
-                batch[i] = padded[(slice(None),) + accumulator.region(start)]
+                batch[i] = padded[(slice(None),) + layout.region(start)]
             mean_over_mirrors(lambda spatial_flip: net_fn(flip_spatial(batch, spatial_flip)), flips, batch_logits)
             for i, start in enumerate(chunk):
-                accumulator.add(start, batch_logits[i])
-            bar.update(len(chunk))
-    del padded
-    logits = accumulator.result()
-    if logits.shape[1:] == data.shape[1:]:
-        return logits
-    return np.ascontiguousarray(logits[(slice(None),) + crop])
+                yield start, batch_logits[i]
+
+    return stitch_windows(layout, num_classes, predicted_windows(), progress, description)

@@ -1,4 +1,5 @@
 import itertools
+import json
 import math
 import tracemalloc
 
@@ -157,3 +158,14 @@ def test_accumulator_refuses_uncovered_voxels():
     acc.add((0, 0, 0), np.ones((1, 4, 4, 4), np.float32))
     with pytest.raises(ValueError, match="no window"):
         acc.result()
+
+
+def test_window_layout_round_trips_and_pads_small_axes():
+    from src.infer.sliding_window import WindowLayout, window_layout
+
+    layout = window_layout((5, 30, 16), (8, 16, 16), 0.5)
+    assert layout.pads == ((1, 2), (0, 0), (0, 0))
+    assert layout.padded_shape == (8, 30, 16)
+    assert layout.crop == (slice(1, 6), slice(0, 30), slice(0, 16))
+    assert layout.starts == ((0, 0, 0), (0, 7, 0), (0, 14, 0))
+    assert WindowLayout.from_json(json.loads(json.dumps(layout.to_json()))) == layout
