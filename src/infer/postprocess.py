@@ -154,6 +154,8 @@ def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[in
         return None, "postprocess=none"
     if mode == "lcc":
         return lcc_everything(labels), "postprocess=lcc"
+    if not model_paths:
+        return None, "postprocess=auto without model files to look next to: none applied"
     candidates = postprocessing_candidates(model_paths)
     folders = {Path(p).resolve().parent for p in model_paths}
     if len(folders) > 1 and candidates[0].is_file():

@@ -75,6 +75,7 @@ def test_resolve_modes_and_files(tmp_path):
     assert resolve_postprocessing("lcc", [tmp_path / "a.ckpt"], labels)[0] == lcc_everything(labels)
     spec, source = resolve_postprocessing("auto", [tmp_path / "a.ckpt"], labels)
     assert spec is None and "no postprocessing.json" in source
+    assert resolve_postprocessing("auto", [], labels)[0] is None
 
     folds = [tmp_path / f"fold_{i}" for i in range(2)]
     for i, folder in enumerate(folds):

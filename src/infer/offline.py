@@ -1,0 +1,174 @@
+"""The Ascend 310 flow in three steps with files in between (MindSpore ModelZoo convention).
+
+1. ``write_window_bins`` (preprocess.py): every sliding window of the fold's validation cases as raw
+   float32 ``BINS/00_data/<case>_<i>.bin`` of shape (1, C, *patch), plus ``BINS/windows.json`` with
+   each case's window layout. With ``tta_mirror`` every flip of a window is its own input:
+   ``i = window_index * len(flips) + flip_index`` with the flips listed in windows.json (the
+   identity first), so the 310 program stays a plain "one file in, one file out" loop.
+2. The C++ program (ascend310_infer/src/main.cc) or ``run_mindir_on_bins`` (mindir_runner.py on
+   CPU/GPU): ``RESULTS/<case>_<i>_0.bin`` = float32 logits (1, K, *patch) per input.
+3. ``evaluate_offline`` (postprocess.py): the results are un-flipped, averaged over flips and
+   stitched with the same Gaussian accumulation as the online path (``stitch_windows``), then go
+   through the same restore/postprocess/score code as eval.py.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from src.data.io import atomic_write_json
+from src.errors import UserError
+from src.infer.evaluate import evaluate_cases, fold_validation_cases, load_case_data, read_json, read_plan
+from src.infer.predictor import read_mindir_sidecar, softmax_inplace
+from src.infer.sliding_window import (WindowLayout, flip_spatial, mean_over_mirrors, mirror_combinations,
+                                      pad_to_patch, stitch_windows, window_layout)
+
+DATA_DIR = "00_data"
+WINDOWS_FILE = "windows.json"
+FORMAT_VERSION = 1
+
+
+def input_name(case_id: str, index: int) -> str:
+    return f"{case_id}_{index}"
+
+
+def result_file(result_dir, name: str) -> Path:
+    """The C++ program's naming: output 0 of input ``<name>.bin`` is ``<name>_0.bin``."""
+    return Path(result_dir) / f"{name}_0.bin"
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    np.ascontiguousarray(array, dtype=np.float32).tofile(tmp)
+    os.replace(tmp, path)
+
+
+def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) -> dict:
+    """Step 1: write the fold's windows and ``windows.json``; returns the windows.json content."""
+    plan = read_plan(pre_dir)
+    case_ids = fold_validation_cases(pre_dir, fold)
+    patch = [int(p) for p in plan["patch_size"]]
+    flips = mirror_combinations(cfg.tta_mirror)
+    data_dir = Path(output_path) / DATA_DIR
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {data_dir}: {err}") from None
+    stale = list(data_dir.glob("*.bin"))
+    if stale:
+        raise UserError(f"{data_dir} already holds {len(stale)} .bin file(s); use an empty --output_path")
+    info = {
+        "format_version": FORMAT_VERSION,
+        "fold": int(fold),
+        "patch_size": patch,
+        "num_channels": int(plan.get("num_channels", 1)),
+        "num_classes": int(plan["num_classes"]),
+        "input_shape": [1, int(plan.get("num_channels", 1))] + patch,
+        "dtype": "float32",
+        "step_size": float(cfg.step_size),
+        "tta_mirror": bool(cfg.tta_mirror),
+        "flips": [list(f) for f in flips],
+        "naming": "<case>_<window_index * len(flips) + flip_index>.bin; result <name>_0.bin",
+        "cases": {},
+    }
+    count = 0
+    for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
+        data = load_case_data(pre_dir, case_id)
+        layout = window_layout(data.shape[1:], patch, cfg.step_size)
+        padded, _ = pad_to_patch(data, patch)
+        for w, start in enumerate(layout.starts):
+            window = padded[(slice(None),) + layout.region(start)][None]
+            for f, spatial_flip in enumerate(flips):
+                name = input_name(case_id, w * len(flips) + f)
+                _write_array(data_dir / f"{name}.bin", flip_spatial(window, spatial_flip))
+                count += 1
+        info["cases"][case_id] = {"layout": layout.to_json(), "inputs": len(layout.starts) * len(flips)}
+    info["total_inputs"] = count
+    atomic_write_json(Path(output_path) / WINDOWS_FILE, info)
+    return info
+
+
+def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU", progress: bool = True) -> int:
+    """Step 2 on CPU/GPU with the C++ program's file contract; returns the number of inputs run."""
+    import mindspore as ms
+    from mindspore import nn
+    from src.train.device import setup_device
+
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not Path(mindir).is_file():
+        raise UserError(f"MindIR file not found: {mindir}")
+    shape = [int(s) for s in read_mindir_sidecar(mindir)["input_shape"]]
+    if shape[0] != 1:
+        raise UserError(f"{mindir} takes batches of {shape[0]}; the 310 flow feeds one window per file: "
+                        f"export with --batch_size 1")
+    inputs = sorted(p for p in input_dir.glob("*.bin")) if input_dir.is_dir() else []
+    if not inputs:
+        raise UserError(f"no .bin inputs in {input_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    setup_device(device_target, mode="graph")
+    try:
+        graph = nn.GraphCell(ms.load(str(mindir)))
+    except Exception as err:  # MindSpore raises RuntimeError/ValueError for damaged files
+        raise UserError(f"cannot load MindIR {mindir}: {str(err).strip().splitlines()[0]}") from None
+    expected = int(np.prod(shape))
+    for path in tqdm(inputs, desc="inputs", unit="bin", disable=not progress):
+        window = np.fromfile(path, dtype=np.float32)
+        if window.size != expected:
+            raise UserError(f"{path} holds {window.size} float32 values, the model takes {shape}")
+        logits = graph(ms.Tensor(window.reshape(shape))).asnumpy()
+        _write_array(result_file(output_dir, path.stem), logits)
+    return len(inputs)
+
+
+def _read_result(result_dir, name: str, shape) -> np.ndarray:
+    path = result_file(result_dir, name)
+    if not path.is_file():
+        raise UserError(f"result {path} is missing (was step 2 run on every input?)")
+    values = np.fromfile(path, dtype=np.float32)
+    if values.size != int(np.prod(shape)):
+        raise UserError(f"result {path} holds {values.size} float32 values, expected {list(shape)}")
+    return values.reshape(shape)
+
+
+def stitched_logits(info: dict, case_id: str, result_dir, progress: bool = False) -> np.ndarray:
+    """(K, *shape) logits of one case from its stored window results (mirrors averaged, Gaussian-weighted)."""
+    layout = WindowLayout.from_json(info["cases"][case_id]["layout"])
+    flips = [tuple(f) for f in info["flips"]]
+    flip_index = {flip: i for i, flip in enumerate(flips)}
+    result_shape = (1, int(info["num_classes"])) + layout.patch_size
+    averaged = np.empty(result_shape, dtype=np.float32)
+
+    def windows():
+        for w, start in enumerate(layout.starts):
+            mean_over_mirrors(
+                lambda flip: _read_result(result_dir, input_name(case_id, w * len(flips) + flip_index[flip]),
+                                          result_shape), flips, averaged)
+            yield start, averaged[0]
+
+    return stitch_windows(layout, int(info["num_classes"]), windows(), progress, case_id)
+
+
+def evaluate_offline(cfg, pre_dir, fold, pre_path, result_path, out_dir, ref_dir=None, progress: bool = True) -> dict:
+    """Step 3: stitch, restore, postprocess and score; the same outputs as eval.py."""
+    plan = read_plan(pre_dir)
+    info = read_json(Path(pre_path) / WINDOWS_FILE, "windows.json of step 1")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{Path(pre_path) / WINDOWS_FILE} has format {info.get('format_version')}, "
+                        f"expected {FORMAT_VERSION}")
+    if [int(p) for p in plan["patch_size"]] != info["patch_size"]:
+        raise UserError(f"windows.json was written for patch {info['patch_size']}, plans.json has {plan['patch_size']}")
+    case_ids = fold_validation_cases(pre_dir, fold)
+    missing = [c for c in case_ids if c not in info["cases"]]
+    if missing:
+        raise UserError(f"windows.json (fold {info.get('fold')}) lacks case(s) {', '.join(missing[:5])} of fold {fold}")
+    if not Path(result_path).is_dir():
+        raise UserError(f"result folder not found: {result_path}")
+
+    def probabilities(case_id, data, props):
+        return softmax_inplace(stitched_logits(info, case_id, result_path))
+
+    meta = {"fold": int(fold), "models": [], "tta_mirror": info["tta_mirror"], "step_size": info["step_size"],
+            "offline_results": str(result_path)}
+    return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, [], plan["labels"],
+                          ref_dir=ref_dir, progress=progress, info=meta)
