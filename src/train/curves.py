@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 HISTORY_KEYS = ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time")
 
@@ -35,6 +36,7 @@ def plot_progress(history: dict, path) -> None:
     ax_lr.plot(epochs, history["lr"], color="tab:orange")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_loss, ax_time, ax_lr):
         ax.grid(alpha=0.3)
     fig.tight_layout()

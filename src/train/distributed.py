@@ -58,33 +58,39 @@ def init_data_parallel(environ=None) -> ParallelInfo:
     return ParallelInfo(rank=get_rank(), world=world)
 
 
-class _AllReduce(nn.Cell):
-    def __init__(self, op):
+class _AllReduceSum(nn.Cell):
+    def __init__(self):
         super().__init__()
-        self.reduce = ops.AllReduce(op)
+        self.reduce = ops.AllReduce(ops.ReduceOp.SUM)
 
     def construct(self, x):
         return self.reduce(x)
 
 
-_REDUCERS = {}
+_REDUCER = []
 
 
-def all_reduce(values, op: str = "sum", info: ParallelInfo = ParallelInfo()) -> np.ndarray:
-    """Reduce a float vector over all ranks (``sum``, ``max`` or ``min``); identity for a single process."""
+def all_reduce_sum(values, info: ParallelInfo = ParallelInfo()) -> np.ndarray:
+    """Sum a float array over all ranks (the only reduction MindSpore's CPU back end has); a copy for one rank."""
     values = np.asarray(values, dtype=np.float32)
     if not info.distributed:
         return values.copy()
-    ops_by_name = {"sum": ops.ReduceOp.SUM, "max": ops.ReduceOp.MAX, "min": ops.ReduceOp.MIN}
-    if op not in _REDUCERS:
-        _REDUCERS[op] = _AllReduce(ops_by_name[op])
+    if not _REDUCER:
+        _REDUCER.append(_AllReduceSum())
     flat = values.reshape(-1) if values.ndim else values.reshape(1)
-    reduced = _REDUCERS[op](ms.Tensor(flat)).asnumpy()
-    return reduced.reshape(values.shape)
+    return _REDUCER[0](ms.Tensor(flat)).asnumpy().reshape(values.shape)
+
+
+def all_gather_rows(values, info: ParallelInfo = ParallelInfo()) -> np.ndarray:
+    """``(world, N)``: row r holds rank r's vector (each rank fills its own row of zeros; the sum is exact)."""
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    rows = np.zeros((info.world, values.size), dtype=np.float32)
+    rows[info.rank] = values
+    return all_reduce_sum(rows, info)
 
 
 def weight_checksums(network) -> np.ndarray:
-    """Per-parameter fingerprints (sum and sum of squares in float64, folded to float32 pairs)."""
+    """Per-parameter fingerprints: sum and sum of squares (accumulated in float64, stored as float32)."""
     sums = []
     for param in network.trainable_params():
         data = param.asnumpy().astype(np.float64)
@@ -93,10 +99,6 @@ def weight_checksums(network) -> np.ndarray:
 
 
 def weights_identical_across_ranks(network, info: ParallelInfo) -> bool:
-    """True when every rank holds the same weights (the max and min of each fingerprint agree)."""
-    local = weight_checksums(network)
-    if not info.distributed:
-        return True
-    highest = all_reduce(local, "max", info)
-    lowest = all_reduce(local, "min", info)
-    return bool(np.array_equal(highest, lowest))
+    """True when every rank holds bit-identical weight fingerprints."""
+    rows = all_gather_rows(weight_checksums(network), info)
+    return bool(all(np.array_equal(rows[0], row) for row in rows[1:]))

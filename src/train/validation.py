@@ -11,7 +11,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.train.distributed import ParallelInfo, all_reduce
+from src.train.distributed import ParallelInfo, all_reduce_sum
 
 
 class ValidationStep(nn.Cell):
@@ -28,7 +28,7 @@ class ValidationStep(nn.Cell):
         loss = self.loss_fn(outputs, targets)
         logits = outputs[0] if isinstance(outputs, tuple) else outputs
         target = targets[0]
-        predicted = ops.equal(ops.argmax(logits, 1, keepdims=True).astype(ms.int32), self.classes)
+        predicted = ops.equal(ops.expand_dims(ops.argmax(logits, 1), 1).astype(ms.int32), self.classes)
         reference = ops.equal(target, self.classes)
         valid = ops.cast(target >= 0, ms.float32)
         predicted = ops.cast(predicted, ms.float32) * valid
@@ -73,7 +73,7 @@ def run_validation(step: ValidationStep, batches, num_classes: int, info: Parall
     for batch in batches:
         loss, tp, fp, fn = step(*batch)
         totals += np.concatenate([[float(loss.asnumpy()), 1.0], tp.asnumpy(), fp.asnumpy(), fn.asnumpy()])
-    totals = all_reduce(totals, "sum", info).astype(np.float64)
+    totals = all_reduce_sum(totals, info).astype(np.float64)
     loss_sum, count = totals[0], totals[1]
     tp, fp, fn = np.split(totals[2:], 3)
     dice = dice_per_class(tp[1:], fp[1:], fn[1:])

@@ -1,0 +1,220 @@
+"""Train one fold: the epoch loop, online validation, checkpoints, resume, transfer, data parallelism.
+
+Per epoch: the learning rate is set by the poly schedule, ``iters_per_epoch`` SGD steps run on batches
+whose sampling depends only on (seed, epoch, rank), the pseudo-Dice is measured on ``val_iters`` batches
+of the validation cases, its EMA updated, ``checkpoint_latest.ckpt`` written (and copied to
+``checkpoint_best.ckpt`` when the EMA improves), the log line and the progress PNG written. Because a
+checkpoint holds the weights, the optimizer state (momentum, LR, loss scale), the epoch count and the
+RNG state, a run resumed from epoch k ends with the same weights as one that never stopped.
+"""
+import itertools
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import mindspore as ms
+from mindspore import nn
+
+from src.config import save_config
+from src.data.dataset import build_train_dataset, build_val_dataset
+from src.data.io import atomic_write_json
+from src.errors import UserError
+from src.losses import build_loss
+from src.models import build_network
+from src.models.transfer import transferable_parameters
+from src.train.checkpoint import (load_checkpoint_file, network_weights, read_training_checkpoint,
+                                  restore_parameters, save_training_checkpoint, split_checkpoint)
+from src.train.curves import plot_progress
+from src.train.device import setup_device
+from src.train.distributed import ParallelInfo, init_data_parallel, weights_identical_across_ranks
+from src.train.run_state import (RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, fold_cases,
+                                 load_plan, parse_fold, restore_rng)
+from src.train.schedule import poly_lr
+from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level
+from src.train.validation import ValidationStep, run_validation, update_ema
+
+LATEST = "checkpoint_latest.ckpt"
+BEST = "checkpoint_best.ckpt"
+LOG = "training_log.txt"
+PROGRESS = "progress.png"
+TRANSFER_REPORT = "transfer_report.json"
+
+
+def build_optimizer(cfg, network, lr: float):
+    if cfg.nesterov and cfg.momentum <= 0:
+        raise UserError("nesterov: true needs momentum > 0")
+    # One parameter group so that weight decay reaches every parameter, norms included (as torch.optim.SGD);
+    # ungrouped, MindSpore would skip parameters named gamma/beta.
+    group = [{"params": network.trainable_params(), "weight_decay": float(cfg.weight_decay)}]
+    return nn.SGD(group, learning_rate=ms.Tensor(lr, ms.float32), momentum=float(cfg.momentum),
+                  nesterov=bool(cfg.nesterov), weight_decay=float(cfg.weight_decay))
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_pretrained(network, path, fold_dir: Path, write: bool) -> dict:
+    """Copy every weight of ``path`` whose name and shape fit ``network``; report what was loaded/skipped."""
+    params, _ = split_checkpoint(load_checkpoint_file(path), path)
+    loaded, skipped = transferable_parameters(network_weights(params), network)
+    if not loaded:
+        raise UserError(f"no weight of the pretrained checkpoint {path} fits this network "
+                        f"(names or shapes differ everywhere)")
+    report = {"source": str(path), "loaded": loaded, "skipped": skipped}
+    if write:
+        atomic_write_json(fold_dir / TRANSFER_REPORT, report)
+    return report
+
+
+def _checkpoint_meta(cfg, plan, fold, state: RunState, info: ParallelInfo, lr: float) -> dict:
+    return {"config": cfg.to_dict(), "plan": plan, "fold": fold, "state": state.to_json(), "lr": lr,
+            "world": info.world, "rng": capture_rng(), "seed": cfg.seed}
+
+
+def _resume(train_cell, fold_dir: Path, plan: dict):
+    path = fold_dir / LATEST
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint to resume from at {path}")
+    params, meta = read_training_checkpoint(path)
+    check_same_topology(plan, meta["plan"], path)
+    restore_parameters(train_cell, params, path)
+    restore_rng(meta["rng"])
+    return RunState.from_json(meta["state"])
+
+
+class _Batches:
+    """The next ``count`` batches (tuples of Tensors) of a running dataset iterator."""
+
+    def __init__(self, iterator, count: int):
+        self.iterator = iterator
+        self.count = count
+
+    def __iter__(self):
+        return itertools.islice(self.iterator, self.count)
+
+
+def _batch_iterator(dataset):
+    # One pipeline for all remaining epochs: its workers prefetch across epoch boundaries, and batch i of
+    # epoch e is a function of (seed, e, i) only, whichever epoch the pipeline started at.
+    return None if dataset is None else dataset.create_tuple_iterator(num_epochs=1)
+
+
+def _train_epoch(train_cell, batches, epoch: int, epochs: int, show: bool):
+    losses = []
+    # disable=None: a bar on terminals only, so redirected logs stay readable
+    bar = tqdm(batches, total=batches.count, desc=f"epoch {epoch + 1}/{epochs}", disable=None if show else True,
+               file=sys.stderr, leave=False, dynamic_ncols=True)
+    for batch in bar:
+        losses.append(float(train_cell(*batch).asnumpy()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    if len(losses) < batches.count:
+        raise UserError(f"the training data ran out after {len(losses)} of {batches.count} batches")
+    return float(np.mean(losses))
+
+
+def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_after_epoch=None) -> dict:
+    """Train fold ``fold`` (0..N-1 or ``"all"``) on the preprocessed folder ``pre_dir`` into ``out_dir/fold_F``.
+
+    ``stop_after_epoch`` ends this run after that many finished epochs (a later ``resume`` continues).
+    Returns the run summary: fold folder, finished epochs, best EMA and its epoch, last pseudo-Dice,
+    and whether all ranks ended with identical weights.
+    """
+    pre_dir = Path(pre_dir)
+    fold = parse_fold(fold)
+    plan = load_plan(pre_dir)
+    train_ids, val_ids = fold_cases(pre_dir, plan, fold)
+    fold_dir = Path(out_dir) / f"fold_{fold}"
+
+    device = setup_device(cfg.device_target, mode="graph")
+    info = init_data_parallel()
+    if info.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+    log = TrainingLog(fold_dir / LOG, enabled=info.is_main)
+    amp_level = resolve_amp_level(cfg.amp_level, device)
+    ms.set_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2 ** 32)
+
+    network = build_network(cfg, plan)
+    forward = apply_amp(network, amp_level)
+    loss_fn = build_loss(cfg, plan)
+    optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
+    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level)
+    val_step = ValidationStep(forward, loss_fn, int(plan["num_classes"]))
+
+    state = RunState()
+    if resume:
+        state = _resume(train_cell, fold_dir, plan)
+        log(f"resumed from {fold_dir / LATEST} after epoch {state.epoch}")
+    elif pretrained:
+        report = load_pretrained(network, pretrained, fold_dir, write=info.is_main)
+        log(f"pretrained weights from {pretrained}: {len(report['loaded'])} loaded, "
+            f"{len(report['skipped'])} skipped (see {fold_dir / TRANSFER_REPORT})")
+    if info.is_main:
+        save_config(cfg, fold_dir / "config.yaml")
+        atomic_write_json(fold_dir / "plans.json", plan)
+    num_params = sum(int(p.size) for p in network.trainable_params())
+    log(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation cases, network {cfg.network} "
+        f"with {num_params} parameters, patch {plan['patch_size']}, batch {cfg.batch_size} per rank")
+    log(f"device {device}, amp {amp_level}, world size {info.world}, {cfg.epochs} epochs x "
+        f"{cfg.iters_per_epoch} iterations, val {cfg.val_iters} batches")
+
+    last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, int(stop_after_epoch))
+    remaining = max(last_epoch - state.epoch, 0)
+    train_batches = val_batches = None
+    if remaining:
+        shard = {"epoch": state.epoch, "rank": info.rank, "world": info.world, "num_epochs": remaining}
+        train_batches = _batch_iterator(build_train_dataset(cfg, plan, pre_dir, train_ids, **shard))
+        if cfg.val_iters > 0 and val_ids:
+            val_batches = _batch_iterator(build_val_dataset(cfg, plan, pre_dir, val_ids, **shard))
+    last_dice = None
+    for epoch in range(state.epoch, last_epoch):
+        started = time.time()
+        lr = poly_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_exponent)
+        optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
+        train_cell.set_train(True)
+        train_loss = _train_epoch(train_cell, _Batches(train_batches, cfg.iters_per_epoch), epoch, cfg.epochs,
+                                  info.is_main)
+        val = {"loss": None, "dice": [], "pseudo_dice": None}
+        if val_batches is not None:
+            val_step.set_train(False)
+            val = run_validation(val_step, _Batches(val_batches, cfg.val_iters), int(plan["num_classes"]), info)
+        state.ema = update_ema(state.ema, val["pseudo_dice"], cfg.ema_alpha)
+        seconds = time.time() - started
+        is_best = state.record_epoch(train_loss, val["loss"], val["pseudo_dice"], lr, seconds)
+        last_dice = val["pseudo_dice"]
+        if info.is_main:
+            save_training_checkpoint(fold_dir / LATEST, train_cell,
+                                     _checkpoint_meta(cfg, plan, fold, state, info, lr))
+            if is_best:
+                _copy_atomically(fold_dir / LATEST, fold_dir / BEST)
+            plot_progress(state.history, fold_dir / PROGRESS)
+        line = epoch_line(state.epoch, cfg.epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
+                          is_best)
+        if amp_level == "O2":
+            line += f"  loss_scale {loss_scale_of(train_cell):g}"
+        log(line)
+
+    identical = weights_identical_across_ranks(network, info)
+    if info.distributed:
+        log(f"world size {info.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")
+    if info.is_main and state.epoch > 0 and not (fold_dir / BEST).exists():
+        # no validation score ever (val_iters 0): the latest weights are the best we know
+        _copy_atomically(fold_dir / LATEST, fold_dir / BEST)
+    log(f"finished {state.epoch}/{cfg.epochs} epochs; best EMA pseudo-Dice "
+        f"{'n/a' if state.best_ema is None else f'{state.best_ema:.4f}'} at epoch {state.best_epoch}")
+    return {"fold_dir": str(fold_dir), "epochs_completed": state.epoch, "best_ema": state.best_ema,
+            "best_epoch": state.best_epoch, "last_pseudo_dice": last_dice, "history": state.history,
+            "world": info.world, "weights_identical": identical}
