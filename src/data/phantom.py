@@ -73,7 +73,8 @@ class Phantom:
 
 def sample_geometry(rng, task=None):
     """Spacing, array shape and body scale for one case: in-plane spacing log-uniform in [0.6, 2.5] mm,
-    100-250 voxels in-plane, 40-100 slices of 1-5 mm over a 160-250 mm (full size) body length."""
+    100-250 voxels in-plane, 40-100 slices of 1-5 mm over a 160-250 mm (full size) body length.
+    ``task`` (a MOTS task name) moves the scan up for the upper-abdominal and lung tasks."""
     pixel = float(np.exp(rng.uniform(np.log(0.6), np.log(2.5))))
     scale = rng.uniform(max(0.45, 100 * pixel / FIELD_OF_VIEW_MM), min(0.8, 250 * pixel / FIELD_OF_VIEW_MM))
     inplane = int(round(FIELD_OF_VIEW_MM * scale / pixel))
@@ -120,21 +121,21 @@ def render_phantom(rng, geometry, kidney_sides=(-1, 1), kidney_tumours=1, kidney
     texture = smooth_noise(rng, shape, [max(6.0 / s, 1.0) for s in spacing])
     record = {"body_scale": round(scale, 3), "kidneys": sorted("left" if s > 0 else "right" for s in kidney_sides)}
 
-    cavity = paint_body(canvas, rng, scale, hu, ids, texture)
-    paint_bowel(canvas, rng, scale, hu, ids, cavity)
+    body = paint_body(canvas, rng, scale, hu, ids, texture)
+    paint_bowel(canvas, rng, scale, hu, ids, body)
     record["colon_tumour_radii_mm"] = paint_colon(canvas, rng, scale, hu, ids, "colon" in lesions)
     paint_stomach(canvas, rng, scale, hu, ids)
     paint_muscles(canvas, rng, scale, hu, ids)
     record["liver_tumour_radii_mm"] = paint_liver(canvas, rng, scale, hu, ids, texture, "liver" in lesions)
     paint_spleen(canvas, rng, scale, hu, ids, texture)
-    record["lung_tumour_radii_mm"] = paint_lungs(canvas, rng, scale, hu, ids, texture, cavity, "lung" in lesions)
+    record["lung_tumour_radii_mm"] = paint_lungs(canvas, rng, scale, hu, ids, texture, body, "lung" in lesions)
     paint_spine(canvas, rng, scale, hu, ids, texture)
     record["pancreas_tumour_radii_mm"] = paint_pancreas(canvas, rng, scale, hu, ids, texture, "pancreas" in lesions)
     vessel_roots = paint_great_vessels(canvas, rng, scale, hu, ids)
     record.update(paint_kidneys(canvas, rng, scale, kidney_sides, kidney_tumours, kidney_cysts, hu, ids,
                                 vessel_roots))
-    paint_table(canvas, rng, scale, hu, ids, cavity)
-    del cavity
+    paint_table(canvas, rng, scale, hu, ids, body)
+    del body
 
     noise_hu = float(rng.uniform(8.0, 20.0))
     image = _scanner_blur_and_noise(rng, canvas.image, noise_hu)

@@ -311,5 +311,4 @@ def paint_table(canvas, rng, scale, hu, ids, body):
     slices, (_, y, x) = box
     surface = top - 0.0006 / scale * x ** 2
     distance = np.maximum(np.abs(y - (surface + 4.0 * scale)) - 4.0 * scale, np.abs(x) - 170.0 * scale)
-    canvas.paint_distance(slices, np.broadcast_to(distance, (slices[0].stop - slices[0].start,) + distance.shape[1:]),
-                          hu["table"], ids["table"])
+    canvas.paint_distance(slices, distance, hu["table"], ids["table"])

@@ -126,7 +126,7 @@ def _write_case(out, fmt, index, rng):
     _write_nifti(np.ascontiguousarray(label), affine, out / label_path, f"synthetic {options['labels']} labels")
     record = {"case_id": case_id, "task_id": task_id, "image": image_path.as_posix(), "label": label_path.as_posix(),
               "shape": [int(n) for n in image.shape], "spacing": [float(s) for s in phantom.spacing],
-              "kidneys": options["kidneys"], "labels_present": [int(v) for v in np.unique(label)]}
+              "labels_present": [int(v) for v in np.unique(label)]}
     record.update(phantom.record)
     return record
 
