@@ -77,11 +77,17 @@ def _nearest_indices(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _linear_taps(n_in: int, n_out: int):
-    """(lower index, upper index, weight of the upper one) per output voxel, coordinates clamped to the edge."""
-    coords = np.clip(_source_coordinates(n_in, n_out), 0, n_in - 1)
+    """(lower index, upper index, lower weight, upper weight) per output voxel.
+
+    As scipy does it: weights from the unclamped coordinate (the upper one as 1 - lower), indices
+    clamped to the edge. The float rounding of that recipe decides exact label ties, so it is kept.
+    """
+    coords = _source_coordinates(n_in, n_out)
     lower = np.floor(coords)
-    upper = np.minimum(lower + 1, n_in - 1)
-    return lower.astype(np.intp), upper.astype(np.intp), coords - lower
+    lower_weight = 1.0 - (coords - lower)
+    upper_weight = 1.0 - lower_weight
+    lower = lower.astype(np.intp)
+    return np.clip(lower, 0, n_in - 1), np.clip(lower + 1, 0, n_in - 1), lower_weight, upper_weight
 
 
 def _cubic_bspline_weights(frac: np.ndarray) -> np.ndarray:
@@ -103,8 +109,8 @@ def _interpolation_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
     if order == 0:
         matrix[rows, _nearest_indices(n_in, n_out)] = 1.0
     elif order == 1:
-        lower, upper, upper_weight = _linear_taps(n_in, n_out)
-        np.add.at(matrix, (rows, lower), 1.0 - upper_weight)
+        lower, upper, lower_weight, upper_weight = _linear_taps(n_in, n_out)
+        np.add.at(matrix, (rows, lower), lower_weight)
         np.add.at(matrix, (rows, upper), upper_weight)
     elif order == 3:
         # Prefiltering the edge-padded identity gives the spline coefficients of every unit input line,
@@ -278,7 +284,7 @@ def _threshold_resample(labels: np.ndarray, new_shape, axes) -> np.ndarray:
     """Per-label linear interpolation + 0.5 threshold along ``axes`` (ascending labels, default 0)."""
     taps = {a: _linear_taps(labels.shape[a], new_shape[a]) for a in axes if labels.shape[a] != new_shape[a]}
     lowest, highest = labels, labels
-    for axis, (lower, upper, _) in taps.items():
+    for axis, (lower, upper, _, _) in taps.items():
         lowest = np.minimum(np.take(lowest, lower, axis=axis), np.take(lowest, upper, axis=axis))
         highest = np.maximum(np.take(highest, lower, axis=axis), np.take(highest, upper, axis=axis))
     out = lowest.astype(np.int8)
@@ -291,10 +297,10 @@ def _threshold_resample(labels: np.ndarray, new_shape, axes) -> np.ndarray:
     for choice in itertools.product((0, 1), repeat=len(taps)):
         source = list(mixed)
         weight = np.ones(len(mixed[0]), dtype=np.float64)
-        for (axis, (lower, upper, upper_weight)), take_upper in zip(taps.items(), choice):
+        for (axis, (lower, upper, lower_weight, upper_weight)), take_upper in zip(taps.items(), choice):
             out_index = mixed[axis]
             source[axis] = (upper if take_upper else lower)[out_index]
-            weight = weight * (upper_weight[out_index] if take_upper else 1.0 - upper_weight[out_index])
+            weight = weight * (upper_weight if take_upper else lower_weight)[out_index]
         tap_labels.append(labels[tuple(source)])
         tap_weights.append(weight)
     decided = np.zeros(len(mixed[0]), dtype=np.int8)
