@@ -154,16 +154,20 @@ def _transform_labels(seg, matrix, offset, out_shape, order, reaches_border):
 
 
 class AddGaussianNoise:
-    """Zero-mean noise with variance ~ U(variance_range), p 0.1."""
+    """Zero-mean Gaussian noise with std ~ U(std_range), p 0.1.
 
-    def __init__(self, p=0.1, variance_range=(0.0, 0.1)):
-        self.p, self.variance_range = p, variance_range
+    nnU-Net's setting is named noise_variance=(0, 0.1), but batchgenerators passes the drawn number to
+    np.random.normal as its scale, so it acts as the standard deviation; that behaviour is kept.
+    """
+
+    def __init__(self, p=0.1, std_range=(0.0, 0.1)):
+        self.p, self.std_range = p, std_range
 
     def __call__(self, data, seg, rng):
         if rng.random() >= self.p:
             return data, seg
-        std = math.sqrt(rng.uniform(*self.variance_range))
-        return data + rng.standard_normal(data.shape, dtype=np.float32) * np.float32(std), seg
+        std = np.float32(rng.uniform(*self.std_range))
+        return data + rng.standard_normal(data.shape, dtype=np.float32) * std, seg
 
 
 class GaussianBlur:

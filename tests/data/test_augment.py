@@ -171,14 +171,14 @@ def test_draw_factor_is_balanced_around_one_and_within_range():
     assert_rate(float(np.mean(draws < 1)), 0.5, 4000)
 
 
-def test_gaussian_noise_probability_and_variance_range():
+def test_gaussian_noise_probability_and_std_range():
     assert_rate(fire_rate(AddGaussianNoise()), 0.1)
     rng = np.random.default_rng(0)
     data = np.zeros((1, 20, 20, 20), dtype=np.float32)
-    variances = [np.var(AddGaussianNoise(p=1.0)(data, None, rng)[0]) for _ in range(200)]
-    assert min(variances) >= 0 and max(variances) < 0.1 * 1.1 and max(variances) > 0.08
-    fixed = AddGaussianNoise(p=1.0, variance_range=(0.05, 0.05))(data, None, rng)[0]
-    assert abs(np.var(fixed) - 0.05) < 0.005 and fixed.dtype == np.float32
+    stds = [np.std(AddGaussianNoise(p=1.0)(data, None, rng)[0]) for _ in range(200)]
+    assert min(stds) >= 0 and max(stds) < 0.1 * 1.05 and max(stds) > 0.09
+    fixed = AddGaussianNoise(p=1.0, std_range=(0.05, 0.05))(data, None, rng)[0]
+    assert abs(np.std(fixed) - 0.05) < 0.002 and abs(np.mean(fixed)) < 0.002 and fixed.dtype == np.float32
 
 
 def test_gaussian_blur_smooths_some_channels_with_its_probability():
