@@ -5,6 +5,8 @@ The phantom is built in millimetres in a canonical frame, array axes (z, y, x) =
 column) with z towards the feet, y towards the back and x towards the patient's left - the KiTS19
 storage order. A full-size body (about 300 x 250 mm) does not fit 100-250 voxels at 0.6-2.5 mm, so
 each case shrinks the whole anatomy by a body scale in [0.45, 0.8] chosen together with the spacing.
+The kidneys and their lesions shrink less (``kidney_scale``, 0.66-0.8), as in children, whose kidneys
+are large for their bodies: that keeps tumours at 10-28 mm radius and kidneys ~65-95 mm long.
 """
 from dataclasses import dataclass, field
 
@@ -56,6 +58,15 @@ class CaseGeometry:
     body_scale: float
     z_start: float  # z of the first slice (mm, body frame: kidneys near 0)
 
+    @property
+    def kidney_scale(self):
+        return kidney_size_scale(self.body_scale)
+
+
+def kidney_size_scale(body_scale):
+    """Size factor of the kidneys and their lesions: the cube root compresses the body-scale range."""
+    return 0.8 * (body_scale / 0.8) ** (1.0 / 3.0)
+
 
 @dataclass
 class Phantom:
@@ -73,12 +84,12 @@ class Phantom:
 
 def sample_geometry(rng, task=None):
     """Spacing, array shape and body scale for one case: in-plane spacing log-uniform in [0.6, 2.5] mm,
-    100-250 voxels in-plane, 40-100 slices of 1-5 mm over a 160-250 mm (full size) body length.
+    100-250 voxels in-plane, 40-100 slices of 1-5 mm over a 160-250 mm (full-size kidney) scan length.
     ``task`` (a MOTS task name) moves the scan up for the upper-abdominal and lung tasks."""
     pixel = float(np.exp(rng.uniform(np.log(0.6), np.log(2.5))))
     scale = rng.uniform(max(0.45, 100 * pixel / FIELD_OF_VIEW_MM), min(0.8, 250 * pixel / FIELD_OF_VIEW_MM))
     inplane = int(round(FIELD_OF_VIEW_MM * scale / pixel))
-    length = scale * rng.uniform(160.0, 250.0)
+    length = kidney_size_scale(scale) * rng.uniform(160.0, 250.0)
     thickness = rng.uniform(max(1.0, length / 100), min(5.0, length / 40))
     slices = int(round(length / thickness))
     start_fraction = rng.uniform(*_FIRST_SLICE_FRACTION.get(task, (0.47, 0.53)))
@@ -119,7 +130,8 @@ def render_phantom(rng, geometry, kidney_sides=(-1, 1), kidney_tumours=1, kidney
     hu = sample_tissue_hu(rng)
     ids = STRUCTURE_IDS
     texture = smooth_noise(rng, shape, [max(6.0 / s, 1.0) for s in spacing])
-    record = {"body_scale": round(scale, 3), "kidneys": sorted("left" if s > 0 else "right" for s in kidney_sides)}
+    record = {"body_scale": round(scale, 3), "kidney_scale": round(geometry.kidney_scale, 3),
+              "kidneys": sorted("left" if side > 0 else "right" for side in kidney_sides)}
 
     body = paint_body(canvas, rng, scale, hu, ids, texture)
     paint_bowel(canvas, rng, scale, hu, ids, body)
@@ -132,8 +144,8 @@ def render_phantom(rng, geometry, kidney_sides=(-1, 1), kidney_tumours=1, kidney
     paint_spine(canvas, rng, scale, hu, ids, texture)
     record["pancreas_tumour_radii_mm"] = paint_pancreas(canvas, rng, scale, hu, ids, texture, "pancreas" in lesions)
     vessel_roots = paint_great_vessels(canvas, rng, scale, hu, ids)
-    record.update(paint_kidneys(canvas, rng, scale, kidney_sides, kidney_tumours, kidney_cysts, hu, ids,
-                                vessel_roots))
+    record.update(paint_kidneys(canvas, rng, scale, geometry.kidney_scale, kidney_sides, kidney_tumours,
+                                kidney_cysts, hu, ids, vessel_roots))
     paint_table(canvas, rng, scale, hu, ids, body)
     del body
 

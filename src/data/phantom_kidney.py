@@ -1,7 +1,9 @@
 """Kidneys of the synthetic phantom: cortex, medulla pyramids, sinus and hilum, tumours and cysts.
 
 Positions are in the canonical (z, y, x) millimetre frame of ``phantom_shapes`` (z to the feet, y to
-the back, x to the patient's left); ``scale`` shrinks the whole body (see ``phantom.sample_geometry``).
+the back, x to the patient's left). ``scale`` shrinks the body and places the kidneys in it;
+``size_scale`` (a little larger for small bodies, see ``phantom.kidney_size_scale``) sizes the kidneys and
+their lesions.
 """
 from dataclasses import dataclass
 
@@ -34,7 +36,7 @@ class Kidney:
         return self.center + self.frame @ local, self.frame @ normal
 
 
-def sample_kidney(rng, side, scale):
+def sample_kidney(rng, side, scale, size_scale):
     center = scale * np.array([
         (-10.0 if side > 0 else 5.0) + rng.uniform(-8, 8),
         40.0 + rng.uniform(-5, 5),
@@ -43,7 +45,7 @@ def sample_kidney(rng, side, scale):
     # Upper pole medial and posterior, hilum facing antero-medially (the usual lie of the kidneys).
     long_axis = (1.0, -0.15 + rng.uniform(-0.08, 0.08), side * (0.3 + rng.uniform(-0.1, 0.1)))
     medial = (0.0, -0.6 + rng.uniform(-0.15, 0.15), -side * 0.8)
-    semi_axes = scale * np.array([rng.uniform(50, 58), rng.uniform(22, 27), rng.uniform(26, 32)])
+    semi_axes = size_scale * np.array([rng.uniform(50, 58), rng.uniform(22, 27), rng.uniform(26, 32)])
     return Kidney(side, center, orthonormal_frame(long_axis, medial), semi_axes)
 
 
@@ -97,27 +99,29 @@ def place_lesion(rng, kidney, radius, depth_range, avoid=()):
     return kidney.center + kidney.frame @ np.array([kidney.semi_axes[0] * 0.5, 0.0, -kidney.semi_axes[2] * 0.5])
 
 
-def paint_kidneys(canvas, rng, scale, sides, tumours, cysts, hu, ids, vessel_roots):
+def paint_kidneys(canvas, rng, scale, size_scale, sides, tumours, cysts, hu, ids, vessel_roots):
     """All kidneys with their lesions; returns what was placed (radii in mm) for the case record."""
-    kidneys = [sample_kidney(rng, side, scale) for side in sides]
+    kidneys = [sample_kidney(rng, side, scale, size_scale) for side in sides]
     for kidney in kidneys:
         paint_kidney(canvas, rng, kidney, hu, ids, vessel_roots(kidney))
     placed = []
     record = {"tumour_radii_mm": [], "cyst_radii_mm": []}
+    # Lesions push bone, the spinal canal and the great vessels aside instead of replacing them.
+    displaceable = [value for name, value in ids.items() if name not in ("bone", "csf", "vessel", "air", "table")]
     for _ in range(tumours if kidneys else 0):
         kidney = kidneys[rng.integers(len(kidneys))]
-        radius = scale * rng.uniform(15.0, 35.0)
+        radius = size_scale * rng.uniform(15.0, 35.0)
         center = place_lesion(rng, kidney, radius, (-0.3, 0.6), placed)
         paint_mass(canvas, rng, center, radius, rng.uniform(80, 105), ids["kidney_tumour"],
-                   texture_hu=rng.uniform(15, 22), hu_range=(15.0, 140.0))
+                   texture_hu=rng.uniform(15, 22), hu_range=(15.0, 140.0), within=displaceable)
         placed.append((center, radius))
         record["tumour_radii_mm"].append(round(float(radius), 1))
     for _ in range(cysts if kidneys else 0):
         kidney = kidneys[rng.integers(len(kidneys))]
-        radius = scale * rng.uniform(10.0, 24.0)
+        radius = size_scale * rng.uniform(10.0, 24.0)
         center = place_lesion(rng, kidney, radius, (0.1, 0.7), placed)
         paint_mass(canvas, rng, center, radius, rng.uniform(0, 20), ids["kidney_cyst"], texture_hu=0.0,
-                   bumpiness=0.02, necrosis=False)
+                   bumpiness=0.02, necrosis=False, within=displaceable)
         placed.append((center, radius))
         record["cyst_radii_mm"].append(round(float(radius), 1))
     return record
