@@ -46,24 +46,29 @@ def _ellipsoid(grid, centre, radii):
 
 
 def synthesize_ct(shape, spacing, seed: int = 0):
-    """(int16 HU volume, uint8 labels): air, a body with fat and muscle, spine, two kidneys, one tumour."""
+    """(int16 HU volume, uint8 labels): air, a body with fat and muscle, spine, two kidneys, one tumour.
+
+    Sizes are fractions of the field of view (KiTS: ~400 mm in plane), so any shape has all structures.
+    """
     rng = np.random.default_rng(seed)
     # physical coordinates (mm) from the volume centre, broadcastable (d0, 1, 1), (1, d1, 1), (1, 1, d2)
     grid = np.ogrid[tuple(slice(0, n) for n in shape)]
     grid = [((g - (n - 1) / 2) * s).astype(np.float32) for g, n, s in zip(grid, shape, spacing)]
-    depth = shape[0] * spacing[0]
+    depth, height, width = (n * s for n, s in zip(shape, spacing))
     image = np.full(shape, -1000.0, dtype=np.float32)
-    body = _ellipse_in_plane(grid, (0, 0), (130, 165))
-    image[np.broadcast_to(body, shape)] = -90.0
-    image[np.broadcast_to(_ellipse_in_plane(grid, (5, 0), (112, 145)), shape)] = 45.0
-    image[np.broadcast_to(_ellipse_in_plane(grid, (70, 0), (18, 18)), shape)] = 650.0
+    for value, centre, radii in ((-90.0, (0, 0), (0.33, 0.41)), (45.0, (0.01, 0), (0.28, 0.36)),
+                                 (650.0, (0.17, 0), (0.045, 0.045))):
+        inside = _ellipse_in_plane(grid, (centre[0] * height, centre[1] * width),
+                                   (radii[0] * height, radii[1] * width))
+        image[np.broadcast_to(inside, shape)] = value
     label = np.zeros(shape, dtype=np.uint8)
-    kidney_radii = (0.3 * depth, 32.0, 26.0)
     for side in (-1, 1):
-        kidney = _ellipsoid(grid, (0.0, 35.0, side * 65.0), kidney_radii)
+        kidney = _ellipsoid(grid, (0.0, 0.09 * height, side * 0.16 * width),
+                            (0.3 * depth, 0.08 * height, 0.065 * width))
         image[kidney] = 170.0
         label[kidney] = 1
-    tumour = _ellipsoid(grid, (0.1 * depth, 30.0, 85.0), (0.12 * depth, 20.0, 20.0)) & (label == 1)
+    tumour = _ellipsoid(grid, (0.1 * depth, 0.075 * height, 0.21 * width),
+                        (0.12 * depth, 0.05 * height, 0.05 * width)) & (label == 1)
     image[tumour] = 95.0
     label[tumour] = 2
     image += rng.standard_normal(shape, dtype=np.float32) * 18.0
@@ -90,6 +95,8 @@ def foreground_intensity(case: CaseFiles) -> dict:
     """The fingerprint's intensity statistics, from this one case's foreground."""
     image, meta = load_image(case.image)
     voxels = image[load_label(case.label, like=meta) > 0].astype(np.float64)
+    if voxels.size == 0:
+        raise UserError(f"the synthetic case {case.image} has no foreground: use a larger --shape")
     return {"mean": float(voxels.mean()), "std": float(voxels.std()),
             "p005": float(np.percentile(voxels, 0.5)), "p995": float(np.percentile(voxels, 99.5))}
 
