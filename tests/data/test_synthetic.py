@@ -74,8 +74,9 @@ def test_kits21_uses_majority_label_file_and_cyst_label(kits21):
     for case_id in ids:
         assert (out / case_id / "aggregated_MAJ_seg.nii.gz").exists()
         assert not (out / case_id / "segmentation.nii.gz").exists()
-        label, _ = load_case(out / case_id / "aggregated_MAJ_seg.nii.gz")
+        label, label_nifti = load_case(out / case_id / "aggregated_MAJ_seg.nii.gz")
         assert set(np.unique(label)) <= {0, 1, 2, 3}
+        np.testing.assert_allclose(label_nifti.affine, kits_affine(label_nifti.header.get_zooms()[:3]), atol=1e-6)
     # The same phantom labelled both ways: KiTS19 folds cysts into the kidney, KiTS21 keeps label 3.
     phantom = sample_phantom(np.random.default_rng(1), "kits21", kidneys="both", tumours=1, cysts=1)
     kits21_label, kits19_label = phantom.labels("kits21"), phantom.labels("kits19")
