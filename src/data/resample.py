@@ -7,10 +7,12 @@ When the spacing is anisotropic the in-plane axes are resampled slice by slice a
 with order 0, which only ever picks whole slices.
 
 Speed comes from separability rather than a different method. A grid resample is a tensor product of
-1D operators, so each axis is one matrix product (BLAS, multi-threaded) with an ``(n_out, n_in)``
-matrix. For order 3 that matrix already contains scipy's cubic B-spline prefilter (edge padding of 12
-voxels, as ``scipy.ndimage.zoom`` does for ``mode='nearest'``), so no per-voxel spline evaluation is
-needed. With order 0 along the separate axis only the slices that get picked are resampled.
+1D operators, so each axis is a few matrix products (BLAS, multi-threaded) with an ``(n_out, n_in)``
+matrix cut into banded blocks. For order 3 that matrix already contains scipy's cubic B-spline
+prefilter (edge padding of 12 voxels, as ``scipy.ndimage.zoom`` does for ``mode='nearest'``), so no
+per-voxel spline evaluation is needed. Work happens in the axis order of the array's memory layout
+(nibabel's arrays are Fortran-ordered), and order 0 along the separate axis means whole slices are
+picked, before the in-plane work when that is cheap.
 Label maps are not resampled label by label over the whole volume: a voxel whose interpolation taps
 all carry one label keeps it, and only the remaining boundary voxels are resolved by thresholding each
 label's interpolated indicator at 0.5 in ascending label order (later labels overwrite, voxels where no
