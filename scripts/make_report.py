@@ -1,0 +1,115 @@
+"""Gather the demo's outputs into one report folder with a short report.md.
+
+    python -m scripts.make_report --work WORK --report REPORT [--seconds S]
+
+WORK is the demo's working folder (raw/, preprocessed/, train/fold_0/, eval/, predict/).
+"""
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import src  # noqa: F401
+from src.data.io import ImageMeta, load_image, load_label
+from src.errors import UserError, exit_on_user_error
+from src.infer.case_report import axial_axis, overlay_slice_index, render_overlay
+
+
+def read_case_rows(metrics_csv: Path) -> list:
+    with metrics_csv.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["caseID"] != "average"]
+    if not rows:
+        raise UserError(f"{metrics_csv} holds no cases")
+    return rows
+
+
+def kits19_composite(row: dict) -> float:
+    # On KiTS19 labels the kidney HEC is kidney+tumour and the tumour HEC is the tumour: the KiTS19 pair.
+    return (float(row["Dice_kidney"]) + float(row["Dice_tumor"])) / 2
+
+
+def write_validation_overlay(work: Path, case_id: str, row: dict, target: Path) -> None:
+    props = json.loads((work / "preprocessed" / f"{case_id}.json").read_text())
+    meta = ImageMeta.from_json(props["image_meta"])
+    image, _ = load_image(meta.source)
+    prediction = load_label(work / "eval" / "predictions" / f"{case_id}.nii.gz", meta)
+    labels = json.loads((work / "preprocessed" / "plans.json").read_text())["labels"]
+    axis = axial_axis(meta.affine)
+    index = overlay_slice_index(prediction, axis, labels)
+    title = (f"{case_id} (prediction)  kidney Dice {float(row['Dice_kidney']):.3f}  "
+             f"tumour Dice {float(row['Dice_tumor']):.3f}  slice {index}")
+    target.write_bytes(render_overlay(image, prediction, meta.spacing, labels, axis, index, title))
+
+
+def build_report(work: Path, report: Path, seconds=None) -> Path:
+    summary = json.loads((work / "eval" / "summary.json").read_text())
+    rows = sorted(read_case_rows(work / "eval" / "metrics.csv"), key=kits19_composite)
+    report.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "metrics.csv"):
+        shutil.copy2(work / "eval" / name, report / name)
+    shutil.copy2(work / "train" / "fold_0" / "progress.png", report / "training_curve.png")
+    shutil.copy2(work / "train" / "fold_0" / "training_log.txt", report / "training_log.txt")
+    worst, best = rows[0], rows[-1]
+    write_validation_overlay(work, best["caseID"], best, report / "overlay_best.png")
+    write_validation_overlay(work, worst["caseID"], worst, report / "overlay_worst.png")
+    predictions = sorted((work / "predict").glob("*.nii.gz"))
+    for path in predictions + sorted((work / "predict").glob("*_overlay.png")) + sorted(
+            (work / "predict").glob("*_report.json")):
+        shutil.copy2(path, report / f"predicted_{path.name}")
+    case_reports = [json.loads(p.read_text()) for p in sorted((work / "predict").glob("*_report.json"))]
+
+    lines = [
+        "# Demo report (synthetic KiTS19-format data, CPU)",
+        "",
+        "Everything here was produced by `make demo` (`scripts/run_demo.sh`) on synthetic phantoms, "
+        "not on patient data.",
+        "",
+        f"- held-out fold 0: {summary['cases']} cases",
+        f"- KiTS19 kidney Dice {summary['kits19_kidney_dice']:.4f}, tumour Dice {summary['kits19_tumor_dice']:.4f}, "
+        f"composite {summary['kits19_composite']:.4f}",
+        f"- KiTS21 mean Dice {summary['kits21_mean_dice']:.4f}, mean Surface Dice {summary['kits21_mean_sd']:.4f}",
+    ]
+    if seconds is not None:
+        lines.append(f"- wall time of the pipeline before this report: {int(seconds)} s")
+    lines += [
+        "",
+        "| file | what |",
+        "|---|---|",
+        "| `summary.json`, `metrics.csv` | scores of the held-out cases (official KiTS21 columns) |",
+        "| `training_curve.png`, `training_log.txt` | loss, pseudo-Dice and LR per epoch |",
+        f"| `overlay_best.png` | best held-out case, {best['caseID']} (composite {kits19_composite(best):.3f}) |",
+        f"| `overlay_worst.png` | worst held-out case, {worst['caseID']} (composite {kits19_composite(worst):.3f}) |",
+    ]
+    for path in predictions:
+        lines.append(f"| `predicted_{path.name}` | label map predicted from the raw case with the exported MindIR |")
+    for case in case_reports:
+        volumes = ", ".join(f"{name} {v['total']:.1f} mL (L {v['left']:.1f} / R {v['right']:.1f})"
+                            for name, v in case["volumes_ml"].items())
+        diameter = case.get("largest_tumor_diameter_mm")
+        lines.append("")
+        lines.append(f"Prediction of `{case['image']}`: {volumes}; largest tumour diameter "
+                     + ("none" if diameter is None else f"{diameter:.1f} mm") + ".")
+    target = report / "report.md"
+    tmp = target.with_name("report.md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(target)
+    return target
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--report", required=True)
+    parser.add_argument("--seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    for needed in ("eval/summary.json", "eval/metrics.csv", "train/fold_0/progress.png"):
+        if not (work / needed).exists():
+            raise UserError(f"missing {work / needed}: run the demo steps first")
+    print(f"report: {build_report(work, Path(args.report), args.seconds)}")
+
+
+if __name__ == "__main__":
+    main()
