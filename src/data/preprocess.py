@@ -145,6 +145,7 @@ def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, p
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     layout = detect_layout(raw_dir)
     cases = _labelled_cases(raw_dir, layout)
+    make_splits([c.case_id for c in cases], num_folds)  # too few cases for the folds: say so before any work
     labels = dataset_labels(raw_dir)
     fingerprint = compute_fingerprint(cases, workers, pool_size=foreground_pool_size, progress=progress,
                                       collect_failures=True, label_values=list(labels.values()))
