@@ -179,3 +179,23 @@ def test_preprocess_dataset_user_errors(tmp_path):
     write_nifti(tmp_path / "few" / "case_00001" / "segmentation.nii.gz", cyst)
     with pytest.raises(UserError, match=r"case_00001.*\[3\]"):
         _run(tmp_path / "few", tmp_path / "pre")
+
+
+def test_mots_dataset_keeps_tasks(tmp_path):
+    raw = tmp_path / "raw"
+    entries = []
+    for task_id, task in ((0, "liver"), (1, "kidney")):
+        for k in range(2):
+            image, label = phantom(seed=k)
+            case_id = f"{task}_{k}"
+            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}.nii.gz", image)
+            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}_seg.nii.gz", label)
+            entries.append({"case_id": case_id, "task_id": task_id, "image": f"{task_id}_{task}/{case_id}.nii.gz",
+                            "label": f"{task_id}_{task}/{case_id}_seg.nii.gz"})
+    (raw / "mots.json").write_text(json.dumps({"tasks": {"0": "liver", "1": "kidney"}, "cases": entries}))
+    plan = _run(raw, tmp_path / "pre", normalization="ct_clip_scale", clip_window=[-325.0, 325.0])
+    assert plan["dataset"] == "mots" and plan["tasks"] == {"0": "liver", "1": "kidney"}
+    assert plan["labels"] == {"background": 0, "organ": 1, "tumor": 2}
+    assert json.loads((tmp_path / "pre" / "kidney_1.json").read_text())["task_id"] == 1
+    data = load_npz(tmp_path / "pre" / "liver_0.npz")["data"]
+    assert data.min() >= -1.0 and data.max() <= 1.0
