@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, QhullError
 
 from src.data.io import ImageMeta, atomic_write_bytes, atomic_write_json
 
@@ -73,22 +73,40 @@ def side_volumes(label: np.ndarray, spacing: Sequence[float], labels: Dict[str, 
     return volumes
 
 
+def _hull_points(points: np.ndarray) -> np.ndarray:
+    """The vertices of the convex hull of (N, 3) points (all of them when there are too few or they are
+    degenerate); the farthest pair of a set is always a pair of hull vertices."""
+    if len(points) < 5:
+        return points
+    try:
+        return points[ConvexHull(points).vertices]
+    except QhullError:  # coplanar or collinear: joggling still finds the extreme points
+        try:
+            return points[ConvexHull(points, qhull_options="QJ").vertices]
+        except QhullError:
+            return points
+
+
 def max_feret_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Largest distance (mm) between two corner points of the voxels of ``mask``; 0 for an empty mask."""
+    """Largest distance (mm) between two corner points of the voxels of ``mask``; 0 for an empty mask.
+
+    The corner cloud is the Minkowski sum of the voxel centres and one voxel box, so its hull vertices
+    are hull vertices of the centres plus box corners: only those few points are expanded, which keeps
+    a large (or noisy) component cheap.
+    """
     if not mask.any():
         return 0.0
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     mask = mask[box]
     boundary = mask & ~ndimage.binary_erosion(mask)
-    centres = np.argwhere(boundary).astype(np.float64)
-    corners = np.array([[dz, dy, dx] for dz in (-0.5, 0.5) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)])
-    points = (centres[:, None, :] + corners[None]).reshape(-1, 3) * np.asarray(spacing, dtype=np.float64)
-    points = np.unique(points, axis=0)
-    hull_points = points[ConvexHull(points).vertices]
+    scale = np.asarray(spacing, dtype=np.float64)
+    extreme_centres = _hull_points(np.argwhere(boundary) * scale)
+    corners = np.array([[dz, dy, dx] for dz in (-0.5, 0.5) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)]) * scale
+    points = _hull_points((extreme_centres[:, None, :] + corners[None]).reshape(-1, 3))
     longest = 0.0
-    for start in range(0, len(hull_points), 1024):
-        chunk = hull_points[start:start + 1024]
-        squared = ((chunk[:, None, :] - hull_points[None, :, :]) ** 2).sum(axis=-1)
+    for start in range(0, len(points), 1024):
+        chunk = points[start:start + 1024]
+        squared = ((chunk[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
         longest = max(longest, float(squared.max()))
     return float(np.sqrt(longest))
 

@@ -110,3 +110,21 @@ def test_report_without_tumour_label():
     report = build_case_report("x", image, np.minimum(label, 1), meta, {"background": 0, "kidney": 1})
     assert report["largest_tumor_diameter_mm"] is None
     assert report_line(report).endswith("no tumour")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_feret_diameter_matches_brute_force_on_irregular_and_flat_shapes(seed):
+    from scipy.spatial.distance import pdist
+
+    rng = np.random.default_rng(seed)
+    spacing = (2.5, 0.7, 0.9)
+    mask = rng.random((6, 9, 8)) < 0.3
+    if seed == 1:
+        mask[:] = False
+        mask[3, 2:7, 1:6] = rng.random((5, 5)) < 0.7      # one slice only: coplanar centres
+    if seed == 2:
+        mask[:] = False
+        mask[2, 4, 1:7] = True                            # a line: collinear centres
+    corners = np.array([[a, b, c] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-0.5, 0.5)])
+    points = ((np.argwhere(mask)[:, None, :] + corners[None]).reshape(-1, 3)) * np.array(spacing)
+    assert max_feret_diameter(mask, spacing) == pytest.approx(pdist(points).max())
