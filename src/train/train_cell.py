@@ -129,6 +129,16 @@ def build_train_cell(forward_network, loss_fn, optimizer, clip_norm: float, amp_
     raise ValueError(f"unsupported amp level {amp_level!r}")
 
 
+def set_learning_rate(optimizer, lr: float) -> None:
+    """Write ``lr`` into the optimizer's learning-rate Parameter in place.
+
+    ``Parameter.set_data`` swaps the tensor object, which a compiled graph with control flow (the
+    loss-scale cell's skip-on-overflow branch) keeps ignoring: the step went on with the old rate.
+    An in-place assign is seen by every compiled graph.
+    """
+    ops.assign(optimizer.learning_rate, ms.Tensor(lr, ms.float32))
+
+
 def loss_scale_of(train_cell) -> float:
     """The current dynamic loss scale, or 1.0 for the full-precision cell."""
     scale = getattr(train_cell, "scale_sense", None)

@@ -35,7 +35,7 @@ from src.train.distributed import ParallelInfo, init_data_parallel, weights_iden
 from src.train.run_state import (RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, fold_cases,
                                  load_plan, parse_fold, restore_rng)
 from src.train.schedule import poly_lr
-from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level
+from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
 from src.train.validation import ValidationStep, run_validation, update_ema
 
 LATEST = "checkpoint_latest.ckpt"
@@ -83,7 +83,7 @@ def _checkpoint_meta(cfg, plan, fold, state: RunState, info: ParallelInfo, lr: f
             "world": info.world, "rng": capture_rng(), "seed": cfg.seed}
 
 
-def _resume(train_cell, fold_dir: Path, plan: dict):
+def _resume(train_cell, fold_dir: Path, plan: dict, info: ParallelInfo, log):
     path = fold_dir / LATEST
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint to resume from at {path}")
@@ -91,7 +91,12 @@ def _resume(train_cell, fold_dir: Path, plan: dict):
     check_same_topology(plan, meta["plan"], path)
     restore_parameters(train_cell, params, path)
     restore_rng(meta["rng"])
-    return RunState.from_json(meta["state"])
+    state = RunState.from_json(meta["state"])
+    log(f"resumed from {path} after epoch {state.epoch}")
+    if meta.get("world", 1) != info.world:
+        log(f"note: the checkpoint was trained by {meta.get('world')} rank(s), this run has {info.world}; "
+            f"the batches differ from an uninterrupted run")
+    return state
 
 
 class _Batches:
@@ -152,12 +157,17 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
     train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level)
+    # Validation runs the network in training mode, as nnU-Net v2 does (deep supervision on, the loss over
+    # all heads): instance norm has no running statistics, so only the extra heads differ, and never
+    # flipping the mode means neither compiled graph is ever rebuilt with the other mode's flags.
+    train_cell.set_train(True)
     val_step = ValidationStep(forward, loss_fn, int(plan["num_classes"]))
 
     state = RunState()
     if resume:
-        state = _resume(train_cell, fold_dir, plan)
-        log(f"resumed from {fold_dir / LATEST} after epoch {state.epoch}")
+        state = _resume(train_cell, fold_dir, plan, info, log)
+        if pretrained:
+            log(f"note: --pretrained {pretrained} ignored; the resumed weights already started from it")
     elif pretrained:
         report = load_pretrained(network, pretrained, fold_dir, write=info.is_main)
         log(f"pretrained weights from {pretrained}: {len(report['loaded'])} loaded, "
@@ -183,13 +193,11 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     for epoch in range(state.epoch, last_epoch):
         started = time.time()
         lr = poly_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_exponent)
-        optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
-        train_cell.set_train(True)
+        set_learning_rate(optimizer, lr)
         train_loss = _train_epoch(train_cell, _Batches(train_batches, cfg.iters_per_epoch), epoch, cfg.epochs,
                                   info.is_main)
         val = {"loss": None, "dice": [], "pseudo_dice": None}
         if val_batches is not None:
-            val_step.set_train(False)
             val = run_validation(val_step, _Batches(val_batches, cfg.val_iters), int(plan["num_classes"]), info)
         state.ema = update_ema(state.ema, val["pseudo_dice"], cfg.ema_alpha)
         seconds = time.time() - started
@@ -198,7 +206,8 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
         if info.is_main:
             save_training_checkpoint(fold_dir / LATEST, train_cell,
                                      _checkpoint_meta(cfg, plan, fold, state, info, lr))
-            if is_best:
+            # until validation has scored anything, the best checkpoint follows the latest one
+            if is_best or state.best_ema is None:
                 _copy_atomically(fold_dir / LATEST, fold_dir / BEST)
             plot_progress(state.history, fold_dir / PROGRESS)
         line = epoch_line(state.epoch, cfg.epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
@@ -210,9 +219,6 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     identical = weights_identical_across_ranks(network, info)
     if info.distributed:
         log(f"world size {info.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")
-    if info.is_main and state.epoch > 0 and not (fold_dir / BEST).exists():
-        # no validation score ever (val_iters 0): the latest weights are the best we know
-        _copy_atomically(fold_dir / LATEST, fold_dir / BEST)
     log(f"finished {state.epoch}/{cfg.epochs} epochs; best EMA pseudo-Dice "
         f"{'n/a' if state.best_ema is None else f'{state.best_ema:.4f}'} at epoch {state.best_epoch}")
     return {"fold_dir": str(fold_dir), "epochs_completed": state.epoch, "best_ema": state.best_ema,

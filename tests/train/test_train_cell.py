@@ -4,7 +4,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.train.train_cell import (ClippedLossScaleTrainOneStepCell, NetworkWithLoss, build_train_cell,
-                                  loss_scale_of, resolve_amp_level)
+                                  loss_scale_of, resolve_amp_level, set_learning_rate)
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +120,23 @@ def test_huge_loss_scale_still_updates():
     before = _weights(net)
     cell(*_batch())
     assert not np.array_equal(before[0], _weights(net)[0])
+
+
+@pytest.mark.parametrize("variant", ["plain", "scaled"])
+def test_learning_rate_changes_reach_the_compiled_step(variant):
+    ms.set_seed(0)
+    net = _TwoHeads()
+    if variant == "plain":
+        cell = build_train_cell(net, _SumOfCE(), _optimizer(net), 12.0, "O0")
+    else:
+        cell = ClippedLossScaleTrainOneStepCell(NetworkWithLoss(net, _SumOfCE()), _optimizer(net), 12.0)
+    batch = _batch()
+    cell(*batch)
+    changes = []
+    for lr in (0.0, 0.05, 0.0):
+        set_learning_rate(cell.optimizer, lr)
+        before = _weights(net)
+        cell(*batch)
+        changes.append(max(np.abs(a - b).max() for a, b in zip(_weights(net), before)))
+    assert changes[0] == 0.0 and changes[2] == 0.0 and changes[1] > 0.0
+    assert float(cell.optimizer.learning_rate.asnumpy()) == 0.0

@@ -110,6 +110,8 @@ def test_pretrained_weights_transfer_into_a_network_with_another_head(tiny_data,
     cfg = tiny_config(epochs=1, iters_per_epoch=1, val_iters=0)
     train_fold(cfg, tiny_data, 0, tmp_path / "source")
     source = tmp_path / "source" / "fold_0" / LATEST
+    # without validation the best checkpoint follows the latest
+    assert (tmp_path / "source" / "fold_0" / BEST).read_bytes() == source.read_bytes()
 
     four_classes = tmp_path / "pre4"
     make_preprocessed_folder(four_classes, patch_size=(16, 16, 16), strides=TINY_STRIDES)
@@ -167,3 +169,19 @@ def test_train_py_reports_user_errors_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: plans file not found")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_float16_loss_scale_path_runs_and_resumes_exactly(tiny_data, tmp_path):
+    # amp O2 is what Ascend uses; MindSpore's CPU back end runs float16 Conv3d too, slowly
+    cfg = tiny_config(amp_level="O2", iters_per_epoch=1)
+    straight = train_fold(cfg, tiny_data, 0, tmp_path / "straight")
+    train_fold(cfg, tiny_data, 0, tmp_path / "resumed", stop_after_epoch=1)
+    train_fold(cfg, tiny_data, 0, tmp_path / "resumed", resume=True)
+    expected = _network_weights(tmp_path / "straight" / "fold_0" / LATEST)
+    resumed = _network_weights(tmp_path / "resumed" / "fold_0" / LATEST)
+    assert "scale_sense" in expected
+    for name, value in expected.items():
+        np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert "loss_scale" in (tmp_path / "straight" / "fold_0" / LOG).read_text()
+    assert straight["epochs_completed"] == 2
