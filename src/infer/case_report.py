@@ -141,9 +141,19 @@ def overlay_slice_index(label: np.ndarray, axis: int, labels: Dict[str, int]) ->
     return label.shape[axis] // 2
 
 
+def side_markers(axial: int, lateral: int, left_is_high: bool) -> Optional[Tuple[str, str]]:
+    """Patient side shown at the image's left and right edges when the left-right axis runs along the
+    displayed columns (the last in-plane axis); None otherwise."""
+    in_plane = [a for a in range(3) if a != axial]
+    if lateral != in_plane[1]:
+        return None
+    return ("R", "L") if left_is_high else ("L", "R")
+
+
 def render_overlay(image: np.ndarray, label: np.ndarray, spacing: Sequence[float], labels: Dict[str, int],
-                   axis: int, index: int, title: str) -> bytes:
-    """PNG bytes of one axial slice, CT windowed to CT_WINDOW_HU, with an outline per foreground label."""
+                   axis: int, index: int, title: str, sides: Optional[Tuple[str, str]] = None) -> bytes:
+    """PNG bytes of one axial slice, CT windowed to CT_WINDOW_HU, with an outline per foreground label
+    and, when given, the patient side at the left and right image edges."""
     ct = np.take(image, index, axis=axis)
     seg = np.take(label, index, axis=axis)
     in_plane = [s for a, s in enumerate(spacing) if a != axis]
@@ -161,6 +171,9 @@ def render_overlay(image: np.ndarray, label: np.ndarray, spacing: Sequence[float
             ax.plot([], [], color=colour, label=name)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8, framealpha=0.6)
+    if sides is not None:
+        for x, text in zip((0.02, 0.98), sides):
+            ax.text(x, 0.5, text, transform=ax.transAxes, color="yellow", fontsize=14, ha="center", va="center")
     ax.set_axis_off()
     figure.suptitle(title, fontsize=9)
     buffer = io.BytesIO()
@@ -204,7 +217,8 @@ def write_case_outputs(case_id: str, image: np.ndarray, label: np.ndarray, meta:
     index = overlay_slice_index(label, axis, labels)
     title = f"{case_id}  slice {index}  " + ("" if report["largest_tumor_diameter_mm"] is None
                                               else f"largest tumour {report['largest_tumor_diameter_mm']:.1f} mm")
-    atomic_write_bytes(overlay_path, render_overlay(image, label, meta.spacing, labels, axis, index, title))
+    sides = side_markers(axis, *lateral_axis(meta.affine))
+    atomic_write_bytes(overlay_path, render_overlay(image, label, meta.spacing, labels, axis, index, title, sides))
     report.update({"overlay": str(overlay_path), "overlay_axis": axis, "overlay_slice": index})
     atomic_write_json(report_path, report)
     return report

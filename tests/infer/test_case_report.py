@@ -17,6 +17,14 @@ def kits19_affine(slice_mm=3.0, pixel_mm=0.78):
     return [[0, 0, -pixel_mm, 0], [0, -pixel_mm, 0, 0], [-slice_mm, 0, 0, 0], [0, 0, 0, 1]]
 
 
+def test_side_markers_follow_the_displayed_columns():
+    from src.infer.case_report import side_markers
+
+    assert side_markers(0, 2, True) == ("R", "L")          # KiTS: radiological view, patient left on the right
+    assert side_markers(0, 2, False) == ("L", "R")
+    assert side_markers(2, 0, False) is None               # left-right axis runs along the displayed rows
+
+
 def test_axes_from_kits19_affine():
     assert lateral_axis(kits19_affine()) == (2, True)        # columns run towards the patient's left
     assert axial_axis(kits19_affine()) == 0
