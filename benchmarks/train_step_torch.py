@@ -2,7 +2,7 @@
 
 Runs in an environment with torch, dynamic-network-architectures and nnunetv2 (requirements-bench.txt),
 never in the project's MindSpore venv. Protocol: prints ``ready <params>``, then answers each line
-``train N`` / ``infer N`` with a JSON list of N step times in seconds; ``quit`` ends it.
+``train N`` / ``infer N`` with a JSON list of N [wall, CPU] step times in seconds; ``quit`` ends it.
 """
 import argparse
 import json
@@ -31,7 +31,8 @@ def reference_loss(stages: int):
     loss = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                           weight_ce=1, weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
     weights = [1 / 2 ** i for i in range(stages - 1)]
-    weights[-1] = 0
+    if len(weights) > 1:
+        weights[-1] = 0
     total = sum(weights)
     return DeepSupervisionWrapper(loss, [w / total for w in weights])
 
@@ -70,7 +71,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def infer_step():
         with torch.no_grad():
@@ -93,9 +94,9 @@ def main():
             step = infer_step
         times = []
         for _ in range(count):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step()
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - wall, time.process_time() - cpu))
         print(json.dumps(times), flush=True)
 
 
