@@ -131,7 +131,8 @@ def load_image(path):
     """Read a CT volume: (float32 array in storage order, ImageMeta)."""
     img, raw = _read_nifti(path, "image")
     array = raw.astype(np.float32)  # dataobj already applied scl_slope/scl_inter
-    if not np.isfinite(array).all():
+    # Integers always convert to finite float32; float64 values beyond float32's range become inf.
+    if raw.dtype.kind not in "iub" and not np.isfinite(array).all():
         raise UserError(f"image {path} contains NaN or infinite values")
     return array, _meta_from_image(img, array.shape, path)
 
@@ -201,12 +202,17 @@ def _strip_nifti_suffix(name: str) -> str:
     return name
 
 
-def _kits_root(raw: Path) -> Path | None:
-    """The folder holding the KiTS case folders: RAW itself or the repository's RAW/data."""
+def _kits_case_folders(raw: Path) -> list[Path]:
+    """Candidate KiTS case folders: RAW itself when it is one case (holds imaging.nii.gz), else the
+    sub-folders of RAW or of the KiTS repository's RAW/data; empty when RAW is no KiTS folder."""
+    if (raw / KITS_IMAGE).is_file():
+        return [raw]
     for root in (raw, raw / "data"):
-        if root.is_dir() and any(child.is_dir() and (child / KITS_IMAGE).exists() for child in root.iterdir()):
-            return root
-    return None
+        if root.is_dir():
+            folders = sorted(c for c in root.iterdir() if c.is_dir() and not c.name.startswith("."))
+            if any((folder / KITS_IMAGE).exists() for folder in folders):
+                return folders
+    return []
 
 
 def detect_layout(raw) -> str:
@@ -222,11 +228,9 @@ def detect_layout(raw) -> str:
         return "mots"
     if (raw / MSD_INDEX).exists() or (raw / "imagesTr").is_dir():
         return "msd"
-    kits_root = _kits_root(raw)
-    if kits_root is not None:
-        if any((child / KITS21_LABEL).exists() for child in kits_root.iterdir() if child.is_dir()):
-            return "kits21"
-        return "kits19"
+    kits_folders = _kits_case_folders(raw)
+    if kits_folders:
+        return "kits21" if any((folder / KITS21_LABEL).exists() for folder in kits_folders) else "kits19"
     if any(_is_nifti(child) for child in raw.iterdir()):
         return "flat"
     raise UserError(
@@ -236,9 +240,7 @@ def detect_layout(raw) -> str:
 
 def _find_kits_cases(raw: Path, layout: str) -> list[CaseFiles]:
     cases = []
-    for folder in sorted(_kits_root(raw).iterdir()):
-        if not folder.is_dir() or folder.name.startswith("."):
-            continue
+    for folder in _kits_case_folders(raw):
         image = folder / KITS_IMAGE
         labels = [folder / KITS21_LABEL, folder / KITS19_LABEL] if layout == "kits21" else [folder / KITS19_LABEL]
         label = next((p for p in labels if p.exists()), None)
@@ -316,11 +318,13 @@ def _find_flat_cases(raw: Path) -> list[CaseFiles]:
 
 
 def find_cases(raw) -> list[CaseFiles]:
-    """All cases under ``raw`` (any supported layout), sorted by case id."""
+    """All cases under ``raw`` (any supported layout, or one KiTS case folder or file), sorted by case id."""
     raw = Path(raw)
     layout = detect_layout(raw)
     if layout == "single":
-        cases = [CaseFiles(_strip_nifti_suffix(raw.name), raw, None)]
+        # KiTS names every image imaging.nii.gz: its case id is the case folder's name.
+        case_id = raw.resolve().parent.name if raw.name == KITS_IMAGE else ""
+        cases = [CaseFiles(case_id or _strip_nifti_suffix(raw.name), raw, None)]
     elif layout == "mots":
         cases = _find_mots_cases(raw)
     elif layout == "msd":

@@ -1,10 +1,13 @@
+import nibabel as nib
 import numpy as np
 import pytest
 
-from src.data.fingerprint import bounding_box, compute_fingerprint, crop_to_nonzero, intensity_statistics
+from src.data.fingerprint import (FOREGROUND_SAMPLE_SEED, analyze_case, bounding_box, compute_fingerprint,
+                                  crop_to_nonzero, intensity_statistics, labels_present, memory_order_axes,
+                                  nonzero_mask)
 from src.data.io import find_cases
 from src.errors import UserError
-from tests.data.test_io import write_kits_case, write_nifti
+from tests.data.test_io import phantom, write_kits_case, write_nifti
 
 
 def test_crop_fills_holes_and_marks_outside_background_ignored():
@@ -28,6 +31,65 @@ def test_crop_fills_holes_and_marks_outside_background_ignored():
     assert cropped_seg[0, 0, 0] == -1 and (cropped_seg == -1).sum() == 1
     _, no_seg, _ = crop_to_nonzero(image)
     assert no_seg is None
+
+
+def _body_with_holes(shape=(18, 20, 22), seed=0):
+    """(image (1, ...), seg): a zero border, an enclosed zero cavity, scattered zero voxels, labels."""
+    image, label = phantom(shape, seed)
+    image = image.astype(np.float32)
+    image[6:9, 7:10, 8:12] = 0.0  # enclosed: filled
+    image[2, 5:9, 6:9] = 0.0  # open to the zero border: stays outside
+    rng = np.random.RandomState(seed)
+    image[rng.rand(*shape) < 0.02] = 0.0
+    return image[None], label.astype(np.int16)
+
+
+@pytest.mark.parametrize("image_order, seg_order", [("F", "F"), ("F", "C"), ("C", "F")])
+def test_crop_does_not_depend_on_memory_layout(image_order, seg_order):
+    image, seg = _body_with_holes()
+    expected_image, expected_seg, expected_bbox = crop_to_nonzero(image, seg)
+    assert (expected_seg == -1).any() and expected_bbox != [[0, 18], [0, 20], [0, 22]]
+    image_in = np.asarray(image[0], order=image_order)[None]
+    seg_in = np.asarray(seg, order=seg_order)
+    assert np.array_equal(nonzero_mask(image_in), nonzero_mask(image))
+    cropped, cropped_seg, bbox = crop_to_nonzero(image_in, seg_in)
+    assert bbox == expected_bbox
+    assert np.array_equal(cropped, expected_image) and np.array_equal(cropped_seg, expected_seg)
+    assert cropped_seg.flags.f_contiguous == (seg_order == "F")  # a copy in the seg's own layout
+
+
+def test_memory_order_axes():
+    volume = np.zeros((3, 4, 5), np.int16)
+    assert memory_order_axes(volume) == (0, 1, 2)
+    assert memory_order_axes(np.asfortranarray(volume)) == (2, 1, 0)
+    assert memory_order_axes(volume.transpose(1, 2, 0)) == (2, 0, 1)
+    assert memory_order_axes(volume[:, ::-1]) == (0, 1, 2)
+
+
+def test_labels_present_counts_every_value():
+    seg = np.zeros((4, 5, 6), np.int16, order="F")
+    seg[1, 2, 3], seg[3, 4, 5] = 7, 2
+    assert labels_present(seg) == [0, 2, 7]
+    assert labels_present(np.full((2, 2, 2), 3, np.int16)) == [3]
+
+
+def test_foreground_samples_follow_file_order(tmp_path):
+    """nnU-Net v2 draws its samples from the foreground voxels in file order with seed 1234."""
+    rng = np.random.RandomState(3)
+    image = np.zeros((16, 20, 24), np.int16)
+    image[2:-2, 2:-2, 2:-2] = rng.randint(1, 1000, size=(12, 16, 20))
+    label = np.zeros(image.shape, np.uint8)
+    label[4:12, 5:15, 6:18] = 1
+    label[6:9, 7:10, 8:12] = 2
+    write_nifti(tmp_path / "case_00000" / "imaging.nii.gz", image, spacing=(3.0, 0.8, 0.8))
+    write_nifti(tmp_path / "case_00000" / "segmentation.nii.gz", label, spacing=(3.0, 0.8, 0.8))
+    foreground_in_file_order = image.ravel(order="F")[label.ravel(order="F") > 0].astype(np.float32)
+    expected = np.random.RandomState(FOREGROUND_SAMPLE_SEED).choice(foreground_in_file_order, 50)
+    in_c_order = np.random.RandomState(FOREGROUND_SAMPLE_SEED).choice(image[label > 0], 50)
+    assert not np.array_equal(expected, in_c_order)  # the order matters for this volume
+    result = analyze_case(find_cases(tmp_path)[0], 50)
+    assert np.array_equal(result["foreground_samples"], expected)
+    assert result["labels_present"] == [0, 1, 2]
 
 
 def test_bounding_box_of_empty_mask_is_whole_volume():

@@ -219,6 +219,30 @@ def test_kits21_prefers_majority_vote_label(tmp_path):
     assert dataset_labels(tmp_path) == {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
 
 
+def test_single_kits_image_takes_its_case_folder_name(tmp_path, monkeypatch):
+    write_kits_case(tmp_path, "case_00019")
+    image = tmp_path / "case_00019" / "imaging.nii.gz"
+    assert detect_layout(image) == "single"
+    assert find_cases(image) == [CaseFiles("case_00019", image, None)]
+    monkeypatch.chdir(tmp_path / "case_00019")  # a relative path names no folder until resolved
+    assert [c.case_id for c in find_cases("imaging.nii.gz")] == ["case_00019"]
+    other = write_nifti(tmp_path / "case_00019" / "segmentation_copy.nii.gz", phantom()[0])
+    assert [c.case_id for c in find_cases(other)] == ["segmentation_copy"]
+
+
+@pytest.mark.parametrize("label_name, layout", [("segmentation.nii.gz", "kits19"),
+                                                ("aggregated_MAJ_seg.nii.gz", "kits21"), (None, "kits19")])
+def test_one_kits_case_folder_is_one_case(tmp_path, label_name, layout):
+    write_kits_case(tmp_path, "case_00019", label_name=label_name, with_label=label_name is not None)
+    write_kits_case(tmp_path, "case_00020")  # a sibling case is not part of RAW/case_00019
+    folder = tmp_path / "case_00019"
+    assert detect_layout(folder) == layout
+    label = folder / label_name if label_name else None
+    assert find_cases(folder) == [CaseFiles("case_00019", folder / "imaging.nii.gz", label)]
+    assert find_cases(str(folder) + "/")[0].case_id == "case_00019"
+    assert "kidney" in dataset_labels(folder)
+
+
 def write_msd(root, ids, labels_json, channel_suffix="_0000"):
     for i, case_id in enumerate(ids):
         image, label = phantom(seed=i)
