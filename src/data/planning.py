@@ -172,6 +172,29 @@ def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_
     return plan
 
 
+def plan_for_config(plan: dict, target_spacing=None, patch_size=None, base_features: int = 32,
+                    max_features: int = 320, max_stages: int | None = None) -> dict:
+    """The plan with the network topology the config asks for at training time.
+
+    The target spacing is baked into the preprocessed data, so a different one is an error; the patch
+    size (``None`` keeps the planned one), the widths and the stage limit may change after
+    preprocessing, and the per-stage kernels/strides are re-derived with the same rule as planning.
+    For the config the data was preprocessed with, the plan comes back unchanged.
+    """
+    if target_spacing is not None and not np.allclose(target_spacing, plan["target_spacing"], rtol=1e-4):
+        raise UserError(f"target_spacing {list(target_spacing)} differs from the preprocessed data's "
+                        f"{plan['target_spacing']}: run prepare.py preprocess again with this config")
+    patch = _check_triplet("patch_size", patch_size, int) or plan["patch_size"]
+    if max_stages is not None and max_stages < 1:
+        raise UserError(f"max_stages must be at least 1, got {max_stages}")
+    max_pools = None if max_stages is None else max_stages - 1
+    strides, kernels, patch, _ = pool_and_conv_props(plan["target_spacing"], patch, max_pools)
+    updated = dict(plan)
+    updated.update({"patch_size": [int(p) for p in patch], "strides": strides, "conv_kernel_sizes": kernels,
+                    "features": stage_features(len(strides), base_features, max_features)})
+    return updated
+
+
 def kfold_indices(num_items: int, num_folds: int, seed: int = SPLIT_SEED) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, val) index arrays exactly as sklearn's KFold(num_folds, shuffle=True, random_state=seed)."""
     order = np.random.RandomState(seed).permutation(num_items)

@@ -23,6 +23,7 @@ from mindspore import nn
 from src.config import save_config
 from src.data.dataset import build_train_dataset, build_val_dataset
 from src.data.io import atomic_write_json
+from src.data.planning import plan_for_config
 from src.errors import UserError
 from src.losses import build_loss
 from src.models import build_network
@@ -139,7 +140,8 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     """
     pre_dir = Path(pre_dir)
     fold = parse_fold(fold)
-    plan = load_plan(pre_dir)
+    plan = plan_for_config(load_plan(pre_dir), cfg.target_spacing, cfg.patch_size, cfg.base_features,
+                           cfg.max_features, cfg.max_stages)
     train_ids, val_ids = fold_cases(pre_dir, plan, fold)
     fold_dir = Path(out_dir) / f"fold_{fold}"
 

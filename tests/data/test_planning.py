@@ -173,3 +173,33 @@ def test_splits_need_enough_cases():
         make_splits(["a", "b", "c"], 5)
     with pytest.raises(UserError, match="num_folds"):
         make_splits(["a", "b", "c"], 1)
+
+
+def test_plan_for_config_is_identity_for_the_preprocessing_config():
+    from src.data.planning import plan_for_config, pool_and_conv_props, stage_features
+
+    strides, kernels, patch, _ = pool_and_conv_props([4.0, 3.2, 3.2], [32, 64, 64])
+    plan = {"target_spacing": [4.0, 3.2, 3.2], "patch_size": patch, "strides": strides,
+            "conv_kernel_sizes": kernels, "features": stage_features(len(strides), 16, 128)}
+    assert plan_for_config(plan, [4.0, 3.2, 3.2], None, 16, 128, None) == plan
+
+
+def test_plan_for_config_applies_training_overrides():
+    from src.data.planning import plan_for_config, pool_and_conv_props, stage_features
+
+    strides, kernels, patch, _ = pool_and_conv_props([1.0, 1.0, 1.0], [64, 64, 64])
+    plan = {"target_spacing": [1.0, 1.0, 1.0], "patch_size": patch, "strides": strides,
+            "conv_kernel_sizes": kernels, "features": stage_features(len(strides))}
+    small = plan_for_config(plan, None, [30, 32, 32], 8, 64, 3)
+    assert small["patch_size"] == [32, 32, 32]
+    assert small["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert small["features"] == [8, 16, 32]
+    assert plan["patch_size"] == [64, 64, 64]  # the input plan is not modified
+
+
+def test_plan_for_config_refuses_a_different_target_spacing():
+    from src.data.planning import plan_for_config
+
+    plan = {"target_spacing": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16]}
+    with pytest.raises(UserError, match="preprocess again"):
+        plan_for_config(plan, [2.0, 1.0, 1.0])
