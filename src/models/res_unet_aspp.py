@@ -9,7 +9,7 @@ a projected shortcut, then LReLU; one per stage, after transposed-conv upsamplin
 """
 from mindspore import nn, ops
 
-from src.models.layers import (ConvNormAct, conv3d, forget_compiled_graphs, head_conv, leaky_relu,
+from src.models.layers import (ConvNormAct, LeakyReLU, conv3d, forget_compiled_graphs, head_conv,
                                transposed_conv3d)
 from src.models.unet3d import check_topology
 
@@ -38,10 +38,11 @@ class ResidualBlock(nn.Cell):
         self.units = nn.SequentialCell(units)
         needs_projection = in_channels != out_channels or any(s != 1 for s in stride)
         self.shortcut = ConvNormAct(in_channels, out_channels, 1, stride, 1, False) if needs_projection else None
+        self.activation = LeakyReLU()
 
     def construct(self, x):
         residual = x if self.shortcut is None else self.shortcut(x)
-        return leaky_relu(self.units(x) + residual)
+        return self.activation(self.units(x) + residual)
 
 
 class ASPP(nn.Cell):
@@ -54,13 +55,14 @@ class ASPP(nn.Cell):
         self.branches = nn.CellList(branches)
         # no norm on the pooled branch: instance norm of a single voxel is always zero
         self.pool_conv = conv3d(channels, channels, 1, 1, 1, has_bias=True)
+        self.pool_activation = LeakyReLU()
         self.project = ConvNormAct(channels * (len(branches) + 1), channels, 1, 1, 1, True)
 
     def construct(self, x):
         outputs = ()
         for branch in self.branches:
             outputs = outputs + (branch(x),)
-        pooled = leaky_relu(self.pool_conv(x.mean(axis=(2, 3, 4), keep_dims=True)))
+        pooled = self.pool_activation(self.pool_conv(x.mean(axis=(2, 3, 4), keep_dims=True)))
         outputs = outputs + (ops.broadcast_to(pooled, x.shape),)
         return self.project(ops.concat(outputs, 1))
 

@@ -3,7 +3,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from src.models.layers import (ConvNormAct, InstanceNorm3d, as_triple, conv3d, count_parameters, leaky_relu,
+from src.models.layers import (ConvNormAct, InstanceNorm3d, LeakyReLU, as_triple, conv3d, count_parameters,
                                max_pool, transposed_conv3d)
 
 
@@ -13,14 +13,28 @@ def numpy_instance_norm(x, eps=1e-5):
     return (x - mean) / np.sqrt(var + eps)
 
 
-def test_instance_norm_matches_numpy_and_ignores_the_batch():
+@pytest.mark.parametrize("training", [True, False])
+def test_instance_norm_matches_numpy_and_ignores_the_batch(training):
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(3, 4, 5, 6, 7)) * 5 + 2).astype(np.float32)
     norm = InstanceNorm3d(4)
+    norm.set_train(training)
     out = norm(Tensor(x)).asnumpy()
     np.testing.assert_allclose(out, numpy_instance_norm(x), atol=2e-5)
     alone = norm(Tensor(x[1:2])).asnumpy()
-    np.testing.assert_allclose(alone, out[1:2], atol=1e-6)
+    np.testing.assert_allclose(alone, out[1:2], atol=1e-5)
+
+
+def test_instance_norm_training_and_inference_formulations_agree():
+    rng = np.random.default_rng(5)
+    x = Tensor((rng.normal(size=(2, 3, 4, 5, 6)) * 3 - 1).astype(np.float32))
+    norm = InstanceNorm3d(3)
+    params = {p.name.split(".")[-1]: p for p in norm.get_parameters()}
+    params["gamma"].set_data(Tensor(np.array([0.5, 1.5, -2.0], np.float32)))
+    params["beta"].set_data(Tensor(np.array([1.0, 0.0, 0.25], np.float32)))
+    train_out = norm.set_train(True)(x).asnumpy()
+    infer_out = norm.set_train(False)(x).asnumpy()
+    np.testing.assert_allclose(infer_out, train_out, atol=1e-5)
 
 
 def test_instance_norm_affine_parameters_apply_per_channel():
@@ -38,9 +52,17 @@ def test_instance_norm_affine_parameters_apply_per_channel():
 
 def test_leaky_relu_value_and_gradient_equal_the_definition():
     x = np.array([-3.0, -0.5, 0.0, 0.25, 4.0], np.float32)
-    np.testing.assert_allclose(leaky_relu(Tensor(x)).asnumpy(), np.where(x > 0, x, 0.01 * x), rtol=1e-7)
-    grad = ops.grad(lambda t: leaky_relu(t).sum())(Tensor(x)).asnumpy()
-    np.testing.assert_allclose(grad[[0, 1, 3, 4]], [0.01, 0.01, 1.0, 1.0], rtol=1e-6)
+    act = LeakyReLU()
+    np.testing.assert_allclose(act(Tensor(x)).asnumpy(), np.where(x > 0, x, 0.01 * x), rtol=1e-7)
+    weights = Tensor(np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32))
+
+    def weighted(t):
+        return (act(t) * weights).sum()
+
+    grad = ops.grad(weighted)(Tensor(x)).asnumpy()
+    np.testing.assert_allclose(grad[[0, 1, 3, 4]], [0.01, 0.02, 4.0, 5.0], rtol=1e-6)
+    graph_grad = ms.jit(ops.grad(weighted))(Tensor(x)).asnumpy()
+    np.testing.assert_allclose(graph_grad[[0, 1, 3, 4]], [0.01, 0.02, 4.0, 5.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("kernel,stride,expected", [
