@@ -98,10 +98,14 @@ class MindSporeSide:
 class TorchSide:
     """PyTorch nnU-Net in a child process of another Python environment."""
 
-    def __init__(self, python: str, patch, batch: int, stages: int, threads: int):
+    def __init__(self, python: str, patch, batch: int, stages: int, threads: int, passive_wait: bool = False):
         command = [python, str(TORCH_SIDE), "--patch", *map(str, patch), "--batch", str(batch),
                    "--stages", str(stages), "--threads", str(threads)]
         env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+        if passive_wait:
+            # idle OpenMP threads sleep instead of spinning: on a busy machine spinning burns CPU time
+            # that is then counted against PyTorch and steals cores from everyone else
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                             env=env)
@@ -161,6 +165,8 @@ def parse_args(argv=None):
     parser.add_argument("--reference", action="store_true", help="also time PyTorch nnU-Net, interleaved")
     parser.add_argument("--reference_python", default=os.environ.get("KITSEG_REFERENCE_PYTHON", sys.executable),
                         help="Python with torch + dynamic-network-architectures + nnunetv2")
+    parser.add_argument("--torch_passive_wait", action="store_true",
+                        help="run PyTorch with OMP_WAIT_POLICY=PASSIVE (fairer CPU times on a shared machine)")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 1:
         raise UserError("--batch, --repeats and --warmup must be at least 1")
@@ -177,7 +183,8 @@ def main(argv=None):
     ours = MindSporeSide(args.patch, args.batch, args.stages)
     sides = [ours]
     if args.reference:
-        sides.append(TorchSide(args.reference_python, args.patch, args.batch, args.stages, cpu_thread_count()))
+        sides.append(TorchSide(args.reference_python, args.patch, args.batch, args.stages, cpu_thread_count(),
+                               args.torch_passive_wait))
     try:
         train = interleaved(sides, "train", args.warmup, args.repeats)
         infer = interleaved(sides, "infer", args.warmup, args.repeats)
