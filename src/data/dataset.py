@@ -11,6 +11,7 @@ import numpy as np
 
 from src.data.augment import (BORDER_DATA, BORDER_SEG, build_train_transforms, deep_supervision_strides,
                               downsample_seg_for_deep_supervision)
+from src.data.partial_labels import partial_targets, plan_task_channels, read_case_tasks
 from src.data.sampler import centred_bbox, crop_with_padding, load_case, oversample_mask, sample_patch_bbox
 from src.errors import UserError
 
@@ -69,7 +70,13 @@ class PatchBatchSource:
 
     def sample(self, rng: np.random.Generator, force_fg: bool):
         """One (data (C,*patch) float32, seg (*patch) with -1 reset to 0) sample."""
-        case = load_case(self.pre_dir, self.case_ids[rng.integers(len(self.case_ids))])
+        return self.sample_case(self.draw_case(rng), rng, force_fg)
+
+    def draw_case(self, rng: np.random.Generator) -> str:
+        return self.case_ids[rng.integers(len(self.case_ids))]
+
+    def sample_case(self, case_id: str, rng: np.random.Generator, force_fg: bool):
+        case = load_case(self.pre_dir, case_id)
         bbox = sample_patch_bbox(case.shape, self.patch_size, force_fg, case.fg_locations, rng)
         if not self.augment:
             data = crop_with_padding(case.data, bbox, BORDER_DATA)
@@ -89,6 +96,32 @@ class PatchBatchSource:
         state = dict(self.__dict__)
         state["_transforms"] = None
         return state
+
+
+class PartialLabelBatchSource(PatchBatchSource):
+    """DoDNet batches ``(data, task_id (B,) int32, seg_0 (B, 2, *patch) int32)``: each sample's label
+    patch becomes its task's (organ, tumour) targets, -1 in a channel the task does not annotate."""
+
+    def __init__(self, *args, case_tasks: dict, task_channels: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.case_tasks = dict(case_tasks)
+        self.task_channels = dict(task_channels)
+
+    @property
+    def column_names(self) -> list:
+        return ["data", "task_id"] + [f"seg_{i}" for i in range(len(self.ds_strides))]
+
+    def __getitem__(self, index):
+        data, segs, task_ids = [], [], []
+        for rng, force in zip(self.sample_streams(int(index)), self.force_fg):
+            case_id = self.draw_case(rng)
+            patch, seg = self.sample_case(case_id, rng, bool(force))
+            data.append(patch)
+            segs.append(seg)
+            task_ids.append(self.case_tasks[case_id])
+        targets = partial_targets(np.stack(segs), task_ids, self.task_channels)
+        return (np.stack(data), np.asarray(task_ids, dtype=np.int32),
+                *downsample_seg_for_deep_supervision(targets, self.ds_strides))
 
 
 def _plan_patch_and_strides(plan: dict, cfg):
@@ -113,11 +146,16 @@ def make_source(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 
         raise ValueError(f"rank {rank} is not in a world of {world}")
     patch_size, ds_strides = _plan_patch_and_strides(plan, cfg)
     per_rank = cfg.iters_per_epoch if train else cfg.val_iters
-    return PatchBatchSource(
+    source_class, partial = PatchBatchSource, {}
+    if getattr(cfg, "network", "") == "dodnet":
+        source_class = PartialLabelBatchSource
+        partial = {"case_tasks": read_case_tasks(pre_dir, case_ids),
+                   "task_channels": plan_task_channels(plan, str(Path(pre_dir) / "plans.json"))}
+    return source_class(
         pre_dir, case_ids, patch_size, cfg.batch_size, cfg.oversample_foreground, ds_strides,
         seed=cfg.seed if epoch_seed is None else int(epoch_seed), first_epoch=epoch, num_epochs=num_epochs,
         batches_per_epoch=per_rank * world, augment=train and cfg.augment,
-        stream=TRAIN_STREAM if train else VAL_STREAM)
+        stream=TRAIN_STREAM if train else VAL_STREAM, **partial)
 
 
 def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: int):

@@ -13,6 +13,7 @@ from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, cro
                                   raise_for_failures)
 from src.data.io import (CaseFiles, ImageMeta, atomic_write, atomic_write_json, dataset_labels, dataset_tasks,
                          detect_layout, find_cases, load_image, load_label)
+from src.data.partial_labels import mots_task_channels
 from src.data.planning import make_splits, plan_experiment
 from src.data.resample import compute_new_shape, needs_separate_z, resample_image, resample_segmentation
 from src.errors import UserError
@@ -147,6 +148,9 @@ def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, p
     cases = _labelled_cases(raw_dir, layout)
     make_splits([c.case_id for c in cases], num_folds)  # too few cases for the folds: say so before any work
     labels = dataset_labels(raw_dir)
+    tasks = dataset_tasks(raw_dir)
+    # DoDNet's per-task (organ, tumour) label values, checked before the long fingerprinting run
+    task_channels = mots_task_channels(raw_dir, tasks) if tasks is not None else None
     fingerprint = compute_fingerprint(cases, workers, pool_size=foreground_pool_size, progress=progress,
                                       collect_failures=True, label_values=list(labels.values()))
     failures = dict(fingerprint["failed"])
@@ -154,9 +158,9 @@ def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, p
                            patch_budget_voxels=patch_budget_voxels, base_features=base_features,
                            max_features=max_features, max_stages=max_stages, batch_size=batch_size,
                            normalization=normalization, clip_window=clip_window, dataset=layout)
-    tasks = dataset_tasks(raw_dir)
     if tasks is not None:
         plan["tasks"] = {str(k): v for k, v in tasks.items()}
+        plan["task_channels"] = task_channels
     # Fail on too few cases for the folds before the long preprocessing run (naming broken cases first).
     if len(plan["cases"]) < num_folds:
         raise_for_failures(failures, "fingerprint")

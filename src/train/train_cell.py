@@ -35,14 +35,21 @@ def _not_finite_tensor(grad):
 
 
 class NetworkWithLoss(nn.Cell):
-    """``(data, seg_0, ..., seg_{S-1}) -> scalar loss``; outputs are float32 (amp casts them back)."""
+    """``(data, seg_0, ..., seg_{S-1}) -> scalar loss``; outputs are float32 (amp casts them back).
 
-    def __init__(self, network, loss_fn):
+    A task-conditioned network (DoDNet) takes ``(data, task_id, seg_0, ...)`` and is called as
+    ``network(data, task_id)``.
+    """
+
+    def __init__(self, network, loss_fn, task_conditioned: bool = False):
         super().__init__(auto_prefix=False)
         self.network = network
         self.loss_fn = loss_fn
+        self.task_conditioned = bool(task_conditioned)
 
     def construct(self, data, *targets):
+        if self.task_conditioned:
+            return self.loss_fn(self.network(data, targets[0]), targets[1:])
         return self.loss_fn(self.network(data), targets)
 
 
@@ -119,9 +126,11 @@ def apply_amp(network, amp_level: str):
     raise ValueError(f"unsupported amp level {amp_level!r}")
 
 
-def build_train_cell(forward_network, loss_fn, optimizer, clip_norm: float, amp_level: str):
-    """The one-step Cell for a resolved ``amp_level``; ``forward_network`` is ``apply_amp``'s result."""
-    network_with_loss = NetworkWithLoss(forward_network, loss_fn)
+def build_train_cell(forward_network, loss_fn, optimizer, clip_norm: float, amp_level: str,
+                     task_conditioned: bool = False):
+    """The one-step Cell for a resolved ``amp_level``; ``forward_network`` is ``apply_amp``'s result.
+    ``task_conditioned``: the batches carry a task id after the data (DoDNet)."""
+    network_with_loss = NetworkWithLoss(forward_network, loss_fn, task_conditioned)
     if amp_level == "O0":
         return ClippedTrainOneStepCell(network_with_loss, optimizer, clip_norm)
     if amp_level == "O2":

@@ -37,7 +37,7 @@ from src.train.run_state import (RunState, TrainingLog, capture_rng, check_same_
                                  load_plan, parse_fold, restore_rng)
 from src.train.schedule import poly_lr
 from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
-from src.train.validation import ValidationStep, run_validation, update_ema
+from src.train.validation import build_validation_step, run_validation, update_ema
 
 LATEST = "checkpoint_latest.ckpt"
 BEST = "checkpoint_best.ckpt"
@@ -158,12 +158,13 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     forward = apply_amp(network, amp_level)
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
-    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level)
+    task_conditioned = cfg.network == "dodnet"  # its batches carry each sample's task id
+    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, task_conditioned)
     # Validation runs the network in training mode, as nnU-Net v2 does (deep supervision on, the loss over
     # all heads): instance norm has no running statistics, so only the extra heads differ, and never
     # flipping the mode means neither compiled graph is ever rebuilt with the other mode's flags.
     train_cell.set_train(True)
-    val_step = ValidationStep(forward, loss_fn, int(plan["num_classes"]))
+    val_step = build_validation_step(cfg.network, forward, loss_fn, plan, getattr(network, "num_outputs", 2))
 
     state = RunState()
     if resume:
@@ -200,7 +201,7 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
                                   info.is_main)
         val = {"loss": None, "dice": [], "pseudo_dice": None}
         if val_batches is not None:
-            val = run_validation(val_step, _Batches(val_batches, cfg.val_iters), int(plan["num_classes"]), info)
+            val = run_validation(val_step, _Batches(val_batches, cfg.val_iters), val_step.num_counts, info)
         state.ema = update_ema(state.ema, val["pseudo_dice"], cfg.ema_alpha)
         seconds = time.time() - started
         is_best = state.record_epoch(train_loss, val["loss"], val["pseudo_dice"], lr, seconds)

@@ -4,6 +4,8 @@ Per foreground class, true/false positives and false negatives of the highest-re
 argmax are summed over all validation batches (and all ranks), then Dice = 2TP / (2TP + FP + FN);
 voxels labelled -1 (outside the nonzero mask) are ignored. The mean over the foreground classes is the
 pseudo-Dice; an exponential moving average of it picks the best checkpoint.
+DoDNet (sigmoid outputs, partial labels): the same counts per output channel (organ, tumour) from
+sigmoid > 0.5, over the voxels of the channels the sample's task annotates.
 """
 import math
 
@@ -16,11 +18,13 @@ from src.train.distributed import ParallelInfo, all_reduce_sum
 
 class ValidationStep(nn.Cell):
     """``(data, seg_0, ...) -> (loss, tp, fp, fn)``, the counts per class (background included)."""
+    first_foreground = 1
 
     def __init__(self, forward_network, loss_fn, num_classes: int):
         super().__init__(auto_prefix=False)
         self.network = forward_network
         self.loss_fn = loss_fn
+        self.num_counts = num_classes
         self.classes = ms.Tensor(np.arange(num_classes, dtype=np.int32).reshape(1, num_classes, 1, 1, 1))
 
     def construct(self, data, *targets):
@@ -38,6 +42,39 @@ class ValidationStep(nn.Cell):
         fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
         fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
         return loss, tp, fp, fn
+
+
+class PartialLabelValidationStep(nn.Cell):
+    """``(data, task_id, target (B, K, ...) in {0, 1, -1}) -> (loss, tp, fp, fn)`` per output channel;
+    every channel is a foreground structure, and -1 voxels (unannotated channel, ignored) are not counted."""
+    first_foreground = 0
+
+    def __init__(self, forward_network, loss_fn, num_outputs: int):
+        super().__init__(auto_prefix=False)
+        self.network = forward_network
+        self.loss_fn = loss_fn
+        self.num_counts = num_outputs
+
+    def construct(self, data, task_id, *targets):
+        logits = self.network(data, task_id)
+        loss = self.loss_fn(logits, targets)
+        target = targets[0]
+        valid = ops.cast(target >= 0, ms.float32)
+        # sigmoid(x) > 0.5 exactly when x > 0
+        predicted = ops.cast(logits > 0, ms.float32) * valid
+        reference = ops.cast(target > 0, ms.float32)
+        axes = (0, 2, 3, 4)
+        tp = ops.reduce_sum(predicted * reference, axes)
+        fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
+        fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+        return loss, tp, fp, fn
+
+
+def build_validation_step(network_name: str, forward_network, loss_fn, plan: dict, num_outputs: int = 2):
+    """The validation step for ``network_name``; ``num_outputs`` is DoDNet's channel count."""
+    if network_name == "dodnet":
+        return PartialLabelValidationStep(forward_network, loss_fn, num_outputs)
+    return ValidationStep(forward_network, loss_fn, int(plan["num_classes"]))
 
 
 def dice_per_class(tp, fp, fn) -> list:
@@ -66,9 +103,10 @@ def update_ema(ema, value, alpha: float):
 def run_validation(step: ValidationStep, batches, num_classes: int, info: ParallelInfo = ParallelInfo()) -> dict:
     """Evaluate ``step`` on every batch of ``batches`` (tuples of Tensors); counts are summed over ranks.
 
-    Returns ``loss`` (mean over batches, None without batches), ``dice`` (per foreground class) and
-    ``pseudo_dice`` (their mean, None when no class was seen).
+    Returns ``loss`` (mean over batches, None without batches), ``dice`` (per foreground class, from the
+    step's ``first_foreground`` count on) and ``pseudo_dice`` (their mean, None when no class was seen).
     """
+    first = getattr(step, "first_foreground", 1)
     totals = np.zeros(3 * num_classes + 2, dtype=np.float64)
     for batch in batches:
         loss, tp, fp, fn = step(*batch)
@@ -76,6 +114,6 @@ def run_validation(step: ValidationStep, batches, num_classes: int, info: Parall
     totals = all_reduce_sum(totals, info).astype(np.float64)
     loss_sum, count = totals[0], totals[1]
     tp, fp, fn = np.split(totals[2:], 3)
-    dice = dice_per_class(tp[1:], fp[1:], fn[1:])
+    dice = dice_per_class(tp[first:], fp[first:], fn[first:])
     return {"loss": float(loss_sum / count) if count else None, "dice": dice,
             "pseudo_dice": mean_ignoring_nan(dice)}
