@@ -7,7 +7,8 @@ A synthetic CT case of slices x 512 x 512 voxels at 3 x 0.78 x 0.78 mm (KiTS19 l
 ``benchmarks.preprocess_case``'s phantom) is written to a temporary folder, the config's network is
 planned for it (``plan_experiment`` with the config's target spacing and patch size) and saved with
 random weights as a training checkpoint. Then ``predict.py`` runs as a child process on CPU and its
-peak resident memory is read with ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it exits. Random
+peak resident memory is read with ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it exits (it is stopped
+early if it passes ``--max_rss_gb``, default 12, so a runaway run cannot exhaust a shared machine). Random
 weights make the label map noisy, which is the harder case for postprocessing and the report.
 The last line printed is one JSON object.
 """
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta_mirror", default="false", choices=("true", "false"),
                         help="mirroring multiplies the time by 8 and barely changes the memory (default off)")
     parser.add_argument("--sw_batch_size", type=int, default=None, help="windows per network call (default: config)")
+    parser.add_argument("--max_rss_gb", type=float, default=12.0,
+                        help="stop predict.py when its resident memory passes this (protects a shared machine)")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     return parser
@@ -52,6 +55,33 @@ def write_random_checkpoint(cfg, plan: dict, path: Path) -> None:
     ms.set_seed(0)
     network = build_network(cfg, plan)
     save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan, "epoch": 0})
+
+
+def resident_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_with_memory_cap(command, log_dir: Path, max_rss_gb: float):
+    """(return code, stopped for memory, stdout, stderr) of ``command``; the child is terminated once
+    its resident memory passes ``max_rss_gb`` so a runaway run cannot push a shared machine into OOM."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "stdout.txt", "w") as out, open(log_dir / "stderr.txt", "w") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        stopped = False
+        while child.poll() is None:
+            if resident_kb(child.pid) * 1024 > max_rss_gb * 1e9:
+                child.terminate()
+                stopped = True
+                child.wait()
+                break
+            time.sleep(0.5)
+    return child.returncode, stopped, (log_dir / "stdout.txt").read_text(), (log_dir / "stderr.txt").read_text()
 
 
 def run(args, work: Path) -> dict:
@@ -74,12 +104,15 @@ def run(args, work: Path) -> dict:
                "--input", str(work / "raw"), "--output", str(work / "out"), "--device_target", "CPU",
                "--tta_mirror", args.tta_mirror, "--sw_batch_size", str(sw_batch)]
     start = time.perf_counter()
-    child = subprocess.run(command, capture_output=True, text=True)
+    returncode, stopped, stdout, stderr = run_with_memory_cap(command, work / "predict_log", args.max_rss_gb)
     seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        raise SystemExit(f"predict.py failed ({child.returncode}):\n{child.stderr[-3000:]}")
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    report = json.loads((work / "out" / f"{case.case_id}_report.json").read_text())
+    if stopped:
+        stdout += f"\nstopped: resident memory passed {args.max_rss_gb} GB"
+    elif returncode != 0:
+        raise SystemExit(f"predict.py failed ({returncode}):\n{stderr[-3000:]}")
+    report_path = work / "out" / f"{case.case_id}_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
     return {
         "config": Path(args.config).name,
         "shape": list(shape),
@@ -90,10 +123,12 @@ def run(args, work: Path) -> dict:
         "windows": windows,
         "sw_batch_size": sw_batch,
         "tta_mirror": args.tta_mirror == "true",
-        "peak_rss_gb": round(peak_kb / 1024 ** 2, 3),
+        "completed": not stopped,
+        "peak_rss_gib": round(peak_kb / 1024 ** 2, 3),
+        "peak_rss_gb": round(peak_kb * 1024 / 1e9, 3),
         "seconds": round(seconds, 1),
-        "predicted_kidney_ml": round(report["volumes_ml"]["kidney"]["total"], 1),
-        "last_stdout_line": child.stdout.strip().splitlines()[-1] if child.stdout.strip() else "",
+        "predicted_kidney_ml": round(report["volumes_ml"]["kidney"]["total"], 1) if report else None,
+        "last_stdout_line": stdout.strip().splitlines()[-1] if stdout.strip() else "",
     }
 
 
@@ -107,8 +142,10 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(prefix="predict_case_") as tmp:
             result = run(args, Path(tmp))
     if not args.json:
-        print(f"predict.py on {result['shape']} voxels: peak RSS {result['peak_rss_gb']} GB, "
-              f"{result['seconds']} s, {result['windows']} windows of {result['patch_size']}")
+        state = "" if result["completed"] else " (stopped at the memory cap)"
+        print(f"predict.py on {result['shape']} voxels: peak RSS {result['peak_rss_gb']} GB "
+              f"({result['peak_rss_gib']} GiB){state}, {result['seconds']} s, {result['windows']} windows of "
+              f"{result['patch_size']}")
     print(json.dumps(result))
 
 
