@@ -60,7 +60,8 @@ def test_distribute_script_trains_two_cpu_workers_to_identical_weights(tmp_path)
     env = dict(os.environ, DEVICE_TARGET="CPU", MASTER_PORT=str(_free_port()))
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "run_distribute_train.sh"), str(ROOT / "config" / "demo.yaml"), str(data),
-         str(out), "2", "--epochs", "1", "--iters_per_epoch", "2", "--val_iters", "1", "--num_workers", "0"],
+         str(out), "2", "--epochs", "1", "--iters_per_epoch", "2", "--val_iters", "1", "--num_workers", "0",
+         "--target_spacing", "null"],
         capture_output=True, text=True, env=env, timeout=900)
     log = (out / "fold_0" / "training_log.txt").read_text() if (out / "fold_0" / "training_log.txt").exists() else ""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -28,7 +28,7 @@ TINY_STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
 def tiny_config(**overrides):
     values = {"device_target": "CPU", "epochs": 2, "iters_per_epoch": 2, "val_iters": 1, "batch_size": 2,
               "num_workers": 0, "base_features": 4, "max_features": 16, "ds_weights": None, "amp_level": "O0",
-              "seed": 7}
+              "seed": 7, "target_spacing": None}
     values.update(overrides)
     return load_config(ROOT / "config" / "demo.yaml", values)
 
@@ -96,7 +96,9 @@ def test_run_writes_checkpoints_log_curve_and_copies(tiny_data, straight_run):
     assert len(epoch_lines) == 2 and "pseudo_dice [" in epoch_lines[0] and "ema" in epoch_lines[0]
 
     _, meta = read_training_checkpoint(fold_dir / LATEST)
-    assert meta["plan"] == json.loads((tiny_data / "plans.json").read_text())
+    stored_plan = json.loads((tiny_data / "plans.json").read_text())
+    assert meta["plan"]["target_spacing"] == stored_plan["target_spacing"]
+    assert meta["plan"]["patch_size"] == [16, 16, 16] and meta["plan"]["features"][0] == cfg.base_features
     assert meta["config"]["epochs"] == 2 and meta["fold"] == 0
     history = meta["state"]["history"]
     assert history["lr"] == pytest.approx([poly_lr(cfg.lr, e, 2, cfg.poly_exponent) for e in range(2)])
