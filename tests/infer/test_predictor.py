@@ -3,7 +3,7 @@ import pytest
 from scipy.special import softmax
 
 from src.errors import UserError
-from src.infer.predictor import (CellNetFn, FixedBatchNetFn, Predictor, check_plans_agree, load_predictor,
+from src.infer.predictor import (FixedBatchNetFn, Predictor, check_plans_agree, load_predictor,
                                  softmax_inplace)
 from tests.infer.tiny_model import restore_mode, tiny_config, tiny_plan, write_tiny_checkpoint  # noqa: F401
 
