@@ -83,7 +83,13 @@ def setup_device(device_target: str, mode: str = "graph", deterministic: bool = 
 
     device_id = os.environ.get("DEVICE_ID")
     # msrun negotiates device ids itself; a rank-table launch names it in DEVICE_ID
-    ms.set_device(target, int(device_id) if device_id and target != "CPU" else None)
+    if _state["device"] != target:
+        try:
+            ms.set_device(target, int(device_id) if device_id and target != "CPU" else None)
+        except RuntimeError:
+            # Once any kernel has run, MindSpore refuses set_device even for the device in use.
+            if ms.get_context("device_target") != target:
+                raise
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if deterministic and not DeviceManagerConf.get_instance().is_deterministic_configured():
         ms.set_deterministic(True)

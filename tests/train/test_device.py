@@ -99,3 +99,18 @@ def test_setup_device_in_a_fresh_process(tmp_path):
     lines = done.stdout.strip().splitlines()[-3:]
     assert lines == ["CPU True", "CPU True True", "rejected"]
     assert "Ascend is not available" in done.stderr
+
+
+def test_setup_device_after_kernels_already_ran(tmp_path):
+    """A process that already ran MindSpore kernels (as a full test run does) can still call setup_device."""
+    script = tmp_path / "late_setup.py"
+    script.write_text(
+        "import src\nimport numpy as np\nimport mindspore as ms\n"
+        "from src.train.device import setup_device\n"
+        "print(float((ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy().sum()))\n"
+        "print(setup_device('CPU', mode='graph'), setup_device('CPU', mode='pynative'))\n")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["CPU", "CPU"]
