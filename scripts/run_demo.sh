@@ -27,9 +27,9 @@ step "4/6 evaluate the held-out fold"
 $PY eval.py --config $CFG --ckpt "$W/train/fold_0/checkpoint_best.ckpt" --data "$W/preprocessed" --fold 0 --output "$W/eval"
 step "5/6 export MindIR"
 $PY export.py --config $CFG --ckpt "$W/train/fold_0/checkpoint_best.ckpt" --file_name "$W/demo_unet" --file_format MINDIR
-step "6/6 predict one raw case with the MindIR"
-case_dir=$(ls -d "$W"/raw/case_* | tail -n 1)
-$PY predict.py --config $CFG --mindir "$W/demo_unet.mindir" --input "$case_dir/imaging.nii.gz" --output "$W/predict"
+step "6/6 predict one held-out raw case with the MindIR"
+case_id=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))[0]['val'][0])" "$W/preprocessed/splits.json")
+$PY predict.py --config $CFG --mindir "$W/demo_unet.mindir" --input "$W/raw/$case_id/imaging.nii.gz" --output "$W/predict"
 $PY -m scripts.make_report --work "$W" --report "$W/report" --seconds $(( $(date +%s) - start ))
 
 rm -rf "$OUT"
