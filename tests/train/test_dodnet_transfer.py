@@ -174,7 +174,8 @@ def test_readme_transfer_commands_end_to_end(tmp_path):
     # DoDNet is a pretraining network: evaluation and export refuse it in one clear line
     for script, extra in (("eval.py", ["--data", "pre_mots", "--fold", "0", "--output", "ev"]),
                           ("export.py", ["--file_name", "dodnet"])):
-        result = subprocess.run([sys.executable, str(ROOT / script), "--config", str(ROOT / "config" / "mots_dodnet.yaml"),
+        result = subprocess.run([sys.executable, str(ROOT / script), "--config",
+                                 str(ROOT / "config" / "mots_dodnet.yaml"),
                                  "--ckpt", "runs/dodnet/fold_all/checkpoint_best.ckpt", *extra],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and "error: DoDNet is the pretraining model" in result.stderr, result.stderr
