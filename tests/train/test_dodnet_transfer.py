@@ -14,7 +14,6 @@ from src.data.planning import plan_for_config
 from src.losses import DeepSupervisionLoss, DoDNetLoss
 from src.models import build_network
 from src.models.dodnet import DoDNet
-from src.models.res_unet_aspp import ResUNetASPP
 from src.train.device import setup_device
 from src.train.train_cell import NetworkWithLoss, build_train_cell
 from src.train.checkpoint import read_training_checkpoint
