@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from src.data.partial_labels import DODNET_TASK_CHANNELS
 from src.data.phantom import sample_phantom
 from src.errors import UserError
 
@@ -25,12 +26,8 @@ FORMATS = ("kits19", "kits21", "mots")
 MOTS_TASKS = {0: "liver", 1: "kidney", 2: "hepatic_vessel", 3: "pancreas", 4: "colon", 5: "lung", 6: "spleen"}
 # DoDNet's two output channels per task, as the label values that make each one (None: the task does
 # not label it, so the channel is ignored): organ = label >= 1 where the organ is annotated.
-MOTS_TASK_CHANNELS = {
-    "liver": {"organ": [1, 2], "tumor": [2]}, "kidney": {"organ": [1, 2], "tumor": [2]},
-    "hepatic_vessel": {"organ": [1], "tumor": [2]}, "pancreas": {"organ": [1, 2], "tumor": [2]},
-    "colon": {"organ": None, "tumor": [1]}, "lung": {"organ": None, "tumor": [1]},
-    "spleen": {"organ": [1], "tumor": None},
-}
+# The synthetic MOTS files label each task the way DoDNet's data does.
+MOTS_TASK_CHANNELS = DODNET_TASK_CHANNELS
 KITS_LABELS = {
     "kits19": {"background": 0, "kidney": 1, "tumor": 2},
     "kits21": {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3},
