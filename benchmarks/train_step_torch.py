@@ -3,11 +3,19 @@
 Runs in an environment with torch, dynamic-network-architectures and nnunetv2 (requirements-bench.txt),
 never in the project's MindSpore venv. Protocol: prints ``ready <params>``, then answers each line
 ``train N`` / ``infer N`` with a JSON list of N [wall, CPU] step times in seconds; ``quit`` ends it.
+For ``benchmarks.sliding_window`` it also answers ``window N STEP MIRROR Z Y X`` with N
+[wall, CPU, network wall] times of whole-volume sliding-window prediction of ``smooth_volume((Z, Y, X))``
+with windows of ``--patch``, ``--batch`` windows per network call, through the project's own
+``src/infer/sliding_window.py`` (the same windows and numpy stitching as the MindSpore side).
 """
 import argparse
+import importlib.util
 import json
 import sys
 import time
+from pathlib import Path
+
+SLIDING_WINDOW_SOURCE = Path(__file__).resolve().parents[1] / "src" / "infer" / "sliding_window.py"
 
 
 def reference_network(stages: int, num_classes: int):
@@ -35,6 +43,72 @@ def reference_loss(stages: int):
         weights[-1] = 0
     total = sum(weights)
     return DeepSupervisionWrapper(loss, [w / total for w in weights])
+
+
+def smooth_volume(shape, seed: int = 0):
+    """A (1, *shape) float32 volume of Gaussian-smoothed noise scaled to mean 0, std 1: the same array
+    on both sides of the comparison (numpy and scipy only)."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    noise = np.random.default_rng(seed).normal(size=tuple(shape))
+    volume = gaussian_filter(noise, sigma=2.0)
+    volume = (volume - volume.mean()) / volume.std()
+    return volume[None].astype(np.float32)
+
+
+def load_sliding_window_module():
+    """``src/infer/sliding_window.py`` loaded by file path: importing the ``src`` package would cap
+    oneDNN's ISA for this process (the MindSpore CPU fast path) and slow PyTorch down."""
+    spec = importlib.util.spec_from_file_location("kitseg_sliding_window", SLIDING_WINDOW_SOURCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class WindowRunner:
+    """Whole-volume sliding-window prediction with the PyTorch network as the window predictor."""
+
+    def __init__(self, net, patch, batch: int, num_classes: int):
+        import torch
+
+        self.torch = torch
+        self.net = net
+        self.patch = list(patch)
+        self.batch = batch
+        self.num_classes = num_classes
+        self.sliding_window = load_sliding_window_module()
+        self.volumes = {}
+        self.network_seconds = 0.0
+
+    def net_fn(self, windows):
+        start = time.perf_counter()
+        with self.torch.no_grad():
+            logits = self.net(self.torch.from_numpy(windows)).numpy()
+        self.network_seconds += time.perf_counter() - start
+        return logits
+
+    def volume(self, shape):
+        if shape not in self.volumes:
+            import numpy as np
+
+            self.volumes[shape] = smooth_volume(shape)
+            # untimed first call at the window batch shape (oneDNN primitive creation)
+            self.net_fn(np.zeros((self.batch, 1, *self.patch), dtype=np.float32))
+        return self.volumes[shape]
+
+    def run(self, count: int, step_size: float, mirror: bool, shape) -> list:
+        data = self.volume(shape)
+        times = []
+        for _ in range(count):
+            self.network_seconds = 0.0
+            wall, cpu = time.perf_counter(), time.process_time()
+            logits = self.sliding_window.sliding_window_logits(data, self.net_fn, self.patch, self.num_classes,
+                                                               step_size, self.batch, mirror, progress=False)
+            times.append((time.perf_counter() - wall, time.process_time() - cpu, self.network_seconds))
+            if logits.shape != (self.num_classes, *shape):
+                raise RuntimeError(f"sliding window returned {logits.shape}")
+        return times
 
 
 def main():
@@ -78,12 +152,19 @@ def main():
             return net(single)
 
     params = sum(p.numel() for p in net.parameters())
+    windows = WindowRunner(net, args.patch, args.batch, num_classes)
     print(f"ready {params}", flush=True)
     for line in sys.stdin:
         words = line.split()
         if not words or words[0] == "quit":
             break
         what, count = words[0], int(words[1])
+        if what == "window":
+            net.eval()
+            net.decoder.deep_supervision = False
+            shape = tuple(int(w) for w in words[4:7])
+            print(json.dumps(windows.run(count, float(words[2]), words[3] == "1", shape)), flush=True)
+            continue
         if what == "train":
             net.train()
             net.decoder.deep_supervision = True
