@@ -39,6 +39,23 @@ def phantom(shape=(16, 20, 24), seed=0):
     return image, label
 
 
+def write_mots_raw(raw, tasks, task_channels=None):
+    """A MOTS-layout folder: two phantom cases per task, ``RAW/<id>_<task>/<case>[_seg].nii.gz`` + mots.json."""
+    entries = []
+    for task_id, task in tasks.items():
+        for k in range(2):
+            image, label = phantom(seed=k)
+            case_id = f"{task}_{k}"
+            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}.nii.gz", image)
+            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}_seg.nii.gz", label)
+            entries.append({"case_id": case_id, "task_id": task_id, "image": f"{task_id}_{task}/{case_id}.nii.gz",
+                            "label": f"{task_id}_{task}/{case_id}_seg.nii.gz"})
+    index = {"tasks": {str(k): v for k, v in tasks.items()}, "cases": entries}
+    if task_channels is not None:
+        index["task_channels"] = task_channels
+    (raw / "mots.json").write_text(json.dumps(index))
+
+
 def write_kits_case(root, case_id, shape=(16, 20, 24), seed=0, spacing=(3.0, 0.8, 0.8), label_name=None,
                     with_label=True):
     image, label = phantom(shape, seed)
@@ -287,16 +304,7 @@ def test_msd_multichannel_is_rejected(tmp_path):
 
 
 def test_mots_layout(tmp_path):
-    entries = []
-    for task_id, task in ((0, "liver"), (1, "kidney")):
-        for k in range(2):
-            image, label = phantom(seed=k)
-            case_id = f"{task}_{k}"
-            write_nifti(tmp_path / f"{task_id}_{task}" / f"{case_id}_img.nii.gz", image)
-            write_nifti(tmp_path / f"{task_id}_{task}" / f"{case_id}_seg.nii.gz", label)
-            entries.append({"case_id": case_id, "task_id": task_id, "image": f"{task_id}_{task}/{case_id}_img.nii.gz",
-                            "label": f"{task_id}_{task}/{case_id}_seg.nii.gz"})
-    (tmp_path / "mots.json").write_text(json.dumps({"tasks": {"0": "liver", "1": "kidney"}, "cases": entries}))
+    write_mots_raw(tmp_path, {0: "liver", 1: "kidney"})
     assert detect_layout(tmp_path) == "mots"
     cases = find_cases(tmp_path)
     assert [(c.case_id, c.task_id) for c in cases] == [("kidney_0", 1), ("kidney_1", 1), ("liver_0", 0),

@@ -11,7 +11,7 @@ from src.data.preprocess import preprocess_dataset
 from src.data.synthetic import MOTS_TASK_CHANNELS
 from src.errors import UserError
 from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder
-from tests.data.test_io import phantom, write_nifti
+from tests.data.test_io import write_mots_raw
 
 KIDNEY = ([1, 2], [2])
 COLON = (None, [1])
@@ -84,25 +84,9 @@ def test_case_tasks_are_read_from_the_case_files(tmp_path):
         read_case_tasks(tmp_path, ["c"])
 
 
-def _mots_raw(raw, tasks, task_channels=None):
-    entries = []
-    for task_id, task in tasks.items():
-        for k in range(2):
-            image, label = phantom(seed=k)
-            case_id = f"{task}_{k}"
-            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}.nii.gz", image)
-            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}_seg.nii.gz", label)
-            entries.append({"case_id": case_id, "task_id": task_id, "image": f"{task_id}_{task}/{case_id}.nii.gz",
-                            "label": f"{task_id}_{task}/{case_id}_seg.nii.gz"})
-    index = {"tasks": {str(k): v for k, v in tasks.items()}, "cases": entries}
-    if task_channels is not None:
-        index["task_channels"] = task_channels
-    (raw / "mots.json").write_text(json.dumps(index))
-
-
 def test_preprocessing_stores_the_task_channels_in_the_plan(tmp_path):
     raw = tmp_path / "raw"
-    _mots_raw(raw, {1: "kidney", 8: "adrenal"}, {"8": {"organ": [1], "tumor": None}})
+    write_mots_raw(raw, {1: "kidney", 8: "adrenal"}, {"8": {"organ": [1], "tumor": None}})
     assert mots_task_channels(raw, {1: "kidney", 8: "adrenal"})["8"] == {"organ": [1], "tumor": None}
     plan = preprocess_dataset(raw, tmp_path / "pre", patch_budget_voxels=8 * 16 * 16, num_folds=2, workers=1,
                               progress=False, normalization="ct_clip_scale", clip_window=[-325.0, 325.0])
@@ -113,7 +97,7 @@ def test_preprocessing_stores_the_task_channels_in_the_plan(tmp_path):
 
 def test_preprocessing_refuses_a_task_without_channel_definition_before_any_work(tmp_path):
     raw = tmp_path / "raw"
-    _mots_raw(raw, {8: "adrenal"})
+    write_mots_raw(raw, {8: "adrenal"})
     with pytest.raises(UserError, match="adrenal"):
         preprocess_dataset(raw, tmp_path / "pre", num_folds=2, workers=1, progress=False)
     assert not (tmp_path / "pre").exists()

@@ -7,7 +7,7 @@ from src.data.io import find_cases, load_image
 from src.data.preprocess import (normalize_intensity, preprocess_case, preprocess_dataset,
                                  preprocess_image_for_inference, sample_foreground_coords)
 from src.errors import UserError
-from tests.data.test_io import phantom, write_kits_case, write_nifti
+from tests.data.test_io import phantom, write_kits_case, write_mots_raw, write_nifti
 
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 
@@ -188,16 +188,7 @@ def test_preprocess_dataset_user_errors(tmp_path):
 
 def test_mots_dataset_keeps_tasks(tmp_path):
     raw = tmp_path / "raw"
-    entries = []
-    for task_id, task in ((0, "liver"), (1, "kidney")):
-        for k in range(2):
-            image, label = phantom(seed=k)
-            case_id = f"{task}_{k}"
-            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}.nii.gz", image)
-            write_nifti(raw / f"{task_id}_{task}" / f"{case_id}_seg.nii.gz", label)
-            entries.append({"case_id": case_id, "task_id": task_id, "image": f"{task_id}_{task}/{case_id}.nii.gz",
-                            "label": f"{task_id}_{task}/{case_id}_seg.nii.gz"})
-    (raw / "mots.json").write_text(json.dumps({"tasks": {"0": "liver", "1": "kidney"}, "cases": entries}))
+    write_mots_raw(raw, {0: "liver", 1: "kidney"})
     plan = _run(raw, tmp_path / "pre", normalization="ct_clip_scale", clip_window=[-325.0, 325.0])
     assert plan["dataset"] == "mots" and plan["tasks"] == {"0": "liver", "1": "kidney"}
     assert plan["labels"] == {"background": 0, "organ": 1, "tumor": 2}
