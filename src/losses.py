@@ -36,25 +36,6 @@ def deep_supervision_weights(num_outputs: int, ds_weights=None) -> list:
     return [w / total for w in weights]
 
 
-def downsample_targets(seg: np.ndarray, strides, deep_supervision: bool = True) -> tuple:
-    """Nearest-neighbour targets for every deep-supervision output, highest resolution first.
-
-    ``strides`` are the plan's per-stage strides (first [1, 1, 1]); output i is downsampled by the
-    product of the strides of stages 0..i, which is exactly the shape of decoder output i.
-    """
-    seg = np.asarray(seg)
-    if seg.ndim != 5:
-        raise ValueError(f"targets must be (B, C, d0, d1, d2), got shape {seg.shape}")
-    num_outputs = len(strides) - 1 if deep_supervision else 1
-    factor = np.ones(3, dtype=np.int64)
-    targets = []
-    for i in range(max(num_outputs, 1)):
-        factor = factor * np.asarray(strides[i], dtype=np.int64)
-        f0, f1, f2 = (int(f) for f in factor)
-        targets.append(np.ascontiguousarray(seg[:, :, ::f0, ::f1, ::f2], dtype=np.int32))
-    return tuple(targets)
-
-
 def spatial_axes(x) -> tuple:
     return tuple(range(2, x.ndim))
 

@@ -6,8 +6,7 @@ import pytest
 from mindspore import Tensor
 
 from src.errors import UserError
-from src.losses import (DeepSupervisionLoss, DiceCELoss, DoDNetLoss, build_loss, deep_supervision_weights,
-                        downsample_targets)
+from src.losses import DeepSupervisionLoss, DiceCELoss, DoDNetLoss, build_loss, deep_supervision_weights
 
 
 def t32(a):
@@ -128,17 +127,6 @@ def test_dodnet_bce_is_finite_for_large_logits():
     value = float(DoDNetLoss()(t32(logits), ti32(target)))
     assert math.isfinite(value) and value > 100
 
-
-def test_downsample_targets_nearest_per_stage():
-    seg = np.arange(2 * 4 * 8 * 8).reshape(2, 1, 4, 8, 8)
-    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]  # 4 stages, 3 decoder outputs
-    full, half, quarter = downsample_targets(seg, strides)
-    assert full.dtype == np.int32 and full.shape == (2, 1, 4, 8, 8)
-    np.testing.assert_array_equal(half, seg[:, :, :, ::2, ::2])
-    np.testing.assert_array_equal(quarter, seg[:, :, ::2, ::4, ::4])
-    assert len(downsample_targets(seg, strides, deep_supervision=False)) == 1
-    with pytest.raises(ValueError):
-        downsample_targets(seg[0], strides)
 
 
 def cfg(**kw):

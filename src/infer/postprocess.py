@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from src.errors import UserError
+from src.metrics.kits import dice
 
 POSTPROCESSING_FILE = "postprocessing.json"
 
@@ -52,21 +53,13 @@ def apply_postprocessing(label: np.ndarray, spec: Optional[dict]) -> np.ndarray:
     return out
 
 
-def _dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
-    pred_count = int(np.count_nonzero(pred_mask))
-    ref_count = int(np.count_nonzero(ref_mask))
-    if pred_count + ref_count == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(pred_mask & ref_mask)) / (pred_count + ref_count)
-
-
 def _class_dices(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    return np.array([_dice(pred == c, ref == c) for c in labels])
+    return np.array([dice(pred == c, ref == c) for c in labels])
 
 
 def _lcc_of_class_dice(pred: np.ndarray, ref: np.ndarray, value: int) -> float:
     mask = pred == value
-    return _dice(largest_component(mask), ref == value)
+    return dice(largest_component(mask), ref == value)
 
 
 def decide_postprocessing(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], labels: Sequence[int]) -> dict:
