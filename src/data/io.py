@@ -281,15 +281,19 @@ def _find_msd_cases(raw: Path) -> list[CaseFiles]:
     return cases
 
 
-def _read_json(path: Path):
+def read_json(path, what: str = "file", hint: str = ""):
+    """A JSON file's content; a missing or malformed file is one UserError naming it (and ``hint``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}{hint}")
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+        raise UserError(f"{what} {path} is not valid JSON: {err}") from None
 
 
 def _find_mots_cases(raw: Path) -> list[CaseFiles]:
-    index = _read_json(raw / MOTS_INDEX)
+    index = read_json(raw / MOTS_INDEX)
     if not isinstance(index, dict) or not isinstance(index.get("cases"), list):
         raise UserError(f"{raw / MOTS_INDEX} must hold a 'cases' list")
     cases = []
@@ -343,7 +347,7 @@ def find_cases(raw) -> list[CaseFiles]:
 
 
 def _msd_labels(raw: Path) -> dict[str, int]:
-    index = _read_json(raw / MSD_INDEX)
+    index = read_json(raw / MSD_INDEX)
     labels = index.get("labels") if isinstance(index, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise UserError(f"{raw / MSD_INDEX} has no 'labels' mapping")
@@ -371,7 +375,7 @@ def dataset_labels(raw) -> dict[str, int]:
             raise UserError(f"MSD folder {raw} has no {MSD_INDEX} describing its labels")
         return _msd_labels(raw)
     if layout == "mots":
-        labels = _read_json(raw / MOTS_INDEX).get("labels")
+        labels = read_json(raw / MOTS_INDEX).get("labels")
         if labels is None:
             return dict(MOTS_DEFAULT_LABELS)
         try:
@@ -386,7 +390,7 @@ def dataset_tasks(raw) -> dict[int, str] | None:
     raw = Path(raw)
     if detect_layout(raw) != "mots":
         return None
-    tasks = _read_json(raw / MOTS_INDEX).get("tasks", {})
+    tasks = read_json(raw / MOTS_INDEX).get("tasks", {})
     try:
         return {int(k): str(v) for k, v in sorted(tasks.items(), key=lambda item: int(item[0]))}
     except (AttributeError, TypeError, ValueError):

@@ -7,7 +7,6 @@ Postprocessing with ``auto`` and no stored decision: the decision is made on the
 nnU-Net decides on its cross-validation predictions), stored as ``postprocessing.json`` in the
 output folder and next to a single model, applied, and the post-processed predictions are scored.
 """
-import json
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -15,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from src.data.io import ImageMeta, atomic_write_json, find_cases, load_label
+from src.data.io import ImageMeta, atomic_write_json, find_cases, load_label, read_json
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
 from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, decide_postprocessing, label_values,
@@ -24,16 +23,6 @@ from src.metrics.kits import case_scores
 from src.metrics.report import find_references, write_metrics_csv, write_summary_json
 
 ProbabilityFn = Callable[[str, np.ndarray, dict], np.ndarray]
-
-
-def read_json(path, what: str):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{what} {path} is not valid JSON: {err}") from None
 
 
 def read_plan(pre_dir) -> dict:

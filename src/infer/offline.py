@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.data.io import atomic_write_json
+from src.data.io import atomic_write_json, read_json
 from src.errors import UserError
-from src.infer.evaluate import evaluate_cases, fold_validation_cases, load_case_data, read_json, read_plan
+from src.infer.evaluate import evaluate_cases, fold_validation_cases, load_case_data, read_plan
 from src.infer.predictor import read_mindir_sidecar, softmax_inplace
 from src.infer.sliding_window import (WindowLayout, flip_spatial, mean_over_mirrors, mirror_combinations,
                                       pad_to_patch, stitch_windows, window_layout)

@@ -4,7 +4,6 @@
 - the run state that goes into every checkpoint: finished epochs, EMA bookkeeping, history, RNG state;
 - the human-readable log (stdout and ``training_log.txt``).
 """
-import json
 import random
 import sys
 import time
@@ -13,24 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
+from src.data.io import read_json
 from src.errors import UserError
 from src.train.curves import empty_history
+
+PREPROCESS_HINT = " (run prepare.py preprocess first)"
 
 # Plan entries that fix the network's shapes: a checkpoint only resumes under the same values.
 TOPOLOGY_KEYS = ("num_channels", "num_classes", "patch_size", "features", "conv_kernel_sizes", "strides")
 
 
-def _read_json(path: Path, what: str):
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path} (run prepare.py preprocess first)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{what} {path} is not valid JSON: {err}") from None
-
-
 def load_plan(pre_dir) -> dict:
-    plan = _read_json(Path(pre_dir) / "plans.json", "plans file")
+    plan = read_json(Path(pre_dir) / "plans.json", "plans file", PREPROCESS_HINT)
     missing = [key for key in TOPOLOGY_KEYS if key not in plan and key != "num_channels"]
     if missing:
         raise UserError(f"plans file {Path(pre_dir) / 'plans.json'} lacks {', '.join(missing)}")
@@ -53,12 +46,12 @@ def fold_cases(pre_dir, plan: dict, fold) -> tuple:
     if fold == "all":
         cases = sorted(plan.get("cases") or [])
         if not cases:
-            splits = _read_json(Path(pre_dir) / "splits.json", "splits file")
+            splits = read_json(Path(pre_dir) / "splits.json", "splits file", PREPROCESS_HINT)
             cases = sorted({case for split in splits for case in split["train"] + split["val"]})
         if not cases:
             raise UserError(f"no cases listed in {Path(pre_dir) / 'plans.json'}")
         return cases, cases
-    splits = _read_json(Path(pre_dir) / "splits.json", "splits file")
+    splits = read_json(Path(pre_dir) / "splits.json", "splits file", PREPROCESS_HINT)
     if not isinstance(splits, list) or not 0 <= fold < len(splits):
         raise UserError(f"fold {fold} does not exist: {Path(pre_dir) / 'splits.json'} has {len(splits)} folds")
     train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold]["val"])
