@@ -6,16 +6,15 @@ channel is all -1 (ignored by the loss): "not annotated" must not be taught as "
 The mapping comes from ``mots.json``'s ``task_channels`` when present, otherwise from DoDNet's MOTS
 definitions by task name, and is stored in ``plans.json`` (``task_channels``) by preprocessing.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 
+from src.data.io import MOTS_INDEX, read_json
 from src.errors import UserError
 
 CHANNELS = ("organ", "tumor")
 IGNORE = -1
-MOTS_INDEX = "mots.json"
 # DoDNet (Zhang et al., CVPR 2021) on MOTS: 1 = organ (or vessel), 2 = tumour; colon and lung cancer
 # datasets label the tumour as 1 and no organ; spleen labels only the organ.
 DODNET_TASK_CHANNELS = {
@@ -71,10 +70,7 @@ def resolve_task_channels(tasks: dict, given: dict | None, source: str) -> dict:
 def mots_task_channels(raw_dir, tasks: dict) -> dict:
     """The channel mapping of a MOTS folder's tasks (``raw_dir/mots.json``, DoDNet's defaults otherwise)."""
     path = Path(raw_dir) / MOTS_INDEX
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+    index = read_json(path, "MOTS index")
     given = index.get("task_channels") if isinstance(index, dict) else None
     return resolve_task_channels(tasks, given, str(path))
 
@@ -94,10 +90,7 @@ def read_case_tasks(pre_dir, case_ids) -> dict:
     tasks = {}
     for case_id in case_ids:
         path = Path(pre_dir) / f"{case_id}.json"
-        try:
-            task_id = json.loads(path.read_text()).get("task_id")
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot read {path}: {err}") from None
+        task_id = read_json(path, "case file").get("task_id")
         if task_id is None:
             raise UserError(f"{path} has no task_id: DoDNet needs every case's MOTS task")
         tasks[str(case_id)] = int(task_id)
