@@ -22,6 +22,7 @@ CHOICES = {
     "network": ("plain_unet", "res_unet_aspp", "dodnet"),
     "downsample": ("conv", "maxpool"),
     "loss": ("dice_ce", "dice_ce_hec", "dodnet"),
+    "optimizer": ("sgd", "adamw"),
     "amp_level": ("auto", "O0", "O2"),
     "postprocess": ("none", "auto", "lcc"),
 }
@@ -56,6 +57,7 @@ class Config:
     epochs: int = 1000
     iters_per_epoch: int = 250
     val_iters: int = 50
+    optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.99
     nesterov: bool = True

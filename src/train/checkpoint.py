@@ -16,7 +16,7 @@ from src.errors import UserError
 META_KEY = "kitseg_meta"
 FORMAT_VERSION = 1
 # Optimizer and loss-scale entries; everything else in a training checkpoint is a network weight.
-_TRAINING_STATE_PREFIXES = ("accum.", "stat.", "moments.")
+_TRAINING_STATE_PREFIXES = ("accum.", "stat.", "moments.", "adam_m.", "adam_v.")
 _TRAINING_STATE_NAMES = {"global_step", "learning_rate", "momentum", "scale_sense", "current_iterator_step",
                          "last_overflow_iterator_step"}
 

@@ -47,6 +47,10 @@ TRANSFER_REPORT = "transfer_report.json"
 
 
 def build_optimizer(cfg, network, lr: float):
+    if cfg.optimizer == "adamw":
+        # nnU-Net v2's Adam trainer variants: decoupled weight decay, the same poly schedule
+        return nn.AdamWeightDecay(network.trainable_params(), learning_rate=ms.Tensor(lr, ms.float32),
+                                  weight_decay=float(cfg.weight_decay))
     if cfg.nesterov and cfg.momentum <= 0:
         raise UserError("nesterov: true needs momentum > 0")
     # One parameter group so that weight decay reaches every parameter, norms included (as torch.optim.SGD);

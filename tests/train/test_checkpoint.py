@@ -92,3 +92,25 @@ def test_wrong_format_version_is_a_user_error(tmp_path):
     ms.save_checkpoint(net, str(path), append_dict={"kitseg_meta": json.dumps({"format_version": 0})})
     with pytest.raises(UserError, match="format version"):
         read_training_checkpoint(path)
+
+
+def test_adamw_moments_are_training_state_and_round_trip(tmp_path):
+    from src.config import load_config
+    from src.train.trainer import build_optimizer
+
+    ms.set_seed(0)
+    net = nn.Dense(3, 2)
+    cfg = load_config("config/demo.yaml", {"optimizer": "adamw", "lr": 0.003})
+    cell = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), build_optimizer(cfg, net, cfg.lr))
+    _step(cell)
+    path = tmp_path / "adam.ckpt"
+    save_training_checkpoint(path, cell, {"epoch": 1})
+    params, _ = read_training_checkpoint(path)
+    weights = {name for name in params if not is_training_state(name)}
+    assert weights == {"weight", "bias"}
+    assert any(name.startswith("adam_v.") for name in params)
+    other = nn.Dense(3, 2)
+    fresh = nn.TrainOneStepCell(nn.WithLossCell(other, nn.MSELoss()), build_optimizer(cfg, other, 0.1))
+    assert restore_parameters(fresh, params, path) == []
+    np.testing.assert_array_equal(fresh.optimizer.moments2[0].asnumpy(), cell.optimizer.moments2[0].asnumpy())
+    assert float(fresh.optimizer.learning_rate.asnumpy()) == pytest.approx(0.003)
