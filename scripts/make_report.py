@@ -6,12 +6,17 @@ WORK is the demo's working folder (raw/, preprocessed/, train/fold_0/, eval/, pr
 """
 import argparse
 import csv
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+from matplotlib import image as mpimg
+
 import src  # noqa: F401
-from src.data.io import ImageMeta, load_image, load_label
+from src.data.io import KITS19_LABEL, ImageMeta, load_image, load_label
 from src.errors import UserError, exit_on_user_error
 from src.infer.case_report import axial_axis, overlay_slice_index, render_overlay
 
@@ -29,17 +34,42 @@ def kits19_composite(row: dict) -> float:
     return (float(row["Dice_kidney"]) + float(row["Dice_tumor"])) / 2
 
 
+def side_by_side(left_png: bytes, right_png: bytes) -> bytes:
+    """One PNG with two PNGs next to each other (the shorter padded with white at the bottom)."""
+    left, right = (mpimg.imread(io.BytesIO(png), format="png") for png in (left_png, right_png))
+    height = max(left.shape[0], right.shape[0])
+    padded = [np.pad(a, ((0, height - a.shape[0]), (0, 0), (0, 0)), constant_values=1.0) for a in (left, right)]
+    buffer = io.BytesIO()
+    mpimg.imsave(buffer, np.concatenate(padded, axis=1), format="png")
+    return buffer.getvalue()
+
+
 def write_validation_overlay(work: Path, case_id: str, row: dict, target: Path) -> None:
+    """Reference (left) and prediction (right) outlines on the same slice of a held-out case."""
     props = json.loads((work / "preprocessed" / f"{case_id}.json").read_text())
     meta = ImageMeta.from_json(props["image_meta"])
     image, _ = load_image(meta.source)
     prediction = load_label(work / "eval" / "predictions" / f"{case_id}.nii.gz", meta)
     labels = json.loads((work / "preprocessed" / "plans.json").read_text())["labels"]
     axis = axial_axis(meta.affine)
-    index = overlay_slice_index(prediction, axis, labels)
-    title = (f"{case_id} (prediction)  kidney Dice {float(row['Dice_kidney']):.3f}  "
-             f"tumour Dice {float(row['Dice_tumor']):.3f}  slice {index}")
-    target.write_bytes(render_overlay(image, prediction, meta.spacing, labels, axis, index, title))
+    scores = f"kidney Dice {float(row['Dice_kidney']):.3f}  tumour Dice {float(row['Dice_tumor']):.3f}"
+    reference_path = Path(meta.source).with_name(KITS19_LABEL)
+    if not reference_path.is_file():  # not a KiTS layout: the prediction alone
+        index = overlay_slice_index(prediction, axis, labels)
+        target.write_bytes(render_overlay(image, prediction, meta.spacing, labels, axis, index,
+                                          f"{case_id} prediction  {scores}  slice {index}"))
+        return
+    reference = load_label(reference_path, meta)
+    index = overlay_slice_index(np.where(prediction > 0, prediction, reference), axis, labels)
+    target.write_bytes(side_by_side(
+        render_overlay(image, reference, meta.spacing, labels, axis, index, f"{case_id} reference  slice {index}"),
+        render_overlay(image, prediction, meta.spacing, labels, axis, index, f"prediction  {scores}")))
+
+
+def shown_path(path: str, work: Path) -> str:
+    """``path`` relative to the demo folder (which is renamed once the demo finishes)."""
+    relative = os.path.relpath(path, work)
+    return path if relative.startswith("..") else relative
 
 
 def build_report(work: Path, report: Path, seconds=None) -> Path:
@@ -88,8 +118,13 @@ def build_report(work: Path, report: Path, seconds=None) -> Path:
                             for name, v in case["volumes_ml"].items())
         diameter = case.get("largest_tumor_diameter_mm")
         lines.append("")
-        lines.append(f"Prediction of `{case['image']}`: {volumes}; largest tumour diameter "
+        lines.append(f"Prediction of `{shown_path(case['image'], work)}`: {volumes}; largest tumour diameter "
                      + ("none" if diameter is None else f"{diameter:.1f} mm") + ".")
+    lines += ["", "Held-out cases (KiTS19 kidney = kidney + tumour region; a case without tumour scores tumour "
+              "Dice 1 only if none is predicted):", "", "| case | kidney Dice | tumour Dice | kidney Surface Dice |",
+              "|---|---|---|---|"]
+    lines += [f"| {row['caseID']} | {float(row['Dice_kidney']):.4f} | {float(row['Dice_tumor']):.4f} | "
+              f"{float(row['SD_kidney']):.4f} |" for row in sorted(rows, key=lambda r: r["caseID"])]
     target = report / "report.md"
     tmp = target.with_name("report.md.tmp")
     tmp.write_text("\n".join(lines) + "\n")

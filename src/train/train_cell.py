@@ -1,4 +1,4 @@
-"""One SGD step as a compiled Cell: loss -> gradients -> (all-reduce) -> clip by global norm -> optimizer.
+"""One optimizer step as a compiled Cell: loss -> gradients -> (all-reduce) -> clip by global norm -> optimizer.
 
 Two variants, chosen by the config's ``amp_level``:
 - full precision (``O0``): ``ClippedTrainOneStepCell``;
