@@ -42,6 +42,11 @@ def work(tmp_path):
     (work / "train" / "fold_0").mkdir(parents=True)
     (work / "train" / "fold_0" / "progress.png").write_bytes(_png(4, 4, 0.5))
     (work / "train" / "fold_0" / "training_log.txt").write_text("epoch 1/1\n")
+    (work / "test").mkdir()
+    with (work / "test" / "metrics.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([COLUMNS, ["case_00000", 0.8, 0.6, 0.6, 0.7, 0.5, 0.5],
+                                      ["case_00001", 0.9, 1.0, 1.0, 0.9, 1.0, 1.0],
+                                      ["average", 0.85, 0.8, 0.8, 0.8, 0.75, 0.75]])
     (work / "predict").mkdir()
     report = {"image": str(work / "raw" / "case_00001" / "imaging.nii.gz"), "largest_tumor_diameter_mm": 12.5,
               "volumes_ml": {"kidney": {"total": 3.0, "left": 1.0, "right": 2.0}}}
@@ -56,7 +61,8 @@ def test_report_gathers_scores_overlays_and_paths_relative_to_the_demo_folder(wo
     assert "| case_00000 | 0.9100 | 0.5000 | 0.8000 |" in text
     assert "worst held-out case, case_00000" in text and "best held-out case, case_00001" in text
     assert "Prediction of `raw/case_00001/imaging.nii.gz`" in text and "12.5 mm" in text
-    for name in ("summary.json", "metrics.csv", "training_curve.png", "training_log.txt",
+    assert "test set (2 cases of another seed, the MindIR): KiTS19 kidney Dice 0.8500, tumour Dice 0.8000" in text
+    for name in ("summary.json", "metrics.csv", "test_metrics.csv", "training_curve.png", "training_log.txt",
                  "predicted_case_00001_report.json"):
         assert (tmp_path / "report" / name).is_file(), name
     overlay = mpimg.imread(tmp_path / "report" / "overlay_worst.png")
