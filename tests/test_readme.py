@@ -83,7 +83,7 @@ def test_readme_config_table_lists_every_config_key():
 def test_quick_start_runs_as_written(tmp_path):
     """The Quick start block, verbatim except for the interpreter and absolute script/config paths."""
     (heading, lines), = [block for block in bash_blocks(README) if block[0] == "Quick start"]
-    assert len(lines) == 6
+    assert len(lines) == 9
     for line in lines:
         words = shlex.split(line)
         assert words[0] == "python"
@@ -95,3 +95,5 @@ def test_quick_start_runs_as_written(tmp_path):
     assert (tmp_path / "work/eval/metrics.csv").is_file()
     assert (tmp_path / "work/unet.mindir").is_file()
     assert list((tmp_path / "work/predict").glob("*.nii.gz"))
+    assert len(list((tmp_path / "work/test_pred").glob("*.nii.gz"))) == 2
+    assert (tmp_path / "work/test_metrics.csv").read_text().count("case_") == 2
