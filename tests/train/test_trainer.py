@@ -28,7 +28,7 @@ TINY_STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
 def tiny_config(**overrides):
     values = {"device_target": "CPU", "epochs": 2, "iters_per_epoch": 2, "val_iters": 1, "batch_size": 2,
               "num_workers": 0, "base_features": 4, "max_features": 16, "ds_weights": None, "amp_level": "O0",
-              "seed": 7, "target_spacing": None}
+              "seed": 7, "target_spacing": None, "optimizer": "sgd", "lr": 0.01}
     values.update(overrides)
     return load_config(ROOT / "config" / "demo.yaml", values)
 
@@ -82,6 +82,18 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_data, st
     # the second epoch moved the weights, so the equality above is not trivially true
     assert any(not np.allclose(after_first_epoch[name], expected[name]) for name in expected)
     np.testing.assert_allclose(second["history"]["train_loss"], straight["history"]["train_loss"], rtol=1e-5)
+
+
+def test_adamw_run_resumes_exactly(tiny_data, tmp_path):
+    cfg = tiny_config(optimizer="adamw", lr=0.003, iters_per_epoch=1)
+    train_fold(cfg, tiny_data, 0, tmp_path / "straight")
+    train_fold(cfg, tiny_data, 0, tmp_path / "resumed", stop_after_epoch=1)
+    train_fold(cfg, tiny_data, 0, tmp_path / "resumed", resume=True)
+    expected = _network_weights(tmp_path / "straight" / "fold_0" / LATEST)
+    resumed = _network_weights(tmp_path / "resumed" / "fold_0" / LATEST)
+    assert any(name.startswith("adam_v.") for name in expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_run_writes_checkpoints_log_curve_and_copies(tiny_data, straight_run):
