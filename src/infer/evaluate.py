@@ -9,12 +9,13 @@ output folder and next to a single model, applied, and the post-processed predic
 """
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from src.data.io import ImageMeta, atomic_write_json, find_cases, load_label, read_json
+from src.data.preprocessed import fold_validation_cases, load_plan
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
 from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, decide_postprocessing, label_values,
@@ -23,25 +24,6 @@ from src.metrics.kits import case_scores
 from src.metrics.report import find_references, write_metrics_csv, write_summary_json
 
 ProbabilityFn = Callable[[str, np.ndarray, dict], np.ndarray]
-
-
-def read_plan(pre_dir) -> dict:
-    return read_json(Path(pre_dir) / "plans.json", "plans.json of the preprocessed folder")
-
-
-def fold_validation_cases(pre_dir, fold) -> List[str]:
-    """The validation case ids of ``fold`` from ``PRE/splits.json``."""
-    splits = read_json(Path(pre_dir) / "splits.json", "splits.json of the preprocessed folder")
-    try:
-        fold = int(fold)
-    except (TypeError, ValueError):
-        raise UserError(f"--fold must be a fold number, got {fold!r}") from None
-    if not 0 <= fold < len(splits):
-        raise UserError(f"--fold {fold} is out of range: {Path(pre_dir) / 'splits.json'} has {len(splits)} folds")
-    cases = list(splits[fold].get("val", []))
-    if not cases:
-        raise UserError(f"fold {fold} has no validation cases in {Path(pre_dir) / 'splits.json'}")
-    return cases
 
 
 def load_case_properties(pre_dir, case_id: str) -> dict:
@@ -151,7 +133,7 @@ def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=
     """eval.py with a model: the fold's validation cases through ``load_predictor``."""
     from src.infer.predictor import load_predictor
 
-    plan = read_plan(pre_dir)
+    plan = load_plan(pre_dir)
     case_ids = fold_validation_cases(pre_dir, fold)
     predictor = load_predictor(cfg, ckpts=ckpts, mindir=mindir, plan=plan, progress=progress)
     model_paths = list(ckpts) if ckpts else [mindir]

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from src.data.io import atomic_write_json, read_json
 from src.errors import UserError
-from src.infer.evaluate import evaluate_cases, fold_validation_cases, load_case_data, read_plan
+from src.data.preprocessed import fold_validation_cases, load_plan
+from src.infer.evaluate import evaluate_cases, load_case_data
 from src.infer.predictor import read_mindir_sidecar, softmax_inplace
 from src.infer.sliding_window import (WindowLayout, flip_spatial, mean_over_mirrors, mirror_combinations,
                                       pad_to_patch, stitch_windows, window_layout)
@@ -46,7 +47,7 @@ def _write_array(path: Path, array: np.ndarray) -> None:
 
 def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) -> dict:
     """Step 1: write the fold's windows and ``windows.json``; returns the windows.json content."""
-    plan = read_plan(pre_dir)
+    plan = load_plan(pre_dir)
     case_ids = fold_validation_cases(pre_dir, fold)
     patch = [int(p) for p in plan["patch_size"]]
     flips = mirror_combinations(cfg.tta_mirror)
@@ -151,7 +152,7 @@ def stitched_logits(info: dict, case_id: str, result_dir, progress: bool = False
 
 def evaluate_offline(cfg, pre_dir, fold, pre_path, result_path, out_dir, ref_dir=None, progress: bool = True) -> dict:
     """Step 3: stitch, restore, postprocess and score; the same outputs as eval.py."""
-    plan = read_plan(pre_dir)
+    plan = load_plan(pre_dir)
     info = read_json(Path(pre_path) / WINDOWS_FILE, "windows.json of step 1")
     if info.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{Path(pre_path) / WINDOWS_FILE} has format {info.get('format_version')}, "

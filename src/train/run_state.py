@@ -1,6 +1,6 @@
 """What a training run reads before it starts and carries between epochs (no MindSpore here).
 
-- the preprocessed folder's plan and the fold's case lists;
+- the topology check between a checkpoint's plan and the data's;
 - the run state that goes into every checkpoint: finished epochs, EMA bookkeeping, history, RNG state;
 - the human-readable log (stdout and ``training_log.txt``).
 """
@@ -12,52 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.io import read_json
+from src.data.preprocessed import TOPOLOGY_KEYS
 from src.errors import UserError
 from src.train.curves import empty_history
-
-PREPROCESS_HINT = " (run prepare.py preprocess first)"
-
-# Plan entries that fix the network's shapes: a checkpoint only resumes under the same values.
-TOPOLOGY_KEYS = ("num_channels", "num_classes", "patch_size", "features", "conv_kernel_sizes", "strides")
-
-
-def load_plan(pre_dir) -> dict:
-    plan = read_json(Path(pre_dir) / "plans.json", "plans file", PREPROCESS_HINT)
-    missing = [key for key in TOPOLOGY_KEYS if key not in plan and key != "num_channels"]
-    if missing:
-        raise UserError(f"plans file {Path(pre_dir) / 'plans.json'} lacks {', '.join(missing)}")
-    return plan
-
-
-def parse_fold(fold):
-    """``0``..``N-1`` as int, or ``"all"``."""
-    if isinstance(fold, str) and fold.strip().lower() == "all":
-        return "all"
-    try:
-        return int(fold)
-    except (TypeError, ValueError):
-        raise UserError(f"--fold must be a fold number or 'all', got {fold!r}") from None
-
-
-def fold_cases(pre_dir, plan: dict, fold) -> tuple:
-    """``(train_ids, val_ids)``; fold ``all`` trains on every case and validates on all of them (nnU-Net)."""
-    fold = parse_fold(fold)
-    if fold == "all":
-        cases = sorted(plan.get("cases") or [])
-        if not cases:
-            splits = read_json(Path(pre_dir) / "splits.json", "splits file", PREPROCESS_HINT)
-            cases = sorted({case for split in splits for case in split["train"] + split["val"]})
-        if not cases:
-            raise UserError(f"no cases listed in {Path(pre_dir) / 'plans.json'}")
-        return cases, cases
-    splits = read_json(Path(pre_dir) / "splits.json", "splits file", PREPROCESS_HINT)
-    if not isinstance(splits, list) or not 0 <= fold < len(splits):
-        raise UserError(f"fold {fold} does not exist: {Path(pre_dir) / 'splits.json'} has {len(splits)} folds")
-    train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold]["val"])
-    if not train_ids:
-        raise UserError(f"fold {fold} of {Path(pre_dir) / 'splits.json'} has no training cases")
-    return train_ids, val_ids
 
 
 def check_same_topology(plan: dict, checkpoint_plan: dict, path) -> None:

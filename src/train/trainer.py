@@ -33,8 +33,8 @@ from src.train.checkpoint import (load_checkpoint_file, network_weights, read_tr
 from src.train.curves import plot_progress
 from src.train.device import setup_device
 from src.train.distributed import ParallelInfo, init_data_parallel, weights_identical_across_ranks
-from src.train.run_state import (RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, fold_cases,
-                                 load_plan, parse_fold, restore_rng)
+from src.data.preprocessed import fold_cases, load_plan, parse_fold
+from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
 from src.train.schedule import poly_lr
 from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema

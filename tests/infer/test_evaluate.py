@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.infer.evaluate import evaluate_cases, fold_validation_cases, reference_label_paths
+from src.infer.evaluate import evaluate_cases, reference_label_paths
 from tests.infer.tiny_model import make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,15 +30,6 @@ def oracle(pre_dir, speck=False):
             seg[0, 0, 0] = 2
         return np.stack([(seg == k).astype(np.float32) for k in range(3)])
     return probabilities
-
-
-def test_fold_cases_and_errors(dataset):
-    _, pre, _ = dataset
-    assert fold_validation_cases(pre, 0) == ["case_00000", "case_00003"]
-    with pytest.raises(UserError, match="out of range"):
-        fold_validation_cases(pre, 2)
-    with pytest.raises(UserError, match="fold number"):
-        fold_validation_cases(pre, "all")
 
 
 def test_references_found_through_the_raw_image_path(dataset, tmp_path):
