@@ -14,6 +14,7 @@ import numpy as np
 from src.config import Config
 from src.data.io import atomic_write_json
 from src.errors import UserError
+from src.infer.postprocess import POSTPROCESSING_FILE, load_postprocessing
 from src.infer.predictor import load_checkpoint_network, mindir_sidecar
 
 FORMATS = {"MINDIR": ".mindir", "AIR": ".air"}
@@ -54,6 +55,8 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         if tmp.exists():
             tmp.unlink()
     sidecar = mindir_sidecar(target)
+    # the fold's postprocessing decision (eval.py --postprocess auto) travels with the model
+    decision = Path(ckpt).parent / POSTPROCESSING_FILE
     atomic_write_json(sidecar, {
         "file_format": file_format,
         "checkpoint": str(ckpt),
@@ -63,5 +66,6 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         "batch_size": int(batch_size),
         "plan": plan,
         "config": model_cfg.to_dict(),
+        "postprocessing": load_postprocessing(decision) if decision.is_file() else None,
     })
     return target, sidecar

@@ -59,3 +59,28 @@ def test_predict_folder_and_single_file(tmp_path, capsys, restore_mode):
     predict.main(["--config", str(config), "--ckpt", str(ckpt), "--input", str(single / "patient7.nii.gz"),
                   "--output", str(tmp_path / "out3")])
     assert (tmp_path / "out3" / "patient7_report.json").is_file()
+
+
+def test_mindir_carries_the_folds_postprocessing_decision(tmp_path, capsys, restore_mode):
+    from src.infer.export import export_network
+    from src.infer.postprocess import POSTPROCESSING_FILE, save_postprocessing
+
+    ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
+    save_postprocessing({"all_foreground": False, "per_class": [2]}, ckpt.parent / POSTPROCESSING_FILE)
+    model, sidecar = export_network(tiny_config(), ckpt, tmp_path / "export" / "tiny")
+    assert json.loads(sidecar.read_text())["postprocessing"]["per_class"] == [2]
+    raw = tmp_path / "raw"
+    write_tiny_kits19(raw, num_cases=1)
+    config = tmp_path / "cfg.yaml"
+    config.write_text("device_target: CPU\namp_level: O0\npostprocess: auto\n")
+    predict = load_script("predict")
+    predict.main(["--config", str(config), "--mindir", str(model), "--input", str(raw), "--output",
+                  str(tmp_path / "out")])
+    assert "the decision exported with the model" in capsys.readouterr().err
+    # without a decision next to the checkpoint the sidecar says so, and auto applies nothing
+    (ckpt.parent / POSTPROCESSING_FILE).unlink()
+    model, sidecar = export_network(tiny_config(), ckpt, tmp_path / "export" / "plain")
+    assert json.loads(sidecar.read_text())["postprocessing"] is None
+    predict.main(["--config", str(config), "--mindir", str(model), "--input", str(raw), "--output",
+                  str(tmp_path / "out2")])
+    assert "no postprocessing" in capsys.readouterr().err
