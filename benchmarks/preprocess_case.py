@@ -29,13 +29,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from src.data.io import CaseFiles, load_image, load_label
+from src.data.io import KITS19_LABELS, CaseFiles, load_image, load_label
 from src.data.fingerprint import crop_to_nonzero
 from src.data.preprocess import normalize_intensity, preprocess_case
 from src.data.resample import compute_new_shape, needs_separate_z, resample_image, resample_segmentation
 from src.errors import UserError, exit_on_user_error
 
-KITS19_LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 PATCH_SIZE = (80, 160, 160)
 
 

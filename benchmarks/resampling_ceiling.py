@@ -17,26 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.io import ImageMeta, find_cases, load_label
+from benchmarks.preprocess_case import our_plan
+from src.data.io import KITS19_LABELS, ImageMeta, find_cases, load_label
 from src.data.preprocess import preprocess_case
 from src.data.sampler import load_case
 from src.errors import UserError, exit_on_user_error
 from src.infer.geometry import probabilities_to_original
 from src.metrics.kits import kits19_scores
 
-KITS_LABELS = {"background": 0, "kidney": 1, "tumor": 2}
-
-
-def label_only_plan(target_spacing) -> dict:
-    # intensities do not matter here: an identity CT normalization keeps preprocess_case's contract
-    return {"labels": KITS_LABELS, "target_spacing": [float(s) for s in target_spacing], "normalization": "ct",
-            "intensity": {"mean": 0.0, "std": 1.0, "p005": -1e9, "p995": 1e9}, "clip_window": None}
+# intensities do not matter here: an identity CT normalization keeps preprocess_case's contract
+IDENTITY_INTENSITY = {"mean": 0.0, "std": 1.0, "p005": -1e9, "p995": 1e9}
 
 
 def case_ceiling(case, target_spacing, scratch: Path) -> dict:
-    props = preprocess_case(case, label_only_plan(target_spacing), scratch)
+    props = preprocess_case(case, our_plan([float(s) for s in target_spacing], IDENTITY_INTENSITY), scratch)
     seg = np.asarray(load_case(scratch, case.case_id).seg)
-    one_hot = np.stack([seg == value for value in KITS_LABELS.values()]).astype(np.float32)
+    one_hot = np.stack([seg == value for value in KITS19_LABELS.values()]).astype(np.float32)
     restored = probabilities_to_original(one_hot, props)
     reference = load_label(case.label, ImageMeta.from_json(props["image_meta"]))
     return kits19_scores(restored, reference)

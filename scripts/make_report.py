@@ -16,9 +16,10 @@ import numpy as np
 from matplotlib import image as mpimg
 
 import src  # noqa: F401
-from src.data.io import KITS19_LABEL, ImageMeta, load_image, load_label
+from src.data.io import ImageMeta, load_image, load_label
 from src.errors import UserError, exit_on_user_error
 from src.infer.case_report import axial_axis, overlay_slice_index, render_overlay
+from src.infer.evaluate import reference_label_paths
 
 
 def read_case_rows(metrics_csv: Path) -> list:
@@ -53,13 +54,8 @@ def write_validation_overlay(work: Path, case_id: str, row: dict, target: Path) 
     labels = json.loads((work / "preprocessed" / "plans.json").read_text())["labels"]
     axis = axial_axis(meta.affine)
     scores = f"kidney Dice {float(row['Dice_kidney']):.3f}  tumour Dice {float(row['Dice_tumor']):.3f}"
-    reference_path = Path(meta.source).with_name(KITS19_LABEL)
-    if not reference_path.is_file():  # not a KiTS layout: the prediction alone
-        index = overlay_slice_index(prediction, axis, labels)
-        target.write_bytes(render_overlay(image, prediction, meta.spacing, labels, axis, index,
-                                          f"{case_id} prediction  {scores}  slice {index}"))
-        return
-    reference = load_label(reference_path, meta)
+    # the reference eval.py scored this case against
+    reference = load_label(reference_label_paths({case_id: props})[case_id], meta)
     index = overlay_slice_index(np.where(prediction > 0, prediction, reference), axis, labels)
     target.write_bytes(side_by_side(
         render_overlay(image, reference, meta.spacing, labels, axis, index, f"{case_id} reference  slice {index}"),
