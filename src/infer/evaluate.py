@@ -78,7 +78,7 @@ def _score(case_id: str, label: np.ndarray, ref_path: Path, meta: ImageMeta) -> 
 
 def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityFn, out_dir, postprocess: str,
                    model_paths: Sequence, labels: Dict[str, int], ref_dir=None, progress: bool = True,
-                   info: Optional[dict] = None) -> dict:
+                   info: Optional[dict] = None, exported_postprocessing: Optional[dict] = None) -> dict:
     """Predict, restore, postprocess, write and score ``case_ids``; returns the summary."""
     out_dir = Path(out_dir)
     pred_dir = out_dir / "predictions"
@@ -86,7 +86,7 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
     foreground = label_values(labels)
     props = {case_id: load_case_properties(pre_dir, case_id) for case_id in case_ids}
     references = reference_label_paths(props, ref_dir)
-    spec, spec_source = resolve_postprocessing(postprocess, model_paths, foreground)
+    spec, spec_source = resolve_postprocessing(postprocess, model_paths, foreground, exported_postprocessing)
     decide_here = postprocess == "auto" and spec is None
     metas = {case_id: ImageMeta.from_json(props[case_id]["image_meta"]) for case_id in case_ids}
     rows = []
@@ -144,4 +144,5 @@ def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=
     info = {"fold": int(fold), "models": [str(p) for p in model_paths], "tta_mirror": cfg.tta_mirror,
             "step_size": cfg.step_size}
     return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, model_paths,
-                          predictor.labels, ref_dir=ref_dir, progress=progress, info=info)
+                          predictor.labels, ref_dir=ref_dir, progress=progress, info=info,
+                          exported_postprocessing=predictor.exported_postprocessing)

@@ -137,11 +137,13 @@ def postprocessing_candidates(model_paths: Sequence) -> List[Path]:
     return candidates
 
 
-def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[int]) -> Tuple[Optional[dict], str]:
+def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[int],
+                           exported: Optional[dict] = None) -> Tuple[Optional[dict], str]:
     """The spec to apply for ``cfg.postprocess`` and where it came from.
 
     ``auto`` uses the cross-validation file of the models' common parent if present, otherwise the
-    steps every model's own file agrees on; without any file nothing is applied.
+    steps every model's own file agrees on, otherwise ``exported`` (the decision export.py stored with a
+    MindIR); without any of them nothing is applied.
     """
     if mode == "none":
         return None, "postprocess=none"
@@ -155,6 +157,8 @@ def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[in
         return load_postprocessing(candidates[0]), str(candidates[0])
     own = [c for c in candidates[1 if len(folders) > 1 else 0:] if c.is_file()]
     if len(own) < len(folders):
+        if exported:
+            return exported, "the decision exported with the model (MindIR sidecar)"
         return None, "postprocess=auto but no postprocessing.json next to every model: none applied"
     specs = [load_postprocessing(path) for path in own]
     agreed = {

@@ -33,13 +33,8 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
         raise UserError(f"cannot create output folder {output_dir}: {err}") from None
     predictor = load_predictor(cfg, ckpts=ckpts, mindir=mindir, progress=progress)
     model_paths = list(ckpts) if ckpts else [mindir]
-    spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels))
-    if mindir and cfg.postprocess == "auto" and spec is None:
-        from src.infer.predictor import mindir_sidecar, read_mindir_sidecar
-
-        exported = read_mindir_sidecar(mindir).get("postprocessing")
-        if exported:
-            spec, source = exported, f"{mindir_sidecar(mindir)}: the decision exported with the model"
+    spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
+                                          predictor.exported_postprocessing)
     print(f"{len(cases)} case(s); postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
     reports, failures = [], {}
     for case in tqdm(cases, desc="cases", unit="case", disable=not progress):

@@ -70,7 +70,8 @@ class Predictor:
     """Sliding-window prediction with one or several models sharing a plan."""
 
     def __init__(self, net_fns: Sequence[NetFn], plan: dict, sources: Sequence[str], step_size: float = 0.5,
-                 batch_size: int = 2, mirror: bool = True, progress: bool = True):
+                 batch_size: int = 2, mirror: bool = True, progress: bool = True,
+                 exported_postprocessing: Optional[dict] = None):
         if not net_fns:
             raise ValueError("a predictor needs at least one model")
         self.net_fns = list(net_fns)
@@ -80,6 +81,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.mirror = bool(mirror)
         self.progress = progress
+        # the fold's postprocessing decision export.py stored with a MindIR (None for checkpoints)
+        self.exported_postprocessing = exported_postprocessing
 
     @property
     def num_classes(self) -> int:
@@ -200,14 +203,15 @@ def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, p
     if bool(ckpts) == (mindir is not None):
         raise UserError("give either checkpoint(s) or a MindIR file")
     device = setup_device(cfg.device_target, mode="graph")
+    exported_postprocessing = None
     if mindir is not None:
-        net_fns, model_plan, sources = _mindir_models(mindir)
+        net_fns, model_plan, sources, exported_postprocessing = _mindir_models(mindir)
     else:
         net_fns, model_plan, sources = _checkpoint_models(ckpts, cfg, device)
     if plan is not None:
         check_plans_agree(plan, model_plan, "the preprocessed data's plans.json", sources[0])
     return Predictor(net_fns, model_plan, sources, step_size=cfg.step_size, batch_size=cfg.sw_batch_size,
-                     mirror=cfg.tta_mirror, progress=progress)
+                     mirror=cfg.tta_mirror, progress=progress, exported_postprocessing=exported_postprocessing)
 
 
 def _checkpoint_models(ckpts: Sequence, cfg: Config, device: str):
@@ -239,4 +243,4 @@ def _mindir_models(mindir):
     if input_shape[2:] != [int(p) for p in model_plan["patch_size"]]:
         raise UserError(f"{mindir_sidecar(path)}: input shape {input_shape} does not match the plan's patch size")
     net_fn: Callable = FixedBatchNetFn(CellNetFn(nn.GraphCell(graph)), int(info["batch_size"]))
-    return [net_fn], model_plan, [str(path)]
+    return [net_fn], model_plan, [str(path)], info.get("postprocessing")
