@@ -29,13 +29,13 @@ NUM_CLASSES = 3
 TORCH_SIDE = Path(__file__).with_name("train_step_torch.py")
 
 
-def benchmark_plan(patch, stages: int) -> dict:
+def benchmark_plan(patch, stages: int, base_features: int = 32) -> dict:
     if stages < 2:
         raise UserError("--stages must be at least 2")
     divisor = 2 ** (stages - 1)
     if any(p % divisor for p in patch):
         raise UserError(f"every patch axis must be a multiple of {divisor} for {stages} stages, got {list(patch)}")
-    return {"features": [min(32 * 2 ** i, 320) for i in range(stages)],
+    return {"features": [min(base_features * 2 ** i, 320) for i in range(stages)],
             "conv_kernel_sizes": [[3, 3, 3]] * stages,
             "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1),
             "num_channels": 1, "num_classes": NUM_CLASSES}
@@ -54,20 +54,24 @@ def timed(step, count: int) -> list:
 class MindSporeSide:
     """The network, loss and train cell exactly as the trainer builds them."""
 
-    def __init__(self, patch, batch: int, stages: int, seed: int = 0):
+    def __init__(self, patch, batch: int, stages: int, base_features: int = 32, seed: int = 0,
+                 onednn_conv: bool = True):
         import mindspore as ms
         from mindspore import nn
 
-        from src.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, downsample_targets
+        from src.data.augment import deep_supervision_strides, downsample_seg_for_deep_supervision
+        from src.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
         from src.models.layers import count_parameters
+        from src.models.onednn_conv import use_onednn_convolutions
         from src.models.unet3d import PlainUNet3D
         from src.train.train_cell import build_train_cell
 
-        plan = benchmark_plan(patch, stages)
+        plan = benchmark_plan(patch, stages, base_features)
         ms.set_seed(seed)
         self.network = PlainUNet3D(1, NUM_CLASSES, plan["features"], plan["conv_kernel_sizes"], plan["strides"],
                                    "conv", True)
         self.params = count_parameters(self.network)
+        self.onednn_convs = use_onednn_convolutions(self.network) if onednn_conv else 0
         loss = DeepSupervisionLoss(DiceCELoss(NUM_CLASSES), deep_supervision_weights(stages - 1))
         group = [{"params": self.network.trainable_params(), "weight_decay": 3e-5}]
         optimizer = nn.SGD(group, learning_rate=ms.Tensor(0.01, ms.float32), momentum=0.99, nesterov=True,
@@ -76,7 +80,8 @@ class MindSporeSide:
         rng = np.random.default_rng(seed)
         data = rng.normal(size=(batch, 1, *patch)).astype(np.float32)
         seg = rng.integers(0, NUM_CLASSES, size=(batch, 1, *patch))
-        self.inputs = [ms.Tensor(data)] + [ms.Tensor(t) for t in downsample_targets(seg, plan["strides"])]
+        self.inputs = [ms.Tensor(data)] + [ms.Tensor(t) for t in downsample_seg_for_deep_supervision(
+            seg, deep_supervision_strides(plan["strides"]))]
         self.single = ms.Tensor(data[:1])
         self.mode = None
 
@@ -98,9 +103,10 @@ class MindSporeSide:
 class TorchSide:
     """PyTorch nnU-Net in a child process of another Python environment."""
 
-    def __init__(self, python: str, patch, batch: int, stages: int, threads: int, passive_wait: bool = False):
+    def __init__(self, python: str, patch, batch: int, stages: int, threads: int, passive_wait: bool = False,
+                 base_features: int = 32):
         command = [python, str(TORCH_SIDE), "--patch", *map(str, patch), "--batch", str(batch),
-                   "--stages", str(stages), "--threads", str(threads)]
+                   "--stages", str(stages), "--threads", str(threads), "--base_features", str(base_features)]
         env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
         if passive_wait:
             # idle OpenMP threads sleep instead of spinning: on a busy machine spinning burns CPU time
@@ -158,6 +164,11 @@ def parse_args(argv=None):
     parser.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--stages", type=int, default=5)
+    parser.add_argument("--base_features", type=int, default=32,
+                        help="features of the first stage, doubled per stage up to 320 (the demo uses 8)")
+    parser.add_argument("--conv", choices=("onednn", "mindspore"), default="onednn",
+                        help="our convolution kernels: oneDNN blocked layouts (the trainer's CPU default) or "
+                             "MindSpore's own")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
     parser.add_argument("--device_target", default="CPU")
@@ -168,23 +179,23 @@ def parse_args(argv=None):
     parser.add_argument("--torch_passive_wait", action="store_true",
                         help="run PyTorch with OMP_WAIT_POLICY=PASSIVE (fairer CPU times on a shared machine)")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.repeats < 1 or args.warmup < 1:
-        raise UserError("--batch, --repeats and --warmup must be at least 1")
+    if args.batch < 1 or args.repeats < 1 or args.warmup < 1 or args.base_features < 1:
+        raise UserError("--batch, --repeats, --warmup and --base_features must be at least 1")
     return args
 
 
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    benchmark_plan(args.patch, args.stages)
+    benchmark_plan(args.patch, args.stages, args.base_features)
     from src.train.device import cpu_thread_count, fast_path_active, setup_device
 
     device = setup_device(args.device_target, "graph")
-    ours = MindSporeSide(args.patch, args.batch, args.stages)
+    ours = MindSporeSide(args.patch, args.batch, args.stages, args.base_features, onednn_conv=args.conv == "onednn")
     sides = [ours]
     if args.reference:
         sides.append(TorchSide(args.reference_python, args.patch, args.batch, args.stages, cpu_thread_count(),
-                               args.torch_passive_wait))
+                               args.torch_passive_wait, args.base_features))
     try:
         train = interleaved(sides, "train", args.warmup, args.repeats)
         infer = interleaved(sides, "infer", args.warmup, args.repeats)
@@ -194,7 +205,7 @@ def main(argv=None):
     result = {"params": ours.params, "train_step_s": round(train[0][0], 4), "infer_s": round(infer[0][0], 4),
               "train_step_min_s": round(train[0][1], 4), "infer_min_s": round(infer[0][1], 4),
               "train_step_cpu_s": round(train[0][2], 4), "infer_cpu_s": round(infer[0][2], 4),
-              "device": device, "fast_path": fast_path_active(), "threads": cpu_thread_count(),
+              "device": device, "fast_path": fast_path_active(), "onednn_convs": ours.onednn_convs, "threads": cpu_thread_count(),
               "patch": args.patch, "batch": args.batch, "stages": args.stages, "repeats": args.repeats}
     print(f"MindSpore  params {ours.params:,}  train step {train[0][0]:.3f} s (min {train[0][1]:.3f})  "
           f"patch forward {infer[0][0]:.3f} s (min {infer[0][1]:.3f}), CPU {train[0][2]:.3f} / {infer[0][2]:.3f} s  "

@@ -18,11 +18,11 @@ from pathlib import Path
 SLIDING_WINDOW_SOURCE = Path(__file__).resolve().parents[1] / "src" / "infer" / "sliding_window.py"
 
 
-def reference_network(stages: int, num_classes: int):
+def reference_network(stages: int, num_classes: int, base_features: int = 32):
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    features = [min(32 * 2 ** i, 320) for i in range(stages)]
+    features = [min(base_features * 2 ** i, 320) for i in range(stages)]
     strides = [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1)
     # conv_bias False: the same network as ours (a bias before instance norm has no effect)
     return PlainConvUNet(1, stages, features, torch.nn.Conv3d, 3, strides, 2, num_classes, 2, conv_bias=False,
@@ -116,6 +116,7 @@ def main():
     parser.add_argument("--patch", type=int, nargs=3, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--stages", type=int, required=True)
+    parser.add_argument("--base_features", type=int, default=32)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -126,7 +127,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     num_classes = 3
-    net = reference_network(args.stages, num_classes)
+    net = reference_network(args.stages, num_classes, args.base_features)
     loss_fn = reference_loss(args.stages)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
     rng = np.random.default_rng(args.seed)

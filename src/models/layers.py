@@ -10,6 +10,8 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 from mindspore.ops.operations._grad_ops import ReluGrad
 
+from src.models.onednn_conv import OneDNNConv3d
+
 
 LEAKY_SLOPE = 0.01
 NORM_EPS = 1e-5
@@ -29,17 +31,40 @@ def as_triple(value) -> tuple:
     return value
 
 
-def conv3d(in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1, has_bias=True) -> nn.Conv3d:
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters, same checkpoints) whose CPU kernels can be swapped for oneDNN's
+    blocked-layout ones by ``onednn_conv.use_onednn_convolutions``; MindSpore's kernels otherwise."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, has_bias):
+        super().__init__(in_channels, out_channels, kernel_size=kernel_size, stride=stride, pad_mode="pad",
+                         padding=padding, dilation=dilation, group=1, has_bias=has_bias,
+                         weight_init=he_normal(), bias_init="zeros" if has_bias else None,
+                         data_format="NCDHW", dtype=ms.float32)
+        self.geometry = (as_triple(kernel_size), out_channels, as_triple(stride), tuple(padding[0::2]),
+                         as_triple(dilation))
+        self.onednn = None
+
+    def use_onednn(self, library: str) -> None:
+        self.onednn = OneDNNConv3d(library, *self.geometry)
+
+    def construct(self, x):
+        if self.onednn is None:
+            out = self.conv3d(x, self.weight)
+        else:
+            out = self.onednn(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out
+
+
+def conv3d(in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1, has_bias=True) -> Conv3d:
     """Conv3d padded so that stride 1 keeps the size and stride s divides it by s (odd kernels)."""
     kernel_size, stride, dilation = as_triple(kernel_size), as_triple(stride), as_triple(dilation)
     padding = []
     for k, d in zip(kernel_size, dilation):
         half = d * (k - 1) // 2
         padding += [half, half]
-    return nn.Conv3d(in_channels, out_channels, kernel_size=kernel_size, stride=stride, pad_mode="pad",
-                     padding=tuple(padding), dilation=dilation, group=1, has_bias=has_bias,
-                     weight_init=he_normal(), bias_init="zeros" if has_bias else None,
-                     data_format="NCDHW", dtype=ms.float32)
+    return Conv3d(in_channels, out_channels, kernel_size, stride, tuple(padding), dilation, has_bias)
 
 
 def transposed_conv3d(in_channels: int, out_channels: int, stride, has_bias: bool = False) -> nn.Conv3dTranspose:
