@@ -82,7 +82,8 @@ def build_library(out_dir: Path) -> Path:
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed: {result.stderr.strip().splitlines()[-1:]}")
+            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {last}")
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
