@@ -36,12 +36,12 @@ class MindSporeWindowSide:
     """Our network in inference mode behind the predictor's numpy adapter, counting network time."""
 
     def __init__(self, shape, patch, stages: int, batch: int, step_size: float, mirror: bool, seed: int = 0,
-                 onednn_conv: bool = True):
+                 cpu_kernels: bool = True):
         import mindspore as ms
 
         from src.infer.predictor import CellNetFn
         from src.models.layers import count_parameters
-        from src.models.onednn_conv import use_onednn_convolutions
+        from src.models.cpu_kernels import use_cpu_kernels
         from src.models.unet3d import PlainUNet3D
 
         plan = benchmark_plan(patch, stages)
@@ -50,7 +50,7 @@ class MindSporeWindowSide:
                               "conv", False)
         network.set_train(False)
         self.params = count_parameters(network)
-        self.onednn_convs = use_onednn_convolutions(network) if onednn_conv else 0
+        self.cpu_kernel_layers = use_cpu_kernels(network) if cpu_kernels else 0
         self.cell_fn = CellNetFn(network)
         self.patch, self.batch, self.step_size, self.mirror = list(patch), batch, step_size, mirror
         self.data = smooth_volume(shape, seed)
@@ -111,9 +111,9 @@ def parse_args(argv=None):
     parser.add_argument("--step_size", type=float, default=0.5)
     parser.add_argument("--sw_batch_size", type=int, default=2, help="windows per network call")
     parser.add_argument("--mirror", action="store_true", help="8-fold test-time mirroring (8x the time)")
-    parser.add_argument("--conv", choices=("onednn", "mindspore"), default="onednn",
-                        help="our convolution kernels: oneDNN blocked layouts (the predictor's CPU default) or "
-                             "MindSpore's own")
+    parser.add_argument("--kernels", choices=("compiled", "mindspore"), default="compiled",
+                        help="our CPU kernels: the compiled oneDNN convolutions and fused instance norm "
+                             "(src/models/cpu_kernels, the predictor's default) or MindSpore's own")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device_target", default="CPU")
     parser.add_argument("--json", action="store_true", help="end with one JSON line (always printed last)")
@@ -143,7 +143,7 @@ def main(argv=None):
     device = setup_device(args.device_target, "graph")
     load_before = os.getloadavg()
     ours = MindSporeWindowSide(args.shape, args.patch, args.stages, args.sw_batch_size, args.step_size, args.mirror,
-                               onednn_conv=args.conv == "onednn")
+                               cpu_kernels=args.kernels == "compiled")
     sides = [ours]
     if args.reference:
         sides.append(TorchWindowSide(args.reference_python, args.shape, args.patch, args.stages, args.sw_batch_size,
@@ -157,7 +157,7 @@ def main(argv=None):
     result = {"params": ours.params, **rounded(stats[0]), "windows": windows, "shape": args.shape,
               "patch": args.patch, "stages": args.stages, "step_size": args.step_size,
               "sw_batch_size": args.sw_batch_size, "mirror": args.mirror, "repeats": args.repeats,
-              "device": device, "fast_path": fast_path_active(), "onednn_convs": ours.onednn_convs,
+              "device": device, "fast_path": fast_path_active(), "cpu_kernel_layers": ours.cpu_kernel_layers,
               "threads": cpu_thread_count(), "load_average_start": [round(v, 2) for v in load_before],
               "load_average_end": [round(v, 2) for v in os.getloadavg()]}
     print(f"MindSpore  params {ours.params:,}  {windows} windows of {args.patch} over {args.shape}: "

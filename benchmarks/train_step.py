@@ -55,14 +55,14 @@ class MindSporeSide:
     """The network, loss and train cell exactly as the trainer builds them."""
 
     def __init__(self, patch, batch: int, stages: int, base_features: int = 32, seed: int = 0,
-                 onednn_conv: bool = True):
+                 cpu_kernels: bool = True):
         import mindspore as ms
         from mindspore import nn
 
         from src.data.augment import deep_supervision_strides, downsample_seg_for_deep_supervision
         from src.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
         from src.models.layers import count_parameters
-        from src.models.onednn_conv import use_onednn_convolutions
+        from src.models.cpu_kernels import use_cpu_kernels
         from src.models.unet3d import PlainUNet3D
         from src.train.train_cell import build_train_cell
 
@@ -71,7 +71,7 @@ class MindSporeSide:
         self.network = PlainUNet3D(1, NUM_CLASSES, plan["features"], plan["conv_kernel_sizes"], plan["strides"],
                                    "conv", True)
         self.params = count_parameters(self.network)
-        self.onednn_convs = use_onednn_convolutions(self.network) if onednn_conv else 0
+        self.cpu_kernel_layers = use_cpu_kernels(self.network) if cpu_kernels else 0
         loss = DeepSupervisionLoss(DiceCELoss(NUM_CLASSES), deep_supervision_weights(stages - 1))
         group = [{"params": self.network.trainable_params(), "weight_decay": 3e-5}]
         optimizer = nn.SGD(group, learning_rate=ms.Tensor(0.01, ms.float32), momentum=0.99, nesterov=True,
@@ -166,9 +166,9 @@ def parse_args(argv=None):
     parser.add_argument("--stages", type=int, default=5)
     parser.add_argument("--base_features", type=int, default=32,
                         help="features of the first stage, doubled per stage up to 320 (the demo uses 8)")
-    parser.add_argument("--conv", choices=("onednn", "mindspore"), default="onednn",
-                        help="our convolution kernels: oneDNN blocked layouts (the trainer's CPU default) or "
-                             "MindSpore's own")
+    parser.add_argument("--kernels", choices=("compiled", "mindspore"), default="compiled",
+                        help="our CPU kernels: the compiled oneDNN convolutions and fused instance norm "
+                             "(src/models/cpu_kernels, the trainer's default) or MindSpore's own")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
     parser.add_argument("--device_target", default="CPU")
@@ -191,7 +191,7 @@ def main(argv=None):
     from src.train.device import cpu_thread_count, fast_path_active, setup_device
 
     device = setup_device(args.device_target, "graph")
-    ours = MindSporeSide(args.patch, args.batch, args.stages, args.base_features, onednn_conv=args.conv == "onednn")
+    ours = MindSporeSide(args.patch, args.batch, args.stages, args.base_features, cpu_kernels=args.kernels == "compiled")
     sides = [ours]
     if args.reference:
         sides.append(TorchSide(args.reference_python, args.patch, args.batch, args.stages, cpu_thread_count(),
@@ -205,7 +205,7 @@ def main(argv=None):
     result = {"params": ours.params, "train_step_s": round(train[0][0], 4), "infer_s": round(infer[0][0], 4),
               "train_step_min_s": round(train[0][1], 4), "infer_min_s": round(infer[0][1], 4),
               "train_step_cpu_s": round(train[0][2], 4), "infer_cpu_s": round(infer[0][2], 4),
-              "device": device, "fast_path": fast_path_active(), "onednn_convs": ours.onednn_convs, "threads": cpu_thread_count(),
+              "device": device, "fast_path": fast_path_active(), "cpu_kernel_layers": ours.cpu_kernel_layers, "threads": cpu_thread_count(),
               "patch": args.patch, "batch": args.batch, "stages": args.stages, "repeats": args.repeats}
     print(f"MindSpore  params {ours.params:,}  train step {train[0][0]:.3f} s (min {train[0][1]:.3f})  "
           f"patch forward {infer[0][0]:.3f} s (min {infer[0][1]:.3f}), CPU {train[0][2]:.3f} / {infer[0][2]:.3f} s  "

@@ -41,7 +41,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
     if file_format == "AIR" and device != "Ascend":
         raise UserError(f"AIR export works only on Ascend (this run uses {device}); use --file_format MINDIR")
     # MindSpore's own convolution kernels: the exported graph must run on Ascend 310 and in MindSpore Lite
-    network, plan, model_cfg = load_checkpoint_network(ckpt, cfg, device, onednn_conv=False)
+    network, plan, model_cfg = load_checkpoint_network(ckpt, cfg, device, cpu_kernels=False)
     input_shape = [int(batch_size), int(plan.get("num_channels", 1))] + [int(p) for p in plan["patch_size"]]
     example = ms.Tensor(np.zeros(input_shape, dtype=np.float32))
     output_shape = [int(s) for s in network(example).shape]

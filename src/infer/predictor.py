@@ -162,12 +162,12 @@ def inference_config(model_config: dict, user_cfg: Config) -> Config:
     return user_cfg.replace(**{key: getattr(stored, key) for key in ARCHITECTURE_KEYS})
 
 
-def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: str, onednn_conv: bool = True):
+def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: str, cpu_kernels: bool = True):
     """The trained network with the checkpoint's weights, deep supervision off, in eval mode, wrapped
-    for float16 on Ascend when the (resolved) amp level asks for it. ``onednn_conv``: the faster CPU
-    convolution kernels where they apply (never in a graph meant for export)."""
+    for float16 on Ascend when the (resolved) amp level asks for it. ``cpu_kernels``: the compiled CPU
+    kernels where they apply (never in a graph meant for export)."""
     from src.models import build_network
-    from src.models.onednn_conv import select_convolution_kernels
+    from src.models.cpu_kernels import select_cpu_kernels
     from src.train.checkpoint import load_network_weights
     from src.train.train_cell import apply_amp, resolve_amp_level
 
@@ -179,14 +179,14 @@ def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: st
     network.set_deep_supervision(False)
     network.set_train(False)
     amp_level = resolve_amp_level(model_cfg.amp_level, device)
-    if onednn_conv:
-        select_convolution_kernels(network, amp_level)
+    if cpu_kernels:
+        select_cpu_kernels(network, amp_level)
     forward = apply_amp(network, amp_level)
     forward.set_train(False)
     return forward
 
 
-def load_checkpoint_network(path, cfg: Config, device: str, onednn_conv: bool = True):
+def load_checkpoint_network(path, cfg: Config, device: str, cpu_kernels: bool = True):
     """(network ready for inference, the checkpoint's plan, the config it was built with)."""
     from src.train.checkpoint import read_checkpoint_meta
 
@@ -194,7 +194,7 @@ def load_checkpoint_network(path, cfg: Config, device: str, onednn_conv: bool = 
     if "plan" not in meta or "config" not in meta:
         raise UserError(f"checkpoint {path} carries no plan/config; it was not written by train.py")
     model_cfg = inference_config(meta["config"], cfg)
-    network = build_inference_network(model_cfg, meta["plan"], path, device, onednn_conv)
+    network = build_inference_network(model_cfg, meta["plan"], path, device, cpu_kernels)
     return network, meta["plan"], model_cfg
 
 

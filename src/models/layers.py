@@ -10,7 +10,8 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 from mindspore.ops.operations._grad_ops import ReluGrad
 
-from src.models.onednn_conv import OneDNNConv3d
+from src.models.cpu_kernels.conv import OneDNNConv3d
+from src.models.cpu_kernels.instance_norm import FusedInstanceNormAct
 
 
 LEAKY_SLOPE = 0.01
@@ -32,8 +33,8 @@ def as_triple(value) -> tuple:
 
 
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` (same parameters, same checkpoints) whose CPU kernels can be swapped for oneDNN's
-    blocked-layout ones by ``onednn_conv.use_onednn_convolutions``; MindSpore's kernels otherwise."""
+    """``nn.Conv3d`` (same parameters, same checkpoints) whose CPU kernels can be swapped for the compiled
+    oneDNN ones by ``cpu_kernels.use_cpu_kernels``; MindSpore's kernels otherwise."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, has_bias):
         super().__init__(in_channels, out_channels, kernel_size=kernel_size, stride=stride, pad_mode="pad",
@@ -44,8 +45,13 @@ class Conv3d(nn.Conv3d):
                          as_triple(dilation))
         self.onednn = None
 
-    def use_onednn(self, library: str) -> None:
+    def use_cpu_kernel(self, library: str) -> bool:
+        """Route this convolution through the oneDNN kernels of ``library``; False if it cannot be."""
+        padding = self.padding if isinstance(self.padding, tuple) else (self.padding,) * 6
+        if self.group != 1 or padding[0::2] != padding[1::2]:
+            return False
         self.onednn = OneDNNConv3d(library, *self.geometry)
+        return True
 
     def construct(self, x):
         if self.onednn is None:
@@ -134,9 +140,19 @@ class ConvNormAct(nn.Cell):
         self.conv = conv3d(in_channels, out_channels, kernel_size, stride, dilation, has_bias=conv_bias)
         self.norm = InstanceNorm3d(out_channels)
         self.activation = LeakyReLU() if activation else None
+        self.fused = None
+
+    def use_cpu_kernel(self, library: str) -> bool:
+        """Norm and activation through the fused kernel of ``library`` (same parameters)."""
+        self.fused = FusedInstanceNormAct(library, self.norm.norm.eps,
+                                          LEAKY_SLOPE if self.activation is not None else 1.0)
+        return True
 
     def construct(self, x):
-        x = self.norm(self.conv(x))
+        x = self.conv(x)
+        if self.fused is not None:
+            return self.fused(x, self.norm.norm.gamma, self.norm.norm.beta)
+        x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

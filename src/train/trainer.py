@@ -27,7 +27,7 @@ from src.data.planning import plan_for_config
 from src.errors import UserError
 from src.losses import build_loss
 from src.models import build_network
-from src.models.onednn_conv import select_convolution_kernels
+from src.models.cpu_kernels import select_cpu_kernels
 from src.models.transfer import transferable_parameters
 from src.train.checkpoint import (load_checkpoint_file, network_weights, read_training_checkpoint,
                                   restore_parameters, save_training_checkpoint, split_checkpoint)
@@ -162,7 +162,7 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     np.random.seed(cfg.seed % 2 ** 32)
 
     network = build_network(cfg, plan)
-    convolutions = select_convolution_kernels(network, amp_level)
+    kernels = select_cpu_kernels(network, amp_level)
     forward = apply_amp(network, amp_level)
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
@@ -190,7 +190,7 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     log(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation cases, network {cfg.network} "
         f"with {num_params} parameters, patch {plan['patch_size']}, batch {cfg.batch_size} per rank")
     log(f"device {device}, amp {amp_level}, world size {info.world}, {cfg.epochs} epochs x "
-        f"{cfg.iters_per_epoch} iterations, val {cfg.val_iters} batches, {convolutions}")
+        f"{cfg.iters_per_epoch} iterations, val {cfg.val_iters} batches, {kernels}")
 
     last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, int(stop_after_epoch))
     remaining = max(last_epoch - state.epoch, 0)

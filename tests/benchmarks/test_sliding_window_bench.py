@@ -26,7 +26,7 @@ def test_tiny_volume_reports_times_and_layout():
     assert result["network_s"] <= result["case_s"]
     assert len(result["load_average_start"]) == 3
     assert "case_ratio" not in result  # no reference asked for
-    assert result["onednn_convs"] > 0  # the predictor's CPU kernels are the default
+    assert result["cpu_kernel_layers"] > 0  # the predictor's CPU kernels are the default
 
 
 def test_patch_larger_than_volume_is_a_user_error():

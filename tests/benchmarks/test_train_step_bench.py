@@ -14,19 +14,20 @@ def run_benchmark(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.parametrize("conv", ["onednn", "mindspore"])
-def test_tiny_step_reports_times_and_kernels(conv):
+@pytest.mark.parametrize("kernels", ["compiled", "mindspore"])
+def test_tiny_step_reports_times_and_kernels(kernels):
     done = run_benchmark("--patch", "16", "16", "16", "--stages", "2", "--base_features", "4", "--repeats", "1",
-                         "--warmup", "1", "--conv", conv, "--json")
+                         "--warmup", "1", "--kernels", kernels, "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["patch"] == [16, 16, 16] and result["stages"] == 2
-    # features 4 and 8: 2 + 2 encoder convs, 2 decoder convs, 1 head (deep supervision adds none at 2 stages)
     assert result["params"] > 0
-    if conv == "onednn":
-        assert result["onednn_convs"] == 7
+    if kernels == "compiled":
+        # 2 stages: 2 + 2 encoder and 2 decoder conv-norm-act units (a convolution and a fused norm each)
+        # and the 1x1x1 head (a convolution)
+        assert result["cpu_kernel_layers"] == 13
     else:
-        assert result["onednn_convs"] == 0
+        assert result["cpu_kernel_layers"] == 0
     for key in ("train_step_s", "infer_s", "train_step_cpu_s"):
         assert result[key] > 0, key
 

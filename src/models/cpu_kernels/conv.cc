@@ -1,5 +1,5 @@
 // 3D convolution kernels for MindSpore's CPU back end (ops.Custom, func_type "aot"), calling the oneDNN
-// library that the MindSpore wheel bundles (lib/libdnnl.so.3) with blocked memory layouts.
+// library that the MindSpore wheel bundles (lib/libdnnl.so.3) with the memory layouts its fast kernels want.
 //
 // Why: MindSpore's own Conv3d kernels describe plain NCDHW tensors to oneDNN, for which it only has the
 // im2col GEMM path; with channels-last activations and "any" weights oneDNN picks its brgemm kernels, several
@@ -7,31 +7,25 @@
 // MindSpore; each call reorders into the layouts the primitive uses and back.
 //
 // The wheel ships no oneDNN headers, so the few C API entry points used are declared here from the
-// oneDNN 3.x C API (stable within the major version); onednn_conv.py checks the library version first.
+// oneDNN 3.x C API (stable within the major version); __init__.py checks the library version first.
+// The weight gradient stays MindSpore's own kernel (conv.py): the same oneDNN GEMM, faster under its threads.
 //
 // Every kernel: params = x (N, C, D, H, W), w (O, C, kD, kH, kW), [dy], config (int64[9]: strides,
 // paddings, dilations as oneDNN counts them, i.e. dilation - 1), output.
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sched.h>
-#include <thread>
 #include <vector>
 
+#include "parallel.h"
+
 extern "C" {
-typedef int dnnl_status;
-typedef void *dnnl_handle;
 typedef int64_t dnnl_dims[12];
 struct dnnl_exec_arg { int arg; dnnl_handle memory; };
 
-dnnl_status dnnl_engine_create(dnnl_handle *engine, int kind, size_t index);
 dnnl_status dnnl_memory_desc_create_with_tag(dnnl_handle *md, int ndims, const dnnl_dims dims, int data_type,
                                              int tag);
 dnnl_status dnnl_memory_desc_create_with_strides(dnnl_handle *md, int ndims, const dnnl_dims dims, int data_type,
@@ -47,10 +41,6 @@ dnnl_status dnnl_convolution_backward_data_primitive_desc_create(
     dnnl_handle *pd, dnnl_handle engine, int alg_kind, dnnl_handle diff_src, dnnl_handle weights,
     dnnl_handle diff_dst, const int64_t *strides, const int64_t *dilates, const int64_t *padding_l,
     const int64_t *padding_r, dnnl_handle hint_fwd_pd, dnnl_handle attr);
-dnnl_status dnnl_convolution_backward_weights_primitive_desc_create(
-    dnnl_handle *pd, dnnl_handle engine, int alg_kind, dnnl_handle src, dnnl_handle diff_weights,
-    dnnl_handle diff_bias, dnnl_handle diff_dst, const int64_t *strides, const int64_t *dilates,
-    const int64_t *padding_l, const int64_t *padding_r, dnnl_handle hint_fwd_pd, dnnl_handle attr);
 dnnl_status dnnl_reorder_primitive_desc_create(dnnl_handle *pd, dnnl_handle src_md, dnnl_handle src_engine,
                                                dnnl_handle dst_md, dnnl_handle dst_engine, dnnl_handle attr);
 dnnl_handle dnnl_primitive_desc_query_md(dnnl_handle pd, int what, int index);
@@ -59,112 +49,18 @@ dnnl_status dnnl_primitive_execute(dnnl_handle primitive, dnnl_handle stream, in
 dnnl_status dnnl_memory_create(dnnl_handle *memory, dnnl_handle md, dnnl_handle engine, void *handle);
 dnnl_status dnnl_memory_set_data_handle(dnnl_handle memory, void *handle);
 dnnl_status dnnl_stream_wait(dnnl_handle stream);
-dnnl_status dnnl_threadpool_interop_stream_create(dnnl_handle *stream, dnnl_handle engine, void *threadpool);
 }
 
+namespace kitseg {
 namespace {
 
 // oneDNN 3.x C API constants
-constexpr int kCpuEngine = 1, kF32 = 3, kTagAny = 1, kConvolutionDirect = 1;
+constexpr int kF32 = 3, kTagAny = 1, kConvolutionDirect = 1;
 constexpr int kForwardTraining = 64;  // the backward passes need a training-mode hint
-constexpr int kQuerySrc = 129, kQueryDiffSrc = 130, kQueryWeights = 131, kQueryDiffWeights = 132;
+constexpr int kQuerySrc = 129, kQueryDiffSrc = 130, kQueryWeights = 131;
 constexpr int kQueryDst = 133, kQueryDiffDst = 134;
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33, kArgDiffSrc = 129, kArgDiffDst = 145;
-constexpr int kArgDiffWeights = 161;
 void *const kNoHandle = nullptr;
-
-// oneDNN's threadpool interface (dnnl::threadpool_interop::threadpool_iface): the library calls these
-// virtual functions in this order, so the class layout must match it.
-class ThreadPool {
- public:
-  explicit ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
-  }
-  virtual int get_num_threads() const { return threads_; }
-  virtual bool get_in_parallel() const { return inside_; }
-  virtual void parallel_for(int n, const std::function<void(int, int)> &fn) {
-    if (n <= 1 || threads_ == 1 || inside_) {
-      for (int i = 0; i < n; ++i) fn(i, n);
-      return;
-    }
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      job_ = &fn;
-      jobs_ = n;
-      next_.store(0);
-      busy_ = static_cast<int>(workers_.size());
-      ++generation_;
-    }
-    wake_.notify_all();
-    RunJobs(fn, n);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return busy_ == 0; });
-    job_ = nullptr;
-  }
-  virtual uint64_t get_flags() const { return 0; }  // synchronous
-  virtual void wait() {}
-  virtual ~ThreadPool() {}  // never destroyed: the workers live as long as the process
-
- private:
-  void RunJobs(const std::function<void(int, int)> &fn, int n) {
-    inside_ = true;
-    for (int i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) fn(i, n);
-    inside_ = false;
-  }
-  void WorkerLoop() {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(int, int)> *fn;
-      int n;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        fn = job_;
-        n = jobs_;
-      }
-      RunJobs(*fn, n);
-      std::unique_lock<std::mutex> lock(mutex_);
-      if (--busy_ == 0) done_.notify_one();
-    }
-  }
-  int threads_;
-  std::vector<std::thread> workers_;
-  std::mutex mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void(int, int)> *job_ = nullptr;
-  int jobs_ = 0, busy_ = 0;
-  uint64_t generation_ = 0;
-  std::atomic<int> next_{0};
-  static thread_local bool inside_;
-};
-thread_local bool ThreadPool::inside_ = false;
-
-int ThreadCount() {
-  const char *env = std::getenv("KITSEG_CPU_THREADS");
-  if (env && std::atoi(env) > 0) return std::atoi(env);
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  return 1;
-}
-
-struct Runtime {
-  dnnl_handle engine = nullptr, stream = nullptr;
-  ThreadPool *pool = nullptr;
-  std::mutex mutex;  // one convolution at a time: they share the pool and the scratch buffers
-  bool ok = false;
-};
-
-Runtime &GetRuntime() {
-  static Runtime runtime;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    runtime.pool = new ThreadPool(ThreadCount());
-    runtime.ok = dnnl_engine_create(&runtime.engine, kCpuEngine, 0) == 0 &&
-                 dnnl_threadpool_interop_stream_create(&runtime.stream, runtime.engine, runtime.pool) == 0;
-  });
-  return runtime;
-}
 
 // Grow-only scratch buffers for the blocked copies, shared by all layers (calls are serialized).
 struct Scratch {
@@ -248,10 +144,10 @@ struct Operand {
   }
 };
 
-enum Pass { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+enum Pass { kForward = 0, kBackwardData = 1 };
 
 // A primitive for one pass and one problem (shapes + config), with its three operands in the order
-// (first input, second input, output): forward x, w -> y; backward data dy, w -> dx; weights x, dy -> dw.
+// (first input, second input, output): forward x, w -> y; backward data dy, w -> dx.
 struct Kernel {
   dnnl_handle primitive = nullptr;
   Operand operands[3];
@@ -287,14 +183,6 @@ bool BuildKernel(Runtime &rt, const Problem &p, Kernel &k) {
          k.operands[1].Init(rt, p.w, dnnl_primitive_desc_query_md(pd, kQueryWeights, 0), 1, true) &&
          k.operands[2].Init(rt, p.x, dnnl_primitive_desc_query_md(pd, kQueryDiffSrc, 0), 2, false);
     k.args[0] = kArgDiffDst, k.args[1] = kArgWeights, k.args[2] = kArgDiffSrc;
-  } else if (ok) {
-    ok = dnnl_convolution_backward_weights_primitive_desc_create(&pd, rt.engine, kConvolutionDirect, x_any, w_any,
-                                                                 nullptr, y_any, strides, dilates, padding, padding,
-                                                                 fwd_pd, nullptr) == 0 &&
-         k.operands[0].Init(rt, p.x, dnnl_primitive_desc_query_md(pd, kQuerySrc, 0), 0, true) &&
-         k.operands[1].Init(rt, p.y, dnnl_primitive_desc_query_md(pd, kQueryDiffDst, 0), 1, true) &&
-         k.operands[2].Init(rt, p.w, dnnl_primitive_desc_query_md(pd, kQueryDiffWeights, 0), 2, false);
-    k.args[0] = kArgSrc, k.args[1] = kArgDiffDst, k.args[2] = kArgDiffWeights;
   }
   ok = ok && dnnl_primitive_create(&k.primitive, pd) == 0;
   // primitive descriptors and "any" descriptors are kept: a few per layer shape, for the process lifetime
@@ -339,8 +227,7 @@ int Run(int pass, int nparam, void **params, int *ndims, int64_t **shapes, const
   // buffers in operand order (first input, second input, output)
   void *data[3];
   if (pass == kForward) data[0] = params[0], data[1] = params[1], data[2] = params[3];
-  else if (pass == kBackwardData) data[0] = params[2], data[1] = params[1], data[2] = params[4];
-  else data[0] = params[0], data[1] = params[2], data[2] = params[4];
+  else data[0] = params[2], data[1] = params[1], data[2] = params[4];
   dnnl_exec_arg args[3];
   for (int i = 0; i < 3; ++i) args[i] = {k.args[i], k.operands[i].Bind(data[i], scratch)};
   bool ok = k.operands[0].Reorder(rt) && k.operands[1].Reorder(rt) &&
@@ -350,18 +237,14 @@ int Run(int pass, int nparam, void **params, int *ndims, int64_t **shapes, const
 }
 
 }  // namespace
+}  // namespace kitseg
 
 extern "C" int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                            void *) {
-  return Run(kForward, nparam, params, ndims, shapes, dtypes);
+  return kitseg::Run(kitseg::kForward, nparam, params, ndims, shapes, dtypes);
 }
 
 extern "C" int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                                 void *) {
-  return Run(kBackwardData, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int ConvBackwardWeights(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                   void *, void *) {
-  return Run(kBackwardWeights, nparam, params, ndims, shapes, dtypes);
+  return kitseg::Run(kitseg::kBackwardData, nparam, params, ndims, shapes, dtypes);
 }

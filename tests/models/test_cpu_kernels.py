@@ -1,13 +1,13 @@
-"""The oneDNN convolution kernels give MindSpore's results (outputs and both gradients), switch only where
-they apply, and never reach an exported graph."""
+"""The compiled CPU kernels (oneDNN convolutions, fused instance norm + LeakyReLU) give MindSpore's results,
+outputs and every gradient, switch only where they apply, and report why when they cannot be used."""
 import numpy as np
 import pytest
 
 import mindspore as ms
 from mindspore import nn
 
-from src.models import onednn_conv
-from src.models.layers import conv3d
+from src.models import cpu_kernels
+from src.models.layers import ConvNormAct, conv3d
 from src.models.unet3d import PlainUNet3D
 from src.train.device import setup_device
 
@@ -15,9 +15,9 @@ from src.train.device import setup_device
 @pytest.fixture(scope="module", autouse=True)
 def cpu_graph_mode():
     setup_device("CPU", "graph")
-    available, reason = onednn_conv.availability()
+    available, reason = cpu_kernels.availability()
     if not available:
-        pytest.skip(f"oneDNN kernels unavailable here: {reason}")
+        pytest.skip(f"CPU kernels unavailable here: {reason}")
 
 
 class SquaredError(nn.Cell):
@@ -62,9 +62,9 @@ def twin_convs(in_channels, out_channels, kernel, stride, dilation, bias):
 ])
 def test_conv_matches_mindspore_kernels(in_channels, out_channels, kernel, stride, dilation, bias, shape):
     reference, fast = twin_convs(in_channels, out_channels, kernel, stride, dilation, bias)
-    assert onednn_conv.use_onednn_convolutions(fast) == 1
+    assert cpu_kernels.use_cpu_kernels(fast) == 1
     # MindSpore's own nn.Conv3d has no switch and keeps its kernels
-    assert onednn_conv.use_onednn_convolutions(nn.Conv3d(2, 2, 3, pad_mode="pad", padding=1)) == 0
+    assert cpu_kernels.use_cpu_kernels(nn.Conv3d(2, 2, 3, pad_mode="pad", padding=1)) == 0
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.normal(size=shape).astype(np.float32))
     expected = reference(x)
@@ -85,7 +85,8 @@ def test_whole_unet_gradients_match_and_every_conv_switches():
     ms.set_seed(0)
     fast = PlainUNet3D(1, 3, [4, 8, 16, 16], [[3, 3, 3]] * 4, strides, "conv", True)
     convs = [c for _, c in fast.cells_and_names() if isinstance(c, nn.Conv3d)]
-    assert onednn_conv.use_onednn_convolutions(fast) == len(convs) > 10
+    units = [c for _, c in fast.cells_and_names() if isinstance(c, ConvNormAct)]
+    assert cpu_kernels.use_cpu_kernels(fast) == len(convs) + len(units) and len(units) > 10
     reference.set_train(True)
     fast.set_train(True)
     rng = np.random.default_rng(1)
@@ -100,38 +101,64 @@ def test_whole_unet_gradients_match_and_every_conv_switches():
 
 def test_select_reports_the_kernels_used():
     _, fast = twin_convs(2, 2, 3, 1, 1, False)
-    assert onednn_conv.select_convolution_kernels(fast, "O2") == "convolutions: MindSpore kernels (mixed precision)"
+    assert cpu_kernels.select_cpu_kernels(fast, "O2") == "CPU kernels: MindSpore's (mixed precision)"
     assert fast.onednn is None
-    assert onednn_conv.select_convolution_kernels(fast, "O0").startswith("convolutions: oneDNN")
+    assert cpu_kernels.select_cpu_kernels(fast, "O0").startswith("CPU kernels: compiled")
     assert fast.onednn is not None
 
 
 def test_switched_off_by_environment(monkeypatch):
-    monkeypatch.setattr(onednn_conv, "_state", {})
-    monkeypatch.setenv(onednn_conv.ENV_SWITCH, "0")
-    assert onednn_conv.availability() == (False, f"switched off by {onednn_conv.ENV_SWITCH}")
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    assert cpu_kernels.availability() == (False, f"switched off by {cpu_kernels.ENV_SWITCH}")
     _, fast = twin_convs(2, 2, 3, 1, 1, False)
-    assert onednn_conv.use_onednn_convolutions(fast) == 0
+    assert cpu_kernels.use_cpu_kernels(fast) == 0
     assert fast.onednn is None
 
 
 def test_missing_compiler_is_reported_and_nothing_is_left_behind(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     with pytest.raises(RuntimeError, match="no C.. compiler"):
-        onednn_conv.build_library(tmp_path)
+        cpu_kernels.build_library(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_compile_leaves_no_partial_library(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-    with pytest.raises(RuntimeError, match="compiling onednn_conv.cc failed"):
-        onednn_conv.build_library(tmp_path)
+    with pytest.raises(RuntimeError, match="compiling the CPU kernels failed"):
+        cpu_kernels.build_library(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_library_is_built_once_per_source(tmp_path):
-    first = onednn_conv.build_library(tmp_path)
+    first = cpu_kernels.build_library(tmp_path)
     stamp = first.stat().st_mtime_ns
-    assert onednn_conv.build_library(tmp_path) == first
+    assert cpu_kernels.build_library(tmp_path) == first
     assert first.stat().st_mtime_ns == stamp
-    assert first.name.startswith("onednn_conv-") and first.suffix == ".so"
+    assert first.name.startswith("kitseg_cpu_kernels-") and first.suffix == ".so"
+
+
+@pytest.mark.parametrize("activation,shape", [(True, (2, 6, 5, 7, 4)), (False, (1, 3, 4, 4, 4)),
+                                              (True, (2, 4, 1, 1, 1))])
+def test_fused_norm_matches_groupnorm_and_leaky_relu(activation, shape):
+    ms.set_seed(3)
+    reference = ConvNormAct(shape[1], shape[1], 1, 1, 1, activation)
+    ms.set_seed(3)
+    fast = ConvNormAct(shape[1], shape[1], 1, 1, 1, activation)
+    rng = np.random.default_rng(4)
+    for unit in (reference, fast):  # non-trivial affine parameters, shared
+        unit.norm.norm.gamma.set_data(ms.Tensor(np.linspace(0.5, 1.5, shape[1], dtype=np.float32)))
+        unit.norm.norm.beta.set_data(ms.Tensor(np.linspace(-0.3, 0.3, shape[1], dtype=np.float32)))
+    assert fast.use_cpu_kernel(cpu_kernels.availability()[1]) is True
+    x = ms.Tensor(rng.normal(1.0, 2.0, size=shape).astype(np.float32))
+    expected = reference(x)
+    # atol: a 1-voxel plane divides rounding noise by sqrt(eps) in MindSpore's GroupNorm
+    np.testing.assert_allclose(fast(x).asnumpy(), expected.asnumpy(), atol=1e-4)
+    target = ms.Tensor(rng.normal(size=shape).astype(np.float32))
+    grads_ref = gradients(SquaredError(reference), x, target)
+    grads_fast = gradients(SquaredError(fast), x, target)
+    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-4
+    names = [p.name for p in fast.trainable_params()]
+    assert any("gamma" in n for n in names) and any("beta" in n for n in names)
+    for name, got, want in zip(names, grads_fast[1], grads_ref[1]):
+        assert relative_error(got.asnumpy(), want.asnumpy()) < 1e-4, name

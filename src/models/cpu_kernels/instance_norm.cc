@@ -1,0 +1,136 @@
+// Instance norm (affine) followed by LeakyReLU, forward and backward in one kernel each, for MindSpore's CPU
+// back end (ops.Custom aot). MindSpore runs the same unit as GroupNorm + maximum, several passes over the
+// activations per direction; here the forward reads x twice and writes once.
+//
+// Forward:  params = x (N, C, D, H, W), gamma (C), beta (C), options float32[2] = (eps, slope), out y.
+// Backward: params = x, gamma, beta, options, y, dy, out dx (like x), dgamma (C), dbeta (C).
+// slope 1 gives the plain instance norm. Statistics are accumulated in double precision and recomputed in
+// the backward pass (one extra read of x instead of two more tensors kept alive between the passes).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "parallel.h"
+
+namespace kitseg {
+namespace {
+
+struct Planes {
+  int64_t batch = 0, channels = 0, size = 0;  // size: voxels per (sample, channel) plane
+};
+
+bool ReadShapes(int nparam, int expected, int *ndims, int64_t **shapes, const char **dtypes, Planes &planes) {
+  if (nparam != expected || ndims[0] < 3) return false;
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  planes.batch = shapes[0][0];
+  planes.channels = shapes[0][1];
+  planes.size = 1;
+  for (int d = 2; d < ndims[0]; ++d) planes.size *= shapes[0][d];
+  return ndims[1] == 1 && shapes[1][0] == planes.channels && ndims[2] == 1 && shapes[2][0] == planes.channels &&
+         ndims[3] == 1 && shapes[3][0] == 2;
+}
+
+// mean and 1 / sqrt(var + eps) of one plane
+void PlaneStatistics(const float *x, int64_t size, float eps, float &mean, float &inv_std) {
+  double sum = 0.0, sum_sq = 0.0;
+  for (int64_t i = 0; i < size; ++i) {
+    sum += x[i];
+    sum_sq += static_cast<double>(x[i]) * x[i];
+  }
+  const double m = sum / size;
+  const double var = std::max(sum_sq / size - m * m, 0.0);
+  mean = static_cast<float>(m);
+  inv_std = static_cast<float>(1.0 / std::sqrt(var + eps));
+}
+
+int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Planes p;
+  if (!ReadShapes(nparam, 5, ndims, shapes, dtypes, p)) return 2;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  const float eps = static_cast<const float *>(params[3])[0], slope = static_cast<const float *>(params[3])[1];
+  float *y = static_cast<float *>(params[4]);
+  Runtime &rt = GetRuntime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  rt.pool->parallel_for(static_cast<int>(p.batch * p.channels), [&](int plane, int) {
+    const int64_t c = plane % p.channels, offset = plane * p.size;
+    float mean, inv_std;
+    PlaneStatistics(x + offset, p.size, eps, mean, inv_std);
+    const float scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
+    const float *in = x + offset;
+    float *out = y + offset;
+    for (int64_t i = 0; i < p.size; ++i) {
+      const float v = in[i] * scale + shift;
+      out[i] = v > 0.0f ? v : v * slope;
+    }
+  });
+  return 0;
+}
+
+int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  Planes p;
+  if (!ReadShapes(nparam, 9, ndims, shapes, dtypes, p)) return 2;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float eps = static_cast<const float *>(params[3])[0], slope = static_cast<const float *>(params[3])[1];
+  const float *y = static_cast<const float *>(params[4]);
+  const float *dy = static_cast<const float *>(params[5]);
+  float *dx = static_cast<float *>(params[6]);
+  float *dgamma = static_cast<float *>(params[7]);
+  float *dbeta = static_cast<float *>(params[8]);
+  const int64_t planes = p.batch * p.channels;
+  // per plane: sum of the gradient before the affine step (dn) and of dn * normalized x
+  std::vector<double> sum_dn(planes), sum_dn_xhat(planes);
+  Runtime &rt = GetRuntime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  rt.pool->parallel_for(static_cast<int>(planes), [&](int plane, int) {
+    const int64_t c = plane % p.channels, offset = plane * p.size;
+    float mean, inv_std;
+    PlaneStatistics(x + offset, p.size, eps, mean, inv_std);
+    const float *in = x + offset, *out = y + offset, *grad = dy + offset;
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t i = 0; i < p.size; ++i) {
+      const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;  // y > 0 exactly where the norm output is
+      s1 += dn;
+      s2 += static_cast<double>(dn) * ((in[i] - mean) * inv_std);
+    }
+    sum_dn[plane] = s1;
+    sum_dn_xhat[plane] = s2;
+    const float mean_dn = static_cast<float>(s1 / p.size), mean_dn_xhat = static_cast<float>(s2 / p.size);
+    const float scale = gamma[c] * inv_std;
+    float *result = dx + offset;
+    for (int64_t i = 0; i < p.size; ++i) {
+      const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;
+      const float xhat = (in[i] - mean) * inv_std;
+      result[i] = scale * (dn - mean_dn - xhat * mean_dn_xhat);
+    }
+  });
+  for (int64_t c = 0; c < p.channels; ++c) {
+    double g = 0.0, b = 0.0;
+    for (int64_t n = 0; n < p.batch; ++n) {
+      g += sum_dn_xhat[n * p.channels + c];
+      b += sum_dn[n * p.channels + c];
+    }
+    dgamma[c] = static_cast<float>(g);
+    dbeta[c] = static_cast<float>(b);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kitseg
+
+extern "C" int InstanceNormActForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                      void *, void *) {
+  return kitseg::Forward(nparam, params, ndims, shapes, dtypes);
+}
+
+extern "C" int InstanceNormActBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                       void *, void *) {
+  return kitseg::Backward(nparam, params, ndims, shapes, dtypes);
+}
