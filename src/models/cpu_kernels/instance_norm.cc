@@ -34,12 +34,23 @@ bool ReadShapes(int nparam, int expected, int *ndims, int64_t **shapes, const ch
          ndims[3] == 1 && shapes[3][0] == 2;
 }
 
+// Sums run in float over blocks of kBlock voxels (vectorized: "omp simd" lets the compiler reorder them)
+// and in double across blocks, so that large planes keep their precision.
+constexpr int64_t kBlock = 4096;
+
 // mean and 1 / sqrt(var + eps) of one plane
 void PlaneStatistics(const float *x, int64_t size, float eps, float &mean, float &inv_std) {
   double sum = 0.0, sum_sq = 0.0;
-  for (int64_t i = 0; i < size; ++i) {
-    sum += x[i];
-    sum_sq += static_cast<double>(x[i]) * x[i];
+  for (int64_t start = 0; start < size; start += kBlock) {
+    const int64_t stop = std::min(size, start + kBlock);
+    float block_sum = 0.0f, block_sq = 0.0f;
+#pragma omp simd reduction(+ : block_sum, block_sq)
+    for (int64_t i = start; i < stop; ++i) {
+      block_sum += x[i];
+      block_sq += x[i] * x[i];
+    }
+    sum += block_sum;
+    sum_sq += block_sq;
   }
   const double m = sum / size;
   const double var = std::max(sum_sq / size - m * m, 0.0);
@@ -64,6 +75,7 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
     const float scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
     const float *in = x + offset;
     float *out = y + offset;
+#pragma omp simd
     for (int64_t i = 0; i < p.size; ++i) {
       const float v = in[i] * scale + shift;
       out[i] = v > 0.0f ? v : v * slope;
@@ -94,16 +106,24 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
     PlaneStatistics(x + offset, p.size, eps, mean, inv_std);
     const float *in = x + offset, *out = y + offset, *grad = dy + offset;
     double s1 = 0.0, s2 = 0.0;
-    for (int64_t i = 0; i < p.size; ++i) {
-      const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;  // y > 0 exactly where the norm output is
-      s1 += dn;
-      s2 += static_cast<double>(dn) * ((in[i] - mean) * inv_std);
+    for (int64_t start = 0; start < p.size; start += kBlock) {
+      const int64_t stop = std::min(p.size, start + kBlock);
+      float block_dn = 0.0f, block_dn_xhat = 0.0f;
+#pragma omp simd reduction(+ : block_dn, block_dn_xhat)
+      for (int64_t i = start; i < stop; ++i) {
+        const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;  // y > 0 exactly where the norm output is
+        block_dn += dn;
+        block_dn_xhat += dn * ((in[i] - mean) * inv_std);
+      }
+      s1 += block_dn;
+      s2 += block_dn_xhat;
     }
     sum_dn[plane] = s1;
     sum_dn_xhat[plane] = s2;
     const float mean_dn = static_cast<float>(s1 / p.size), mean_dn_xhat = static_cast<float>(s2 / p.size);
     const float scale = gamma[c] * inv_std;
     float *result = dx + offset;
+#pragma omp simd
     for (int64_t i = 0; i < p.size; ++i) {
       const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;
       const float xhat = (in[i] - mean) * inv_std;
