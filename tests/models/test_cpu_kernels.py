@@ -78,6 +78,18 @@ def test_conv_matches_mindspore_kernels(in_channels, out_channels, kernel, strid
         assert relative_error(got.asnumpy(), want.asnumpy()) < 1e-5
 
 
+@pytest.mark.parametrize("slab_bytes", ["4000", "30000"])
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (3, 2, 1), ((1, 3, 3), (1, 2, 2), 1), (3, 1, 2)])
+def test_forward_in_depth_slabs_matches(monkeypatch, slab_bytes, kernel, stride, dilation):
+    """Large inputs go through the forward pass in slabs of depth rows (bounded scratch memory); tiny
+    slab sizes force one or a few rows per slab here."""
+    monkeypatch.setenv("KITSEG_CONV_SLAB_BYTES", slab_bytes)
+    reference, fast = twin_convs(4, 6, kernel, stride, dilation, True)
+    assert cpu_kernels.use_cpu_kernels(fast) == 1
+    x = ms.Tensor(np.random.default_rng(5).normal(size=(2, 4, 11, 12, 10)).astype(np.float32))
+    np.testing.assert_allclose(fast(x).asnumpy(), reference(x).asnumpy(), atol=1e-4)
+
+
 def test_whole_unet_gradients_match_and_every_conv_switches():
     strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
     ms.set_seed(0)

@@ -12,8 +12,11 @@
 //
 // Every kernel: params = x (N, C, D, H, W), w (O, C, kD, kH, kW), [dy], config (int64[9]: strides,
 // paddings, dilations as oneDNN counts them, i.e. dilation - 1), output.
+// The forward pass works through depth slabs, so its extra memory stays bounded for large inputs.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -72,11 +75,12 @@ struct Scratch {
   }
 };
 
-dnnl_handle PlainDesc(const int64_t *shape) {
+// A tensor of ``shape`` inside a plain NCDHW tensor of ``full`` shape (a slab of depth rows, or all of it).
+dnnl_handle PlainDesc(const int64_t *shape, const int64_t *full) {
   dnnl_dims dims = {0}, strides = {0};
   for (int i = 0; i < 5; ++i) dims[i] = shape[i];
   strides[4] = 1;
-  for (int i = 3; i >= 0; --i) strides[i] = strides[i + 1] * dims[i + 1];
+  for (int i = 3; i >= 0; --i) strides[i] = strides[i + 1] * full[i + 1];
   dnnl_handle md = nullptr;
   return dnnl_memory_desc_create_with_strides(&md, 5, dims, kF32, strides) == 0 ? md : nullptr;
 }
@@ -110,8 +114,9 @@ struct Operand {
   int scratch_slot = 0;
   bool to_primitive = true;
 
-  bool Init(Runtime &rt, const int64_t *shape, dnnl_handle chosen_md, int slot, bool into_primitive) {
-    dnnl_handle plain_md = PlainDesc(shape);
+  bool Init(Runtime &rt, const int64_t *shape, const int64_t *full, dnnl_handle chosen_md, int slot,
+            bool into_primitive) {
+    dnnl_handle plain_md = PlainDesc(shape, full);
     if (!plain_md || !chosen_md) return false;
     scratch_slot = slot;
     to_primitive = into_primitive;
@@ -155,38 +160,95 @@ struct Kernel {
   bool ok = false;
 };
 
+// x and y: the shapes this primitive works on (a slab of depth rows for a chunked forward pass), x_full and
+// y_full: the tensors they are cut from; pad_l / pad_r per spatial axis (a slab may pad only one side).
 struct Problem {
-  int64_t x[5], w[5], y[5], config[9];
+  int64_t x[5], w[5], y[5], x_full[5], y_full[5];
+  int64_t strides[3], pad_l[3], pad_r[3], dilates[3];
   int64_t pass;
   bool operator<(const Problem &o) const { return std::memcmp(this, &o, sizeof(Problem)) < 0; }
 };
 
 bool BuildKernel(Runtime &rt, const Problem &p, Kernel &k) {
-  const int64_t *strides = p.config, *padding = p.config + 3, *dilates = p.config + 6;
+  const int64_t *strides = p.strides, *dilates = p.dilates;
   dnnl_handle x_any = ChannelsLastDesc(p.x), w_any = AnyDesc(p.w), y_any = ChannelsLastDesc(p.y);
   dnnl_handle fwd_pd = nullptr, pd = nullptr;
   bool ok = x_any && w_any && y_any &&
             dnnl_convolution_forward_primitive_desc_create(
                 &fwd_pd, rt.engine, kForwardTraining, kConvolutionDirect, x_any,
-                w_any, nullptr, y_any, strides, dilates, padding, padding, nullptr) == 0;
+                w_any, nullptr, y_any, strides, dilates, p.pad_l, p.pad_r, nullptr) == 0;
   if (ok && p.pass == kForward) {
     pd = fwd_pd;
-    ok = k.operands[0].Init(rt, p.x, dnnl_primitive_desc_query_md(pd, kQuerySrc, 0), 0, true) &&
-         k.operands[1].Init(rt, p.w, dnnl_primitive_desc_query_md(pd, kQueryWeights, 0), 1, true) &&
-         k.operands[2].Init(rt, p.y, dnnl_primitive_desc_query_md(pd, kQueryDst, 0), 2, false);
+    ok = k.operands[0].Init(rt, p.x, p.x_full, dnnl_primitive_desc_query_md(pd, kQuerySrc, 0), 0, true) &&
+         k.operands[1].Init(rt, p.w, p.w, dnnl_primitive_desc_query_md(pd, kQueryWeights, 0), 1, true) &&
+         k.operands[2].Init(rt, p.y, p.y_full, dnnl_primitive_desc_query_md(pd, kQueryDst, 0), 2, false);
     k.args[0] = kArgSrc, k.args[1] = kArgWeights, k.args[2] = kArgDst;
   } else if (ok && p.pass == kBackwardData) {
     ok = dnnl_convolution_backward_data_primitive_desc_create(&pd, rt.engine, kConvolutionDirect, x_any, w_any,
-                                                              y_any, strides, dilates, padding, padding, fwd_pd,
+                                                              y_any, strides, dilates, p.pad_l, p.pad_r, fwd_pd,
                                                               nullptr) == 0 &&
-         k.operands[0].Init(rt, p.y, dnnl_primitive_desc_query_md(pd, kQueryDiffDst, 0), 0, true) &&
-         k.operands[1].Init(rt, p.w, dnnl_primitive_desc_query_md(pd, kQueryWeights, 0), 1, true) &&
-         k.operands[2].Init(rt, p.x, dnnl_primitive_desc_query_md(pd, kQueryDiffSrc, 0), 2, false);
+         k.operands[0].Init(rt, p.y, p.y_full, dnnl_primitive_desc_query_md(pd, kQueryDiffDst, 0), 0, true) &&
+         k.operands[1].Init(rt, p.w, p.w, dnnl_primitive_desc_query_md(pd, kQueryWeights, 0), 1, true) &&
+         k.operands[2].Init(rt, p.x, p.x_full, dnnl_primitive_desc_query_md(pd, kQueryDiffSrc, 0), 2, false);
     k.args[0] = kArgDiffDst, k.args[1] = kArgWeights, k.args[2] = kArgDiffSrc;
   }
   ok = ok && dnnl_primitive_create(&k.primitive, pd) == 0;
   // primitive descriptors and "any" descriptors are kept: a few per layer shape, for the process lifetime
   return ok;
+}
+
+// Runs one primitive on buffers (first input, second input, output) in operand order.
+bool Execute(Runtime &rt, const Problem &p, void *first, void *second, void *output) {
+  static std::map<Problem, std::unique_ptr<Kernel>> kernels;
+  static Scratch scratch;
+  std::unique_ptr<Kernel> &slot = kernels[p];
+  if (!slot) {
+    slot.reset(new Kernel());
+    slot->ok = BuildKernel(rt, p, *slot);
+  }
+  Kernel &k = *slot;
+  if (!k.ok) {
+    std::fprintf(stderr, "onednn convolution: oneDNN cannot build pass %d for this problem\n", int(p.pass));
+    return false;
+  }
+  void *data[3] = {first, second, output};
+  dnnl_exec_arg args[3];
+  for (int i = 0; i < 3; ++i) args[i] = {k.args[i], k.operands[i].Bind(data[i], scratch)};
+  return k.operands[0].Reorder(rt) && k.operands[1].Reorder(rt) &&
+         dnnl_primitive_execute(k.primitive, rt.stream, 3, args) == 0 && k.operands[2].Reorder(rt) &&
+         dnnl_stream_wait(rt.stream) == 0;
+}
+
+// The forward pass cuts the output into slabs of depth rows so that the channels-last copies (scratch
+// memory on top of MindSpore's own tensors) stay near kSlabBytes even for whole-case inference windows.
+// KITSEG_CONV_SLAB_BYTES overrides the size (the tests use tiny slabs).
+constexpr int64_t kSlabBytes = 64 << 20;
+
+int64_t SlabBytes() {
+  const char *value = std::getenv("KITSEG_CONV_SLAB_BYTES");
+  const long long bytes = value ? std::atoll(value) : 0;
+  return bytes > 0 ? bytes : kSlabBytes;
+}
+
+bool Forward(Runtime &rt, Problem p, float *x, float *w, float *y) {
+  const int64_t in_row = p.x[0] * p.x[1] * p.x[3] * p.x[4] * 4, out_row = p.y[0] * p.y[1] * p.y[3] * p.y[4] * 4;
+  const int64_t depth_in = p.x[2], depth_out = p.y[2], stride = p.strides[0], pad = p.pad_l[0];
+  const int64_t extent = (p.w[2] - 1) * (p.dilates[0] + 1) + 1;
+  int64_t rows = depth_out;
+  const int64_t budget = SlabBytes();
+  if (depth_in * in_row + depth_out * out_row > budget) rows = std::max<int64_t>(1, budget / (out_row + stride * in_row));
+  for (int64_t first = 0; first < depth_out; first += rows) {
+    const int64_t last = std::min(depth_out, first + rows);  // output rows [first, last)
+    const int64_t begin = first * stride - pad, end = (last - 1) * stride - pad + extent;  // input rows read
+    const int64_t r0 = std::max<int64_t>(0, begin), r1 = std::min(depth_in, end);
+    Problem slab = p;
+    slab.x[2] = r1 - r0;
+    slab.y[2] = last - first;
+    slab.pad_l[0] = r0 - begin;
+    slab.pad_r[0] = end - r1;
+    if (!Execute(rt, slab, x + r0 * p.x[3] * p.x[4], w, y + first * p.y[3] * p.y[4])) return false;
+  }
+  return true;
 }
 
 int Run(int pass, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
@@ -197,42 +259,31 @@ int Run(int pass, int nparam, void **params, int *ndims, int64_t **shapes, const
     const bool config = i == nparam - 2;
     if (config ? (ndims[i] != 1 || shapes[i][0] != 9 || std::strcmp(dtypes[i], "int64") != 0)
                : (ndims[i] != 5 || std::strcmp(dtypes[i], "float32") != 0)) {
-      std::fprintf(stderr, "onednn_conv: unexpected input %d\n", i);
+      std::fprintf(stderr, "onednn convolution: unexpected input %d\n", i);
       return 2;
     }
   }
   Runtime &rt = GetRuntime();
   if (!rt.ok) return 3;
   Problem p;
-  std::memset(&p, 0, sizeof(p));
+  std::memset(&p, 0, sizeof(p));  // the cache compares problems bytewise
   p.pass = pass;
   std::memcpy(p.x, shapes[0], sizeof(p.x));
   std::memcpy(p.w, shapes[1], sizeof(p.w));
   std::memcpy(p.y, pass == kForward ? shapes[3] : shapes[2], sizeof(p.y));
-  std::memcpy(p.config, params[nparam - 2], sizeof(p.config));
-
-  static std::map<Problem, std::unique_ptr<Kernel>> kernels;
-  static Scratch scratch;
+  std::memcpy(p.x_full, p.x, sizeof(p.x));
+  std::memcpy(p.y_full, p.y, sizeof(p.y));
+  const int64_t *config = static_cast<const int64_t *>(params[nparam - 2]);
+  for (int i = 0; i < 3; ++i) {
+    p.strides[i] = config[i];
+    p.pad_l[i] = p.pad_r[i] = config[3 + i];
+    p.dilates[i] = config[6 + i];
+  }
   std::lock_guard<std::mutex> lock(rt.mutex);
-  std::unique_ptr<Kernel> &slot = kernels[p];
-  if (!slot) {
-    slot.reset(new Kernel());
-    slot->ok = BuildKernel(rt, p, *slot);
-  }
-  Kernel &k = *slot;
-  if (!k.ok) {
-    std::fprintf(stderr, "onednn_conv: oneDNN cannot build pass %d for this problem\n", pass);
-    return 4;
-  }
-  // buffers in operand order (first input, second input, output)
-  void *data[3];
-  if (pass == kForward) data[0] = params[0], data[1] = params[1], data[2] = params[3];
-  else data[0] = params[2], data[1] = params[1], data[2] = params[4];
-  dnnl_exec_arg args[3];
-  for (int i = 0; i < 3; ++i) args[i] = {k.args[i], k.operands[i].Bind(data[i], scratch)};
-  bool ok = k.operands[0].Reorder(rt) && k.operands[1].Reorder(rt) &&
-            dnnl_primitive_execute(k.primitive, rt.stream, 3, args) == 0 && k.operands[2].Reorder(rt) &&
-            dnnl_stream_wait(rt.stream) == 0;
+  float *x = static_cast<float *>(params[0]), *w = static_cast<float *>(params[1]);
+  const bool ok = pass == kForward
+                      ? Forward(rt, p, x, w, static_cast<float *>(params[3]))
+                      : Execute(rt, p, params[2], w, params[4]);  // backward data: dy, w -> dx
   return ok ? 0 : 5;
 }
 
