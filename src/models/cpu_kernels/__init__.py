@@ -6,7 +6,7 @@
 - ``instance_norm.cc`` / ``instance_norm.py``: instance norm + LeakyReLU fused, one kernel per direction
   (MindSpore runs GroupNorm and the activation as several passes each).
 
-Measured in docs/PERFORMANCE.md ("CPU kernels"). The library is compiled once per source version with the
+Measured in docs/PERFORMANCE.md ("Compiled CPU kernels"). The library is compiled once per source version with the
 machine's g++ into a cache folder (``KITSEG_CACHE_DIR``, default ``~/.cache/kitseg``), under a temporary
 name and then renamed. ``availability()`` says whether it can be used in this process and why not.
 Networks keep MindSpore's kernels unless ``use_cpu_kernels`` switches them (cells with a
