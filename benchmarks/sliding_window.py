@@ -41,7 +41,7 @@ class MindSporeWindowSide:
 
         from src.infer.predictor import CellNetFn
         from src.models.layers import count_parameters
-        from src.models.cpu_kernels import use_cpu_kernels
+        from src.models.cpu_kernels import select_cpu_kernels
         from src.models.unet3d import PlainUNet3D
 
         plan = benchmark_plan(patch, stages)
@@ -50,7 +50,7 @@ class MindSporeWindowSide:
                               "conv", False)
         network.set_train(False)
         self.params = count_parameters(network)
-        self.cpu_kernel_layers = use_cpu_kernels(network) if cpu_kernels else 0
+        self.cpu_kernel_layers = select_cpu_kernels(network, release_isa_cap=True).layers if cpu_kernels else 0
         self.cell_fn = CellNetFn(network)
         self.patch, self.batch, self.step_size, self.mirror = list(patch), batch, step_size, mirror
         self.data = smooth_volume(shape, seed)
@@ -157,7 +157,8 @@ def main(argv=None):
     result = {"params": ours.params, **rounded(stats[0]), "windows": windows, "shape": args.shape,
               "patch": args.patch, "stages": args.stages, "step_size": args.step_size,
               "sw_batch_size": args.sw_batch_size, "mirror": args.mirror, "repeats": args.repeats,
-              "device": device, "fast_path": fast_path_active(), "cpu_kernel_layers": ours.cpu_kernel_layers,
+              "device": device, "fast_path": fast_path_active(), "onednn_isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+              "cpu_kernel_layers": ours.cpu_kernel_layers,
               "threads": cpu_thread_count(), "load_average_start": [round(v, 2) for v in load_before],
               "load_average_end": [round(v, 2) for v in os.getloadavg()]}
     print(f"MindSpore  params {ours.params:,}  {windows} windows of {args.patch} over {args.shape}: "

@@ -62,7 +62,7 @@ class MindSporeSide:
         from src.data.augment import deep_supervision_strides, downsample_seg_for_deep_supervision
         from src.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
         from src.models.layers import count_parameters
-        from src.models.cpu_kernels import use_cpu_kernels
+        from src.models.cpu_kernels import select_cpu_kernels
         from src.models.unet3d import PlainUNet3D
         from src.train.train_cell import build_train_cell
 
@@ -71,7 +71,8 @@ class MindSporeSide:
         self.network = PlainUNet3D(1, NUM_CLASSES, plan["features"], plan["conv_kernel_sizes"], plan["strides"],
                                    "conv", True)
         self.params = count_parameters(self.network)
-        self.cpu_kernel_layers = use_cpu_kernels(self.network) if cpu_kernels else 0
+        self.cpu_kernel_layers = (select_cpu_kernels(self.network, release_isa_cap=True).layers
+                                  if cpu_kernels else 0)
         loss = DeepSupervisionLoss(DiceCELoss(NUM_CLASSES), deep_supervision_weights(stages - 1))
         group = [{"params": self.network.trainable_params(), "weight_decay": 3e-5}]
         optimizer = nn.SGD(group, learning_rate=ms.Tensor(0.01, ms.float32), momentum=0.99, nesterov=True,
@@ -205,7 +206,8 @@ def main(argv=None):
     result = {"params": ours.params, "train_step_s": round(train[0][0], 4), "infer_s": round(infer[0][0], 4),
               "train_step_min_s": round(train[0][1], 4), "infer_min_s": round(infer[0][1], 4),
               "train_step_cpu_s": round(train[0][2], 4), "infer_cpu_s": round(infer[0][2], 4),
-              "device": device, "fast_path": fast_path_active(), "cpu_kernel_layers": ours.cpu_kernel_layers, "threads": cpu_thread_count(),
+              "device": device, "fast_path": fast_path_active(), "onednn_isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+              "cpu_kernel_layers": ours.cpu_kernel_layers, "threads": cpu_thread_count(),
               "patch": args.patch, "batch": args.batch, "stages": args.stages, "repeats": args.repeats}
     print(f"MindSpore  params {ours.params:,}  train step {train[0][0]:.3f} s (min {train[0][1]:.3f})  "
           f"patch forward {infer[0][0]:.3f} s (min {infer[0][1]:.3f}), CPU {train[0][2]:.3f} / {infer[0][2]:.3f} s  "

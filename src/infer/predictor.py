@@ -180,7 +180,7 @@ def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: st
     network.set_train(False)
     amp_level = resolve_amp_level(model_cfg.amp_level, device)
     if cpu_kernels:
-        select_cpu_kernels(network, amp_level)
+        select_cpu_kernels(network, amp_level, release_isa_cap=True)
     forward = apply_amp(network, amp_level)
     forward.set_train(False)
     return forward

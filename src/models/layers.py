@@ -10,7 +10,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 from mindspore.ops.operations._grad_ops import ReluGrad
 
-from src.models.cpu_kernels.conv import OneDNNConv3d
+from src.models.cpu_kernels.conv import OneDNNConv3d, OneDNNConvTranspose3d, isa_capped
 from src.models.cpu_kernels.instance_norm import FusedInstanceNormAct
 
 
@@ -45,10 +45,13 @@ class Conv3d(nn.Conv3d):
                          as_triple(dilation))
         self.onednn = None
 
+    def can_use_cpu_kernel(self) -> bool:
+        padding = self.padding if isinstance(self.padding, tuple) else (self.padding,) * 6
+        return self.group == 1 and padding[0::2] == padding[1::2]
+
     def use_cpu_kernel(self, library: str) -> bool:
         """Route this convolution through the oneDNN kernels of ``library``; False if it cannot be."""
-        padding = self.padding if isinstance(self.padding, tuple) else (self.padding,) * 6
-        if self.group != 1 or padding[0::2] != padding[1::2]:
+        if not self.can_use_cpu_kernel():
             return False
         self.onednn = OneDNNConv3d(library, *self.geometry)
         return True
@@ -73,14 +76,41 @@ def conv3d(in_channels: int, out_channels: int, kernel_size, stride=1, dilation=
     return Conv3d(in_channels, out_channels, kernel_size, stride, tuple(padding), dilation, has_bias)
 
 
-def transposed_conv3d(in_channels: int, out_channels: int, stride, has_bias: bool = False) -> nn.Conv3dTranspose:
-    """Upsampling as in nnU-Net: transposed conv with kernel = stride, so output = input * stride."""
-    stride = as_triple(stride)
-    return nn.Conv3dTranspose(in_channels, out_channels, kernel_size=stride, stride=stride, pad_mode="valid",
-                              padding=0, dilation=1, group=1, output_padding=0, has_bias=has_bias,
-                              weight_init=he_normal(), bias_init="zeros" if has_bias else None,
-                              data_format="NCDHW",
-                              dtype=ms.float32)
+class ConvTranspose3d(nn.Conv3dTranspose):
+    """Upsampling as in nnU-Net: transposed conv with kernel = stride, so output = input * stride.
+    Like ``Conv3d``, its CPU kernel can be swapped for the compiled oneDNN one; that is done only when
+    oneDNN is not capped at AVX2 (``src/cpu_env.py``): under the cap MindSpore's kernel is as fast."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride, has_bias: bool):
+        stride = as_triple(stride)
+        super().__init__(in_channels, out_channels, kernel_size=stride, stride=stride, pad_mode="valid",
+                         padding=0, dilation=1, group=1, output_padding=0, has_bias=has_bias,
+                         weight_init=he_normal(), bias_init="zeros" if has_bias else None,
+                         data_format="NCDHW", dtype=ms.float32)
+        self.upsampling_stride = stride
+        self.onednn = None
+
+    def can_use_cpu_kernel(self) -> bool:
+        return True
+
+    def use_cpu_kernel(self, library: str) -> bool:
+        if isa_capped():
+            return False
+        self.onednn = OneDNNConvTranspose3d(library, self.upsampling_stride)
+        return True
+
+    def construct(self, x):
+        if self.onednn is None:
+            out = self.conv3d_transpose(x, self.weight)
+        else:
+            out = self.onednn(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out
+
+
+def transposed_conv3d(in_channels: int, out_channels: int, stride, has_bias: bool = False) -> ConvTranspose3d:
+    return ConvTranspose3d(in_channels, out_channels, stride, has_bias)
 
 
 def head_conv(in_channels: int, num_classes: int) -> nn.Conv3d:

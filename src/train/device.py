@@ -103,6 +103,8 @@ def setup_device(device_target: str, mode: str = "graph", deterministic: bool = 
 
 
 def fast_path_active() -> bool:
-    """True when this process runs on CPU with the fast path in force (ISA cap applied before import)."""
+    """True when this process runs on CPU with the fast path in force: the ISA cap applied before import,
+    or released for the compiled CPU kernels (``cpu_env.release_cap``)."""
+    capped = os.environ.get(cpu_env.ISA_CAP, "").upper() == "AVX2"
     return (_state["device"] in (None, "CPU") and cpu_env.fast_path_enabled()
-            and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2")
+            and (capped or cpu_env.isa_mode() != "avx2" and cpu_env.ISA_CAP not in os.environ))

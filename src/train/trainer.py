@@ -162,7 +162,7 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     np.random.seed(cfg.seed % 2 ** 32)
 
     network = build_network(cfg, plan)
-    kernels = select_cpu_kernels(network, amp_level)
+    kernels = select_cpu_kernels(network, amp_level, release_isa_cap=True).line
     forward = apply_amp(network, amp_level)
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))

@@ -23,11 +23,11 @@ def test_tiny_step_reports_times_and_kernels(kernels):
     assert result["patch"] == [16, 16, 16] and result["stages"] == 2
     assert result["params"] > 0
     if kernels == "compiled":
-        # 2 stages: 2 + 2 encoder and 2 decoder conv-norm-act units (a convolution and a fused norm each)
-        # and the 1x1x1 head (a convolution)
-        assert result["cpu_kernel_layers"] == 13
+        # 2 stages: 2 + 2 encoder and 2 decoder conv-norm-act units (a convolution and a fused norm each),
+        # the 1x1x1 head and the upsampling; every convolution compiled, so oneDNN's cap was released
+        assert result["cpu_kernel_layers"] == 14 and result["onednn_isa_cap"] is None
     else:
-        assert result["cpu_kernel_layers"] == 0
+        assert result["cpu_kernel_layers"] == 0 and result["onednn_isa_cap"] == "AVX2"
     for key in ("train_step_s", "infer_s", "train_step_cpu_s"):
         assert result[key] > 0, key
 

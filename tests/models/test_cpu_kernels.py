@@ -1,15 +1,26 @@
 """The compiled CPU kernels (oneDNN convolutions, fused instance norm + LeakyReLU) give MindSpore's results,
 outputs and every gradient, switch only where they apply, and report why when they cannot be used."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import mindspore as ms
 from mindspore import nn
 
+from src import cpu_env
 from src.models import cpu_kernels
-from src.models.layers import ConvNormAct, conv3d
+from src.models.cpu_kernels import conv as conv_module
+from src.models.cpu_kernels.conv import OneDNNConvTranspose3d, isa_capped
+from src.models.layers import ConvNormAct, ConvTranspose3d, conv3d, transposed_conv3d
 from src.models.unet3d import PlainUNet3D
 from src.train.device import setup_device
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +109,9 @@ def test_whole_unet_gradients_match_and_every_conv_switches():
     fast = PlainUNet3D(1, 3, [4, 8, 16, 16], [[3, 3, 3]] * 4, strides, "conv", True)
     convs = [c for _, c in fast.cells_and_names() if isinstance(c, nn.Conv3d)]
     units = [c for _, c in fast.cells_and_names() if isinstance(c, ConvNormAct)]
-    assert cpu_kernels.use_cpu_kernels(fast) == len(convs) + len(units) and len(units) > 10
+    upsamplings = [c for _, c in fast.cells_and_names() if isinstance(c, ConvTranspose3d)]
+    expected = len(convs) + len(units) + (0 if isa_capped() else len(upsamplings))
+    assert cpu_kernels.use_cpu_kernels(fast) == expected and len(units) > 10 and len(upsamplings) == 3
     reference.set_train(True)
     fast.set_train(True)
     rng = np.random.default_rng(1)
@@ -113,9 +126,12 @@ def test_whole_unet_gradients_match_and_every_conv_switches():
 
 def test_select_reports_the_kernels_used():
     _, fast = twin_convs(2, 2, 3, 1, 1, False)
-    assert cpu_kernels.select_cpu_kernels(fast, "O2") == "CPU kernels: MindSpore's (mixed precision)"
+    choice = cpu_kernels.select_cpu_kernels(fast, "O2")
+    assert choice.layers == 0 and choice.line == "CPU kernels: MindSpore's (mixed precision)"
     assert fast.onednn is None
-    assert cpu_kernels.select_cpu_kernels(fast, "O0").startswith("CPU kernels: compiled")
+    choice = cpu_kernels.select_cpu_kernels(fast, "O0")
+    assert choice.layers == 1 and choice.line.startswith("CPU kernels: compiled")
+    assert ("capped at AVX2" in choice.line) == isa_capped()
     assert fast.onednn is not None
 
 
@@ -174,3 +190,118 @@ def test_fused_norm_matches_groupnorm_and_leaky_relu(activation, shape):
     assert any("gamma" in n for n in names) and any("beta" in n for n in names)
     for name, got, want in zip(names, grads_fast[1], grads_ref[1]):
         assert relative_error(got.asnumpy(), want.asnumpy()) < 1e-4, name
+
+
+@pytest.mark.parametrize("stride,shape", [((2, 2, 2), (2, 6, 3, 4, 5)), ((1, 2, 2), (1, 6, 4, 3, 3))])
+def test_transposed_conv_matches_mindspore(stride, shape):
+    """The compiled transposed convolution (used when oneDNN is uncapped), forced on here whatever the ISA."""
+    ms.set_seed(6)
+    reference = transposed_conv3d(shape[1], 4, stride)
+    fast = transposed_conv3d(shape[1], 4, stride)
+    fast.weight.set_data(reference.weight.data.copy())
+    fast.onednn = OneDNNConvTranspose3d(cpu_kernels.availability()[1], fast.upsampling_stride)
+    rng = np.random.default_rng(7)
+    x = ms.Tensor(rng.normal(size=shape).astype(np.float32))
+    expected = reference(x)
+    np.testing.assert_allclose(fast(x).asnumpy(), expected.asnumpy(), atol=1e-5)
+    target = ms.Tensor(rng.normal(size=expected.shape).astype(np.float32))
+    grads_ref = gradients(SquaredError(reference), x, target)
+    grads_fast = gradients(SquaredError(fast), x, target)
+    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-5
+    assert relative_error(grads_fast[1][0].asnumpy(), grads_ref[1][0].asnumpy()) < 1e-5
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (3, 2, 1), ((1, 3, 3), (1, 2, 2), 1), (3, 1, 2)])
+def test_compiled_weight_gradient_matches(monkeypatch, kernel, stride, dilation):
+    """The compiled weight gradient (used when oneDNN is uncapped), forced on here whatever the ISA."""
+    monkeypatch.setattr(conv_module, "isa_capped", lambda: False)
+    reference, fast = twin_convs(4, 6, kernel, stride, dilation, False)
+    assert cpu_kernels.use_cpu_kernels(fast) == 1 and fast.onednn.compiled_weight_gradient
+    rng = np.random.default_rng(8)
+    x = ms.Tensor(rng.normal(size=(2, 4, 9, 10, 8)).astype(np.float32))
+    target = ms.Tensor(rng.normal(size=reference(x).shape).astype(np.float32))
+    grads_ref = gradients(SquaredError(reference), x, target)
+    grads_fast = gradients(SquaredError(fast), x, target)
+    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-5
+    assert relative_error(grads_fast[1][0].asnumpy(), grads_ref[1][0].asnumpy()) < 1e-5
+
+
+# A fresh process: the cap is released before oneDNN's first primitive, as in train.py, and the compiled
+# network (AVX-512 kernels where the machine has them) is compared with MindSpore's kernels.
+UNCAPPED_PROBE = r"""
+import json, os
+import src
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, ops
+from src.train.device import setup_device
+from src.models.cpu_kernels import select_cpu_kernels
+from src.models.unet3d import PlainUNet3D
+from src.losses import DiceCELoss
+setup_device("CPU", "graph")
+strides = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+nets = []
+for _ in range(2):
+    ms.set_seed(7)
+    nets.append(PlainUNet3D(1, 3, [4, 8, 16], [[3, 3, 3]] * 3, strides, "conv", False))
+choice = select_cpu_kernels(nets[1], release_isa_cap=True)
+rng = np.random.default_rng(3)
+x = Tensor(rng.normal(size=(2, 1, 8, 16, 16)).astype(np.float32))
+target = Tensor(rng.integers(0, 3, size=(2, 1, 8, 16, 16)).astype(np.int32))
+loss = DiceCELoss(3)
+class WithLoss(ms.nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x, target):
+        return loss(self.net(x), target)
+
+grads = []
+for net in nets:
+    net.set_train(True)
+    cell = WithLoss(net)
+    grads.append([g.asnumpy() for g in ops.value_and_grad(cell, None, cell.trainable_params())(x, target)[1]])
+error = max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)) for a, b in zip(*grads))
+print(json.dumps({"line": choice.line, "layers": choice.layers, "cap": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+                  "error": error}))
+"""
+
+
+def test_released_cap_runs_every_convolution_compiled_with_the_same_gradients(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", cpu_env.CAP_MARKER)}
+    env.update(PYTHONPATH=str(ROOT), KITSEG_CPU_ISA="auto")
+    script = tmp_path / "probe.py"  # graph-mode source must live in a file
+    script.write_text(UNCAPPED_PROBE)
+    done = subprocess.run([sys.executable, str(script)], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cap"] is None and "uncapped" in result["line"]
+    # 3 stages: 6 + 4 conv-norm units (a convolution and a fused norm each), 2 upsamplings, 2 heads
+    assert result["layers"] == 24
+    assert result["error"] < 1e-4
+
+
+def test_release_cap_lifts_only_our_own_cap(monkeypatch):
+    monkeypatch.setenv(cpu_env.ISA_ENV, "auto")
+    monkeypatch.setenv(cpu_env.ISA_CAP, "AVX2")
+    monkeypatch.delenv(cpu_env.CAP_MARKER, raising=False)
+    assert cpu_env.release_cap() is False and os.environ[cpu_env.ISA_CAP] == "AVX2"  # the user's cap
+    monkeypatch.setenv(cpu_env.CAP_MARKER, "1")
+    monkeypatch.setenv(cpu_env.ISA_ENV, "avx2")
+    assert cpu_env.release_cap() is False and os.environ[cpu_env.ISA_CAP] == "AVX2"  # asked to keep it
+    monkeypatch.setenv(cpu_env.ISA_ENV, "auto")
+    assert cpu_env.release_cap() is True
+    assert cpu_env.ISA_CAP not in os.environ and cpu_env.CAP_MARKER not in os.environ
+
+
+def test_cap_is_set_once_and_marked(monkeypatch):
+    monkeypatch.delenv(cpu_env.ISA_CAP, raising=False)
+    monkeypatch.delenv(cpu_env.CAP_MARKER, raising=False)
+    monkeypatch.setenv(cpu_env.ISA_ENV, "native")
+    cpu_env.apply_before_mindspore_import()
+    assert cpu_env.ISA_CAP not in os.environ
+    monkeypatch.setenv(cpu_env.ISA_ENV, "auto")
+    cpu_env.apply_before_mindspore_import()
+    assert os.environ[cpu_env.ISA_CAP] == "AVX2" and os.environ[cpu_env.CAP_MARKER] == "1"

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
@@ -132,11 +133,31 @@ def use_cpu_kernels(network: nn.Cell) -> int:
                if hasattr(cell, "use_cpu_kernel"))
 
 
-def select_cpu_kernels(network: nn.Cell, amp_level: str = "O0") -> str:
-    """Use the CPU kernels for ``network`` where they apply (float32); returns a line for the log."""
+def every_convolution_switchable(network: nn.Cell) -> bool:
+    """True when every (transposed) convolution cell of ``network`` can run on the compiled kernels."""
+    convolutions = [cell for _, cell in network.cells_and_names()
+                    if isinstance(cell, (nn.Conv3d, nn.Conv3dTranspose))]
+    return all(getattr(cell, "can_use_cpu_kernel", lambda: False)() for cell in convolutions)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    layers: int  # cells switched to compiled kernels
+    line: str  # for the training log
+
+
+def select_cpu_kernels(network: nn.Cell, amp_level: str = "O0", release_isa_cap: bool = False) -> KernelChoice:
+    """Use the CPU kernels for ``network`` where they apply (float32).
+
+    ``release_isa_cap``: the process runs nothing but this network (and others built the same way), so
+    when every convolution is compiled, oneDNN's AVX2 cap is lifted first (``cpu_env.release_cap``)."""
     if amp_level != "O0":
-        return "CPU kernels: MindSpore's (mixed precision)"
+        return KernelChoice(0, "CPU kernels: MindSpore's (mixed precision)")
+    if not availability()[0]:
+        return KernelChoice(0, f"CPU kernels: MindSpore's ({availability()[1]})")
+    if release_isa_cap and every_convolution_switchable(network):
+        cpu_env.release_cap()
     switched = use_cpu_kernels(network)
-    if switched:
-        return f"CPU kernels: compiled oneDNN convolutions and fused instance norm ({switched} layers)"
-    return f"CPU kernels: MindSpore's ({availability()[1]})"
+    isa = "oneDNN capped at AVX2" if cpu_env.ISA_CAP in os.environ else "oneDNN uncapped"
+    return KernelChoice(switched, f"CPU kernels: compiled oneDNN convolutions and fused instance norm "
+                                  f"({switched} layers, {isa})")

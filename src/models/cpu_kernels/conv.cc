@@ -44,6 +44,10 @@ dnnl_status dnnl_convolution_backward_data_primitive_desc_create(
     dnnl_handle *pd, dnnl_handle engine, int alg_kind, dnnl_handle diff_src, dnnl_handle weights,
     dnnl_handle diff_dst, const int64_t *strides, const int64_t *dilates, const int64_t *padding_l,
     const int64_t *padding_r, dnnl_handle hint_fwd_pd, dnnl_handle attr);
+dnnl_status dnnl_convolution_backward_weights_primitive_desc_create(
+    dnnl_handle *pd, dnnl_handle engine, int alg_kind, dnnl_handle src, dnnl_handle diff_weights,
+    dnnl_handle diff_bias, dnnl_handle diff_dst, const int64_t *strides, const int64_t *dilates,
+    const int64_t *padding_l, const int64_t *padding_r, dnnl_handle hint_fwd_pd, dnnl_handle attr);
 dnnl_status dnnl_reorder_primitive_desc_create(dnnl_handle *pd, dnnl_handle src_md, dnnl_handle src_engine,
                                                dnnl_handle dst_md, dnnl_handle dst_engine, dnnl_handle attr);
 dnnl_handle dnnl_primitive_desc_query_md(dnnl_handle pd, int what, int index);
@@ -60,9 +64,10 @@ namespace {
 // oneDNN 3.x C API constants
 constexpr int kF32 = 3, kTagAny = 1, kConvolutionDirect = 1;
 constexpr int kForwardTraining = 64;  // the backward passes need a training-mode hint
-constexpr int kQuerySrc = 129, kQueryDiffSrc = 130, kQueryWeights = 131;
+constexpr int kQuerySrc = 129, kQueryDiffSrc = 130, kQueryWeights = 131, kQueryDiffWeights = 132;
 constexpr int kQueryDst = 133, kQueryDiffDst = 134;
 constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33, kArgDiffSrc = 129, kArgDiffDst = 145;
+constexpr int kArgDiffWeights = 161;
 void *const kNoHandle = nullptr;
 
 // Grow-only scratch buffers for the blocked copies, shared by all layers (calls are serialized).
@@ -149,10 +154,10 @@ struct Operand {
   }
 };
 
-enum Pass { kForward = 0, kBackwardData = 1 };
+enum Pass { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
 // A primitive for one pass and one problem (shapes + config), with its three operands in the order
-// (first input, second input, output): forward x, w -> y; backward data dy, w -> dx.
+// (first input, second input, output): forward x, w -> y; backward data dy, w -> dx; weights x, dy -> dw.
 struct Kernel {
   dnnl_handle primitive = nullptr;
   Operand operands[3];
@@ -191,6 +196,14 @@ bool BuildKernel(Runtime &rt, const Problem &p, Kernel &k) {
          k.operands[1].Init(rt, p.w, p.w, dnnl_primitive_desc_query_md(pd, kQueryWeights, 0), 1, true) &&
          k.operands[2].Init(rt, p.x, p.x_full, dnnl_primitive_desc_query_md(pd, kQueryDiffSrc, 0), 2, false);
     k.args[0] = kArgDiffDst, k.args[1] = kArgWeights, k.args[2] = kArgDiffSrc;
+  } else if (ok) {
+    ok = dnnl_convolution_backward_weights_primitive_desc_create(&pd, rt.engine, kConvolutionDirect, x_any, w_any,
+                                                                 nullptr, y_any, strides, dilates, p.pad_l,
+                                                                 p.pad_r, fwd_pd, nullptr) == 0 &&
+         k.operands[0].Init(rt, p.x, p.x_full, dnnl_primitive_desc_query_md(pd, kQuerySrc, 0), 0, true) &&
+         k.operands[1].Init(rt, p.y, p.y_full, dnnl_primitive_desc_query_md(pd, kQueryDiffDst, 0), 1, true) &&
+         k.operands[2].Init(rt, p.w, p.w, dnnl_primitive_desc_query_md(pd, kQueryDiffWeights, 0), 2, false);
+    k.args[0] = kArgSrc, k.args[1] = kArgDiffDst, k.args[2] = kArgDiffWeights;
   }
   ok = ok && dnnl_primitive_create(&k.primitive, pd) == 0;
   // primitive descriptors and "any" descriptors are kept: a few per layer shape, for the process lifetime
@@ -251,26 +264,34 @@ bool Forward(Runtime &rt, Problem p, float *x, float *w, float *y) {
   return true;
 }
 
-int Run(int pass, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  // inputs: x, w, [dy,] config; output last
-  const int expected = pass == kForward ? 4 : 5;
-  if (nparam != expected) return 1;
-  for (int i = 0; i < nparam - 1; ++i) {
+// The entry points differ in which tensors they get: ConvForward (x, w, config) -> y; ConvBackwardData
+// (x, w, dy, config) -> dx and ConvBackwardWeights (x, w, dy, config) -> dw, where x and w carry only their
+// shapes in the first and their data in the second; ConvTransposeForward (input, w, config) -> out, a
+// transposed convolution, i.e. the backward-data pass of the convolution from out's shape to input's.
+enum Entry { kConvForward, kConvBackwardData, kConvBackwardWeights, kConvTransposeForward };
+
+int Run(Entry entry, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  const bool three_inputs = entry == kConvBackwardData || entry == kConvBackwardWeights;
+  if (nparam != (three_inputs ? 5 : 4)) return 1;
+  for (int i = 0; i < nparam; ++i) {
     const bool config = i == nparam - 2;
     if (config ? (ndims[i] != 1 || shapes[i][0] != 9 || std::strcmp(dtypes[i], "int64") != 0)
                : (ndims[i] != 5 || std::strcmp(dtypes[i], "float32") != 0)) {
-      std::fprintf(stderr, "onednn convolution: unexpected input %d\n", i);
+      std::fprintf(stderr, "onednn convolution: unexpected tensor %d\n", i);
       return 2;
     }
   }
   Runtime &rt = GetRuntime();
   if (!rt.ok) return 3;
+  // x / y: the convolution's input and output shapes (for a transposed one, its output and input)
+  const int x_index = entry == kConvTransposeForward ? 3 : 0;
+  const int y_index = entry == kConvForward ? 3 : (entry == kConvTransposeForward ? 0 : 2);
   Problem p;
   std::memset(&p, 0, sizeof(p));  // the cache compares problems bytewise
-  p.pass = pass;
-  std::memcpy(p.x, shapes[0], sizeof(p.x));
+  p.pass = entry == kConvForward ? kForward : (entry == kConvBackwardWeights ? kBackwardWeights : kBackwardData);
+  std::memcpy(p.x, shapes[x_index], sizeof(p.x));
   std::memcpy(p.w, shapes[1], sizeof(p.w));
-  std::memcpy(p.y, pass == kForward ? shapes[3] : shapes[2], sizeof(p.y));
+  std::memcpy(p.y, shapes[y_index], sizeof(p.y));
   std::memcpy(p.x_full, p.x, sizeof(p.x));
   std::memcpy(p.y_full, p.y, sizeof(p.y));
   const int64_t *config = static_cast<const int64_t *>(params[nparam - 2]);
@@ -280,22 +301,33 @@ int Run(int pass, int nparam, void **params, int *ndims, int64_t **shapes, const
     p.dilates[i] = config[6 + i];
   }
   std::lock_guard<std::mutex> lock(rt.mutex);
-  float *x = static_cast<float *>(params[0]), *w = static_cast<float *>(params[1]);
-  const bool ok = pass == kForward
-                      ? Forward(rt, p, x, w, static_cast<float *>(params[3]))
-                      : Execute(rt, p, params[2], w, params[4]);  // backward data: dy, w -> dx
+  void *out = params[nparam - 1];
+  bool ok = false;
+  switch (entry) {
+    case kConvForward:
+      ok = Forward(rt, p, static_cast<float *>(params[0]), static_cast<float *>(params[1]), static_cast<float *>(out));
+      break;
+    case kConvBackwardData:  // dy, w -> dx
+      ok = Execute(rt, p, params[2], params[1], out);
+      break;
+    case kConvBackwardWeights:  // x, dy -> dw
+      ok = Execute(rt, p, params[0], params[2], out);
+      break;
+    case kConvTransposeForward:  // input (the convolution's dy), w -> out (its dx)
+      ok = Execute(rt, p, params[0], params[1], out);
+      break;
+  }
   return ok ? 0 : 5;
 }
 
 }  // namespace
 }  // namespace kitseg
 
-extern "C" int ConvForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                           void *) {
-  return kitseg::Run(kitseg::kForward, nparam, params, ndims, shapes, dtypes);
-}
-
-extern "C" int ConvBackwardData(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                                void *) {
-  return kitseg::Run(kitseg::kBackwardData, nparam, params, ndims, shapes, dtypes);
-}
+#define KITSEG_CONV_ENTRY(name)                                                                                \
+  extern "C" int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) { \
+    return kitseg::Run(kitseg::k##name, nparam, params, ndims, shapes, dtypes);                                      \
+  }
+KITSEG_CONV_ENTRY(ConvForward)
+KITSEG_CONV_ENTRY(ConvBackwardData)
+KITSEG_CONV_ENTRY(ConvBackwardWeights)
+KITSEG_CONV_ENTRY(ConvTransposeForward)
