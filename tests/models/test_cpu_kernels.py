@@ -52,6 +52,21 @@ def relative_error(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
 
 
+def assert_same_outputs_and_gradients(reference, fast, x, seed: int, atol: float = 1e-4, rtol: float = 1e-5):
+    """fast(x) equals reference(x); the input gradient and every parameter gradient of a squared error
+    equal too (relative to their largest value). Returns the number of parameter gradients compared."""
+    expected = reference(x)
+    np.testing.assert_allclose(fast(x).asnumpy(), expected.asnumpy(), atol=atol)
+    target = ms.Tensor(np.random.default_rng(seed).normal(size=expected.shape).astype(np.float32))
+    grads_ref = gradients(SquaredError(reference), x, target)
+    grads_fast = gradients(SquaredError(fast), x, target)
+    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < rtol  # input gradient
+    names = [p.name for p in fast.trainable_params()]
+    for name, got, want in zip(names, grads_fast[1], grads_ref[1]):
+        assert relative_error(got.asnumpy(), want.asnumpy()) < rtol, name
+    return len(grads_fast[1])
+
+
 def twin_convs(in_channels, out_channels, kernel, stride, dilation, bias):
     reference = conv3d(in_channels, out_channels, kernel, stride, dilation, bias)
     fast = conv3d(in_channels, out_channels, kernel, stride, dilation, bias)
@@ -76,17 +91,8 @@ def test_conv_matches_mindspore_kernels(in_channels, out_channels, kernel, strid
     assert cpu_kernels.use_cpu_kernels(fast) == 1
     # MindSpore's own nn.Conv3d has no switch and keeps its kernels
     assert cpu_kernels.use_cpu_kernels(nn.Conv3d(2, 2, 3, pad_mode="pad", padding=1)) == 0
-    rng = np.random.default_rng(0)
-    x = ms.Tensor(rng.normal(size=shape).astype(np.float32))
-    expected = reference(x)
-    np.testing.assert_allclose(fast(x).asnumpy(), expected.asnumpy(), atol=1e-4)
-    target = ms.Tensor(rng.normal(size=expected.shape).astype(np.float32))
-    grads_ref = gradients(SquaredError(reference), x, target)
-    grads_fast = gradients(SquaredError(fast), x, target)
-    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-5  # input gradient
-    assert len(grads_fast[1]) == (2 if bias else 1)
-    for got, want in zip(grads_fast[1], grads_ref[1]):  # weight (and bias) gradients
-        assert relative_error(got.asnumpy(), want.asnumpy()) < 1e-5
+    x = ms.Tensor(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+    assert assert_same_outputs_and_gradients(reference, fast, x, seed=1) == (2 if bias else 1)
 
 
 @pytest.mark.parametrize("slab_bytes", ["4000", "30000"])
@@ -173,23 +179,15 @@ def test_fused_norm_matches_groupnorm_and_leaky_relu(activation, shape):
     reference = ConvNormAct(shape[1], shape[1], 1, 1, 1, activation)
     ms.set_seed(3)
     fast = ConvNormAct(shape[1], shape[1], 1, 1, 1, activation)
-    rng = np.random.default_rng(4)
     for unit in (reference, fast):  # non-trivial affine parameters, shared
         unit.norm.norm.gamma.set_data(ms.Tensor(np.linspace(0.5, 1.5, shape[1], dtype=np.float32)))
         unit.norm.norm.beta.set_data(ms.Tensor(np.linspace(-0.3, 0.3, shape[1], dtype=np.float32)))
     assert fast.use_cpu_kernel(cpu_kernels.availability()[1]) is True
-    x = ms.Tensor(rng.normal(1.0, 2.0, size=shape).astype(np.float32))
-    expected = reference(x)
-    # atol: a 1-voxel plane divides rounding noise by sqrt(eps) in MindSpore's GroupNorm
-    np.testing.assert_allclose(fast(x).asnumpy(), expected.asnumpy(), atol=1e-4)
-    target = ms.Tensor(rng.normal(size=shape).astype(np.float32))
-    grads_ref = gradients(SquaredError(reference), x, target)
-    grads_fast = gradients(SquaredError(fast), x, target)
-    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-4
+    x = ms.Tensor(np.random.default_rng(4).normal(1.0, 2.0, size=shape).astype(np.float32))
     names = [p.name for p in fast.trainable_params()]
     assert any("gamma" in n for n in names) and any("beta" in n for n in names)
-    for name, got, want in zip(names, grads_fast[1], grads_ref[1]):
-        assert relative_error(got.asnumpy(), want.asnumpy()) < 1e-4, name
+    # atol: a 1-voxel plane divides rounding noise by sqrt(eps) in MindSpore's GroupNorm
+    assert assert_same_outputs_and_gradients(reference, fast, x, seed=5, atol=1e-4, rtol=1e-4) == len(names)
 
 
 @pytest.mark.parametrize("stride,shape", [((2, 2, 2), (2, 6, 3, 4, 5)), ((1, 2, 2), (1, 6, 4, 3, 3))])
@@ -200,15 +198,8 @@ def test_transposed_conv_matches_mindspore(stride, shape):
     fast = transposed_conv3d(shape[1], 4, stride)
     fast.weight.set_data(reference.weight.data.copy())
     fast.onednn = OneDNNConvTranspose3d(cpu_kernels.availability()[1], fast.upsampling_stride)
-    rng = np.random.default_rng(7)
-    x = ms.Tensor(rng.normal(size=shape).astype(np.float32))
-    expected = reference(x)
-    np.testing.assert_allclose(fast(x).asnumpy(), expected.asnumpy(), atol=1e-5)
-    target = ms.Tensor(rng.normal(size=expected.shape).astype(np.float32))
-    grads_ref = gradients(SquaredError(reference), x, target)
-    grads_fast = gradients(SquaredError(fast), x, target)
-    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-5
-    assert relative_error(grads_fast[1][0].asnumpy(), grads_ref[1][0].asnumpy()) < 1e-5
+    x = ms.Tensor(np.random.default_rng(7).normal(size=shape).astype(np.float32))
+    assert assert_same_outputs_and_gradients(reference, fast, x, seed=8, atol=1e-5) == 1
 
 
 @pytest.mark.parametrize("kernel,stride,dilation", [(3, 1, 1), (3, 2, 1), ((1, 3, 3), (1, 2, 2), 1), (3, 1, 2)])
@@ -217,13 +208,8 @@ def test_compiled_weight_gradient_matches(monkeypatch, kernel, stride, dilation)
     monkeypatch.setattr(conv_module, "isa_capped", lambda: False)
     reference, fast = twin_convs(4, 6, kernel, stride, dilation, False)
     assert cpu_kernels.use_cpu_kernels(fast) == 1 and fast.onednn.compiled_weight_gradient
-    rng = np.random.default_rng(8)
-    x = ms.Tensor(rng.normal(size=(2, 4, 9, 10, 8)).astype(np.float32))
-    target = ms.Tensor(rng.normal(size=reference(x).shape).astype(np.float32))
-    grads_ref = gradients(SquaredError(reference), x, target)
-    grads_fast = gradients(SquaredError(fast), x, target)
-    assert relative_error(grads_fast[0].asnumpy(), grads_ref[0].asnumpy()) < 1e-5
-    assert relative_error(grads_fast[1][0].asnumpy(), grads_ref[1][0].asnumpy()) < 1e-5
+    x = ms.Tensor(np.random.default_rng(8).normal(size=(2, 4, 9, 10, 8)).astype(np.float32))
+    assert assert_same_outputs_and_gradients(reference, fast, x, seed=9) == 1
 
 
 # A fresh process: the cap is released before oneDNN's first primitive, as in train.py, and the compiled
