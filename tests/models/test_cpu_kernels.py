@@ -190,9 +190,11 @@ def test_fused_norm_matches_groupnorm_and_leaky_relu(activation, shape):
     assert assert_same_outputs_and_gradients(reference, fast, x, seed=5, atol=1e-4, rtol=1e-4) == len(names)
 
 
+@pytest.mark.parametrize("slab_bytes", ["0", "2000"])  # 0: the default 64 MB; 2000: one input row per slab
 @pytest.mark.parametrize("stride,shape", [((2, 2, 2), (2, 6, 3, 4, 5)), ((1, 2, 2), (1, 6, 4, 3, 3))])
-def test_transposed_conv_matches_mindspore(stride, shape):
+def test_transposed_conv_matches_mindspore(monkeypatch, slab_bytes, stride, shape):
     """The compiled transposed convolution (used when oneDNN is uncapped), forced on here whatever the ISA."""
+    monkeypatch.setenv("KITSEG_CONV_SLAB_BYTES", slab_bytes)
     ms.set_seed(6)
     reference = transposed_conv3d(shape[1], 4, stride)
     fast = transposed_conv3d(shape[1], 4, stride)

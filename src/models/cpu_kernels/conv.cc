@@ -12,7 +12,7 @@
 //
 // Every kernel: params = x (N, C, D, H, W), w (O, C, kD, kH, kW), [dy], config (int64[9]: strides,
 // paddings, dilations as oneDNN counts them, i.e. dilation - 1), output.
-// The forward pass works through depth slabs, so its extra memory stays bounded for large inputs.
+// The forward passes work through depth slabs, so their extra memory stays bounded for large inputs.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -232,8 +232,9 @@ bool Execute(Runtime &rt, const Problem &p, void *first, void *second, void *out
          dnnl_stream_wait(rt.stream) == 0;
 }
 
-// The forward pass cuts the output into slabs of depth rows so that the channels-last copies (scratch
-// memory on top of MindSpore's own tensors) stay near kSlabBytes even for whole-case inference windows.
+// The forward passes (convolution and transposed convolution) cut their output into slabs of depth rows so
+// that the channels-last copies (scratch memory on top of MindSpore's own tensors) stay near kSlabBytes even
+// for whole-case inference windows.
 // KITSEG_CONV_SLAB_BYTES overrides the size (the tests use tiny slabs).
 constexpr int64_t kSlabBytes = 64 << 20;
 
@@ -247,9 +248,10 @@ bool Forward(Runtime &rt, Problem p, float *x, float *w, float *y) {
   const int64_t in_row = p.x[0] * p.x[1] * p.x[3] * p.x[4] * 4, out_row = p.y[0] * p.y[1] * p.y[3] * p.y[4] * 4;
   const int64_t depth_in = p.x[2], depth_out = p.y[2], stride = p.strides[0], pad = p.pad_l[0];
   const int64_t extent = (p.w[2] - 1) * (p.dilates[0] + 1) + 1;
-  int64_t rows = depth_out;
   const int64_t budget = SlabBytes();
-  if (depth_in * in_row + depth_out * out_row > budget) rows = std::max<int64_t>(1, budget / (out_row + stride * in_row));
+  const int64_t rows = depth_in * in_row + depth_out * out_row > budget
+                           ? std::max<int64_t>(1, budget / (out_row + stride * in_row))
+                           : depth_out;
   for (int64_t first = 0; first < depth_out; first += rows) {
     const int64_t last = std::min(depth_out, first + rows);  // output rows [first, last)
     const int64_t begin = first * stride - pad, end = (last - 1) * stride - pad + extent;  // input rows read
@@ -260,6 +262,25 @@ bool Forward(Runtime &rt, Problem p, float *x, float *w, float *y) {
     slab.pad_l[0] = r0 - begin;
     slab.pad_r[0] = end - r1;
     if (!Execute(rt, slab, x + r0 * p.x[3] * p.x[4], w, y + first * p.y[3] * p.y[4])) return false;
+  }
+  return true;
+}
+
+// A transposed convolution with kernel = stride along depth and no padding there: input rows [a, b) make
+// exactly output rows [a * stride, b * stride), so it too can work through slabs.
+bool TransposeForward(Runtime &rt, Problem p, float *in, float *w, float *out) {
+  const int64_t stride = p.strides[0];
+  if (p.w[2] != stride || p.pad_l[0] != 0 || p.dilates[0] != 0) return Execute(rt, p, in, w, out);
+  const int64_t in_row = p.y[0] * p.y[1] * p.y[3] * p.y[4] * 4, out_row = p.x[0] * p.x[1] * p.x[3] * p.x[4] * 4;
+  const int64_t depth_in = p.y[2], budget = SlabBytes();
+  const int64_t row_bytes = in_row + stride * out_row;
+  const int64_t rows = depth_in * row_bytes > budget ? std::max<int64_t>(1, budget / row_bytes) : depth_in;
+  for (int64_t first = 0; first < depth_in; first += rows) {
+    const int64_t last = std::min(depth_in, first + rows);
+    Problem slab = p;
+    slab.y[2] = last - first;
+    slab.x[2] = (last - first) * stride;
+    if (!Execute(rt, slab, in + first * p.y[3] * p.y[4], w, out + first * stride * p.x[3] * p.x[4])) return false;
   }
   return true;
 }
@@ -314,7 +335,8 @@ int Run(Entry entry, int nparam, void **params, int *ndims, int64_t **shapes, co
       ok = Execute(rt, p, params[0], params[2], out);
       break;
     case kConvTransposeForward:  // input (the convolution's dy), w -> out (its dx)
-      ok = Execute(rt, p, params[0], params[1], out);
+      ok = TransposeForward(rt, p, static_cast<float *>(params[0]), static_cast<float *>(params[1]),
+                            static_cast<float *>(out));
       break;
   }
   return ok ? 0 : 5;
