@@ -20,8 +20,13 @@ ISA_CAP = "ONEDNN_MAX_CPU_ISA"
 CAP_MARKER = "KITSEG_ISA_CAPPED_BY_FAST_PATH"
 
 
+def switch_on(name: str) -> bool:
+    """An on/off environment switch, on unless set to 0/false/off/no."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def fast_path_enabled() -> bool:
-    return os.environ.get(FAST_PATH_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+    return switch_on(FAST_PATH_ENV)
 
 
 def isa_mode() -> str:
@@ -33,6 +38,11 @@ def apply_before_mindspore_import() -> None:
     if fast_path_enabled() and isa_mode() != "native" and ISA_CAP not in os.environ:
         os.environ[ISA_CAP] = "AVX2"
         os.environ[CAP_MARKER] = "1"
+
+
+def isa_capped() -> bool:
+    """True while oneDNN is held to AVX2 (by us or by the user)."""
+    return os.environ.get(ISA_CAP, "").upper() == "AVX2"
 
 
 def release_cap() -> bool:

@@ -10,7 +10,8 @@ from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
 from mindspore.ops.operations._grad_ops import ReluGrad
 
-from src.models.cpu_kernels.conv import OneDNNConv3d, OneDNNConvTranspose3d, isa_capped
+from src.cpu_env import isa_capped
+from src.models.cpu_kernels.conv import OneDNNConv3d, OneDNNConvTranspose3d
 from src.models.cpu_kernels.instance_norm import FusedInstanceNormAct
 
 
@@ -32,7 +33,21 @@ def as_triple(value) -> tuple:
     return value
 
 
-class Conv3d(nn.Conv3d):
+class _SwitchableKernel:
+    """``construct`` of a (transposed) convolution whose kernel ``use_cpu_kernel`` may swap: the compiled
+    one in ``self.onednn``, else MindSpore's ``self.mindspore_kernel``; then the bias."""
+
+    def construct(self, x):
+        if self.onednn is None:
+            out = self.mindspore_kernel(x, self.weight)
+        else:
+            out = self.onednn(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out
+
+
+class Conv3d(_SwitchableKernel, nn.Conv3d):
     """``nn.Conv3d`` (same parameters, same checkpoints) whose CPU kernels can be swapped for the compiled
     oneDNN ones by ``cpu_kernels.use_cpu_kernels``; MindSpore's kernels otherwise."""
 
@@ -43,6 +58,7 @@ class Conv3d(nn.Conv3d):
                          data_format="NCDHW", dtype=ms.float32)
         self.geometry = (as_triple(kernel_size), out_channels, as_triple(stride), tuple(padding[0::2]),
                          as_triple(dilation))
+        self.mindspore_kernel = self.conv3d
         self.onednn = None
 
     def can_use_cpu_kernel(self) -> bool:
@@ -56,15 +72,6 @@ class Conv3d(nn.Conv3d):
         self.onednn = OneDNNConv3d(library, *self.geometry)
         return True
 
-    def construct(self, x):
-        if self.onednn is None:
-            out = self.conv3d(x, self.weight)
-        else:
-            out = self.onednn(x, self.weight)
-        if self.has_bias:
-            out = self.bias_add(out, self.bias)
-        return out
-
 
 def conv3d(in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1, has_bias=True) -> Conv3d:
     """Conv3d padded so that stride 1 keeps the size and stride s divides it by s (odd kernels)."""
@@ -76,7 +83,7 @@ def conv3d(in_channels: int, out_channels: int, kernel_size, stride=1, dilation=
     return Conv3d(in_channels, out_channels, kernel_size, stride, tuple(padding), dilation, has_bias)
 
 
-class ConvTranspose3d(nn.Conv3dTranspose):
+class ConvTranspose3d(_SwitchableKernel, nn.Conv3dTranspose):
     """Upsampling as in nnU-Net: transposed conv with kernel = stride, so output = input * stride.
     Like ``Conv3d``, its CPU kernel can be swapped for the compiled oneDNN one; that is done only when
     oneDNN is not capped at AVX2 (``src/cpu_env.py``): under the cap MindSpore's kernel is as fast."""
@@ -88,6 +95,7 @@ class ConvTranspose3d(nn.Conv3dTranspose):
                          weight_init=he_normal(), bias_init="zeros" if has_bias else None,
                          data_format="NCDHW", dtype=ms.float32)
         self.upsampling_stride = stride
+        self.mindspore_kernel = self.conv3d_transpose
         self.onednn = None
 
     def can_use_cpu_kernel(self) -> bool:
@@ -98,15 +106,6 @@ class ConvTranspose3d(nn.Conv3dTranspose):
             return False
         self.onednn = OneDNNConvTranspose3d(library, self.upsampling_stride)
         return True
-
-    def construct(self, x):
-        if self.onednn is None:
-            out = self.conv3d_transpose(x, self.weight)
-        else:
-            out = self.onednn(x, self.weight)
-        if self.has_bias:
-            out = self.bias_add(out, self.bias)
-        return out
 
 
 def transposed_conv3d(in_channels: int, out_channels: int, stride, has_bias: bool = False) -> ConvTranspose3d:

@@ -105,6 +105,6 @@ def setup_device(device_target: str, mode: str = "graph", deterministic: bool = 
 def fast_path_active() -> bool:
     """True when this process runs on CPU with the fast path in force: the ISA cap applied before import,
     or released for the compiled CPU kernels (``cpu_env.release_cap``)."""
-    capped = os.environ.get(cpu_env.ISA_CAP, "").upper() == "AVX2"
+    released = cpu_env.isa_mode() != "avx2" and cpu_env.ISA_CAP not in os.environ
     return (_state["device"] in (None, "CPU") and cpu_env.fast_path_enabled()
-            and (capped or cpu_env.isa_mode() != "avx2" and cpu_env.ISA_CAP not in os.environ))
+            and (cpu_env.isa_capped() or released))

@@ -54,10 +54,6 @@ def onednn_version(library: Path) -> tuple:
     return version.major, version.minor, version.patch
 
 
-def switched_on() -> bool:
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
-
-
 def cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "kitseg").expanduser().resolve()
 
@@ -100,7 +96,7 @@ def availability() -> tuple:
     if "availability" not in _state:
         if not cpu_env.fast_path_enabled():
             _state["availability"] = (False, f"the CPU fast path is off ({cpu_env.FAST_PATH_ENV})")
-        elif not switched_on():
+        elif not cpu_env.switch_on(ENV_SWITCH):
             _state["availability"] = (False, f"switched off by {ENV_SWITCH}")
         elif ms.get_context("device_target") != "CPU":
             _state["availability"] = (False, "the device is not the CPU")
@@ -158,6 +154,6 @@ def select_cpu_kernels(network: nn.Cell, amp_level: str = "O0", release_isa_cap:
     if release_isa_cap and every_convolution_switchable(network):
         cpu_env.release_cap()
     switched = use_cpu_kernels(network)
-    isa = "oneDNN capped at AVX2" if cpu_env.ISA_CAP in os.environ else "oneDNN uncapped"
+    isa = "oneDNN capped at AVX2" if cpu_env.isa_capped() else "oneDNN uncapped"
     return KernelChoice(switched, f"CPU kernels: compiled oneDNN convolutions and fused instance norm "
                                   f"({switched} layers, {isa})")

@@ -8,10 +8,10 @@
 //
 // The wheel ships no oneDNN headers, so the few C API entry points used are declared here from the
 // oneDNN 3.x C API (stable within the major version); __init__.py checks the library version first.
-// The weight gradient stays MindSpore's own kernel (conv.py): the same oneDNN GEMM, faster under its threads.
+// Under the AVX2 cap conv.py takes MindSpore's own weight gradient instead (the same GEMM, faster there).
 //
-// Every kernel: params = x (N, C, D, H, W), w (O, C, kD, kH, kW), [dy], config (int64[9]: strides,
-// paddings, dilations as oneDNN counts them, i.e. dilation - 1), output.
+// Every kernel takes a config (int64[9]: strides, paddings, dilations as oneDNN counts them, i.e.
+// dilation - 1) as its last input; the entry points are described above Run.
 // The forward passes work through depth slabs, so their extra memory stays bounded for large inputs.
 #include <algorithm>
 #include <cstdint>
@@ -70,7 +70,7 @@ constexpr int kArgSrc = 1, kArgDst = 17, kArgWeights = 33, kArgDiffSrc = 129, kA
 constexpr int kArgDiffWeights = 161;
 void *const kNoHandle = nullptr;
 
-// Grow-only scratch buffers for the blocked copies, shared by all layers (calls are serialized).
+// Grow-only scratch buffers for the channels-last copies, shared by all layers (calls are serialized).
 struct Scratch {
   std::vector<float> buffers[3];
   void *Get(int slot, size_t bytes) {
@@ -165,7 +165,7 @@ struct Kernel {
   bool ok = false;
 };
 
-// x and y: the shapes this primitive works on (a slab of depth rows for a chunked forward pass), x_full and
+// x and y: the shapes this primitive works on (a slab of depth rows in the forward passes), x_full and
 // y_full: the tensors they are cut from; pad_l / pad_r per spatial axis (a slab may pad only one side).
 struct Problem {
   int64_t x[5], w[5], y[5], x_full[5], y_full[5];

@@ -1,24 +1,19 @@
 """Convolutions and transposed convolutions through the oneDNN kernels of ``conv.cc``.
 
-The weight gradient has two sources: with oneDNN capped at AVX2 (the default fast path, see
-``src/cpu_env.py``) MindSpore's own Conv3DBackpropFilter, which runs the same GEMM kernel faster under
-MindSpore's threads; uncapped (``src/cpu_env.py``), the compiled kernel, which then gets oneDNN's AVX-512
-weight-gradient kernels.
+The weight gradient has two sources (``src/cpu_env.py`` decides the cap): with oneDNN capped at AVX2
+MindSpore's own Conv3DBackpropFilter, which runs the same GEMM kernel faster under MindSpore's threads;
+uncapped, the compiled kernel, which then gets oneDNN's AVX-512 weight-gradient kernels.
 """
-import os
-
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops.operations._grad_ops import Conv3DBackpropFilter
 
+from src.cpu_env import isa_capped
+
 
 def _output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - (dilation * (kernel - 1) + 1)) // stride + 1
-
-
-def isa_capped() -> bool:
-    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2"
 
 
 def _config(stride, padding, dilation) -> ms.Tensor:
