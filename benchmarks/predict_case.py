@@ -92,7 +92,8 @@ def run(args, work: Path) -> dict:
                    "intensity": foreground_intensity(case), "case_ids": [case.case_id]}
     plan = plan_experiment(fingerprint, KITS19_LABELS, target_spacing=cfg.target_spacing, patch_size=cfg.patch_size,
                            patch_budget_voxels=cfg.patch_budget_voxels, base_features=cfg.base_features,
-                           max_features=cfg.max_features, max_stages=cfg.max_stages, dataset="kits19")
+                           max_features=cfg.max_features, max_stages=cfg.max_stages, dataset="kits19",
+                           image_budget_voxels=cfg.image_budget_voxels)
     ckpt = work / "model" / "checkpoint_best.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     write_random_checkpoint(cfg, plan, ckpt)

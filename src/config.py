@@ -41,6 +41,7 @@ class Config:
     target_spacing: Optional[List[float]] = None
     patch_size: Optional[List[int]] = None
     patch_budget_voxels: int = 128 * 128 * 128
+    image_budget_voxels: Optional[int] = None
     normalization: str = "ct"
     clip_window: List[float] = field(default_factory=lambda: [-325.0, 325.0])
     num_folds: int = 5
@@ -164,6 +165,8 @@ def _validated(cfg: Config) -> Config:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise UserError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.image_budget_voxels is not None and cfg.image_budget_voxels < 1:
+        raise UserError(f"config key 'image_budget_voxels' must be at least 1, got {cfg.image_budget_voxels}")
     if cfg.num_workers < 0 or cfg.val_iters < 0:
         raise UserError("config keys 'num_workers' and 'val_iters' must not be negative")
     if not 0.0 <= cfg.oversample_foreground <= 1.0:

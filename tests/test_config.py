@@ -50,6 +50,7 @@ def test_null_override_clears_an_optional_list():
     ("epochs: ten\n", "expects an integer"),
     ("device_target: TPU\n", "must be one of"),
     ("patch_size: [32, 64]\n", "needs 3 values"),
+    ("image_budget_voxels: 0\n", "image_budget_voxels"),
     ("deep_supervision: maybe\n", "true or false"),
     ("- just\n- a list\n", "mapping"),
     ("epochs: [1\n", "not valid yaml"),

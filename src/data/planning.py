@@ -10,6 +10,9 @@ ANISOTROPY_THRESHOLD = 3.0
 # nnU-Net's smallest feature-map edge: an axis pools while its map is >= 2x this (3x if it pools alone).
 MIN_FEATURE_MAP_EDGE = 4
 INITIAL_PATCH_VOXELS = 256 ** 3
+# nnU-Net's 3d_lowres rule: spacing grows by 3% a step, axes finer than half the coarsest one first.
+SPACING_GROWTH = 1.03
+LOWRES_MAX_AXIS_RATIO = 2.0
 SPLIT_SEED = 12345
 NORMALIZATIONS = ("ct", "ct_clip_scale")
 
@@ -79,6 +82,23 @@ def pool_and_conv_props(spacing, patch_size, max_pools: int | None = None):
     return strides, kernels, _pad_to_multiple(patch_size, divisible_by), divisible_by
 
 
+def coarsen_spacing(spacing, median_shape, budget_voxels: int) -> list[float]:
+    """nnU-Net's 3d_lowres spacing: grow ``spacing`` until the median image (``median_shape`` voxels at
+    ``spacing``) holds at most ``budget_voxels``. Each step multiplies by 1.03 the axes more than 2x finer
+    than the coarsest one, or all axes once none is, so the voxels get more isotropic before they grow.
+    The budget bounds the voxels of every later stage (preprocessing, training data, sliding windows)
+    for whatever data comes in, which a fixed spacing cannot."""
+    if budget_voxels < 1:
+        raise UserError(f"image_budget_voxels must be at least 1, got {budget_voxels}")
+    start = np.asarray(spacing, dtype=np.float64)
+    extent = start * np.asarray(median_shape, dtype=np.float64)  # millimetres, unchanged by resampling
+    current = start.copy()
+    while np.prod(extent / current) > budget_voxels:
+        too_fine = current.max() / current > LOWRES_MAX_AXIS_RATIO
+        current = np.where(too_fine, current * SPACING_GROWTH, current) if too_fine.any() else current * SPACING_GROWTH
+    return [float(s) for s in current]
+
+
 def initial_patch_size(spacing, median_shape) -> list[int]:
     """A patch with aspect ~ 1/spacing holding 256^3 voxels, clipped to the median image shape."""
     inverse = 1.0 / np.asarray(spacing, dtype=np.float64)
@@ -118,8 +138,11 @@ def _check_triplet(name: str, values, kind):
 def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_size=None,
                     patch_budget_voxels: int = 128 ** 3, base_features: int = 32, max_features: int = 320,
                     max_stages: int | None = None, batch_size: int = 2, normalization: str = "ct", *,
-                    clip_window=None, dataset: str = "unknown") -> dict:
-    """plans.json content from a fingerprint (see compute_fingerprint) and the dataset's labels."""
+                    clip_window=None, dataset: str = "unknown", image_budget_voxels: int | None = None) -> dict:
+    """plans.json content from a fingerprint (see compute_fingerprint) and the dataset's labels.
+
+    Without ``target_spacing`` the spacing is planned: the median rule, then coarsened until the median
+    resampled image fits ``image_budget_voxels`` if that is given (``coarsen_spacing``)."""
     if normalization not in NORMALIZATIONS:
         raise UserError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     if normalization == "ct_clip_scale":
@@ -133,10 +156,18 @@ def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_
     patch_size = _check_triplet("patch_size", patch_size, int)
 
     spacings, shapes = fingerprint["spacings"], fingerprint["shapes_after_crop"]
+    def median_shape_at(spacing):
+        resampled = [compute_new_shape(shape, s, spacing) for shape, s in zip(shapes, spacings)]
+        return [int(round(v)) for v in np.median(np.asarray(resampled, dtype=np.float64), axis=0)]
+
+    spacing_rule = "given"
     if target_spacing is None:
-        target_spacing = plan_target_spacing(spacings, shapes)
-    resampled = [compute_new_shape(shape, spacing, target_spacing) for shape, spacing in zip(shapes, spacings)]
-    median_shape = [int(round(v)) for v in np.median(np.asarray(resampled, dtype=np.float64), axis=0)]
+        target_spacing, spacing_rule = plan_target_spacing(spacings, shapes), "median"
+        if image_budget_voxels is not None:
+            coarser = coarsen_spacing(target_spacing, median_shape_at(target_spacing), image_budget_voxels)
+            if coarser != target_spacing:
+                target_spacing, spacing_rule = coarser, f"median, coarsened to {image_budget_voxels} voxels"
+    median_shape = median_shape_at(target_spacing)
     median_spacing = [float(v) for v in np.median(np.asarray(spacings, dtype=np.float64), axis=0)]
 
     max_pools = None if max_stages is None else max_stages - 1
@@ -158,6 +189,7 @@ def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_
         "clip_window": [float(v) for v in clip_window] if normalization == "ct_clip_scale" else None,
         "intensity": intensity,
         "target_spacing": [float(s) for s in target_spacing],
+        "target_spacing_rule": spacing_rule,
         "median_spacing": median_spacing,
         "median_shape": median_shape,
         "patch_size": [int(p) for p in patch_size],

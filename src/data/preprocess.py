@@ -135,7 +135,7 @@ def _labelled_cases(raw: Path, layout: str) -> list[CaseFiles]:
 
 
 def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, patch_budget_voxels=128 ** 3,
-                       base_features=32, max_features=320, max_stages=None, batch_size=2, normalization="ct",
+                       image_budget_voxels=None, base_features=32, max_features=320, max_stages=None, batch_size=2, normalization="ct",
                        clip_window=None, num_folds=5, workers=2, progress=True,
                        foreground_pool_size=FOREGROUND_POOL_SIZE) -> dict:
     """Fingerprint, plan and preprocess a labelled dataset into ``out_dir``; returns the plan.
@@ -157,7 +157,8 @@ def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, p
     plan = plan_experiment(fingerprint, labels, target_spacing=target_spacing, patch_size=patch_size,
                            patch_budget_voxels=patch_budget_voxels, base_features=base_features,
                            max_features=max_features, max_stages=max_stages, batch_size=batch_size,
-                           normalization=normalization, clip_window=clip_window, dataset=layout)
+                           normalization=normalization, clip_window=clip_window, dataset=layout,
+                           image_budget_voxels=image_budget_voxels)
     if tasks is not None:
         plan["tasks"] = {str(k): v for k, v in tasks.items()}
         plan["task_channels"] = task_channels

@@ -15,11 +15,12 @@ import numpy as np
 from tqdm import tqdm
 
 from src.data.io import ImageMeta, atomic_write_json, find_cases, load_label, read_json
-from src.data.preprocessed import fold_validation_cases, load_plan
+from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
-from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, decide_postprocessing, label_values,
-                                   resolve_postprocessing, save_postprocessing, spec_summary)
+from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, component_floor_ml,
+                                   decide_postprocessing, label_values, resolve_postprocessing, save_postprocessing,
+                                   spec_summary)
 from src.metrics.kits import case_scores
 from src.metrics.report import find_references, write_metrics_csv, write_summary_json
 
@@ -30,13 +31,14 @@ def load_case_properties(pre_dir, case_id: str) -> dict:
     return read_json(Path(pre_dir) / f"{case_id}.json", f"case file of {case_id}")
 
 
-def load_case_data(pre_dir, case_id: str) -> np.ndarray:
+def load_case_data(pre_dir, case_id: str, member: str = "data") -> np.ndarray:
+    """One array of a preprocessed case: ``data`` (the image) or ``seg`` (the resampled reference)."""
     path = Path(pre_dir) / f"{case_id}.npz"
     if not path.is_file():
         raise UserError(f"preprocessed case not found: {path}")
     try:
         with np.load(path) as arrays:
-            return arrays["data"]
+            return arrays[member]
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"cannot read preprocessed case {path}: {err}") from None
 
@@ -78,8 +80,12 @@ def _score(case_id: str, label: np.ndarray, ref_path: Path, meta: ImageMeta) -> 
 
 def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityFn, out_dir, postprocess: str,
                    model_paths: Sequence, labels: Dict[str, int], ref_dir=None, progress: bool = True,
-                   info: Optional[dict] = None, exported_postprocessing: Optional[dict] = None) -> dict:
-    """Predict, restore, postprocess, write and score ``case_ids``; returns the summary."""
+                   info: Optional[dict] = None, exported_postprocessing: Optional[dict] = None,
+                   training_case_ids: Sequence[str] = ()) -> dict:
+    """Predict, restore, postprocess, write and score ``case_ids``; returns the summary.
+
+    A postprocessing decided here also weighs the minimum component volumes learnt from the
+    references of ``training_case_ids`` (none given: that step is not a candidate)."""
     out_dir = Path(out_dir)
     pred_dir = out_dir / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -98,13 +104,15 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
         label = probabilities_to_original(probs, props[case_id])
         del probs
         if not decide_here:
-            label = apply_postprocessing(label, spec)
+            label = apply_postprocessing(label, spec, metas[case_id].spacing)
             rows.append(_score(case_id, label, references[case_id], metas[case_id]))
         save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
     if decide_here:
+        floors = component_floor_ml((load_case_data(pre_dir, c, "seg") for c in training_case_ids),
+                                    load_plan(pre_dir)["target_spacing"], foreground)
         spec = decide_postprocessing(
-            ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]))
-             for c in case_ids), foreground)
+            ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]),
+              metas[c].spacing) for c in case_ids), foreground, floors)
         spec_source = f"decided on these {len(case_ids)} cases"
         save_postprocessing(spec, out_dir / POSTPROCESSING_FILE)
         model_folders = {Path(p).resolve().parent for p in model_paths}
@@ -112,7 +120,7 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
             save_postprocessing(spec, next(iter(model_folders)) / POSTPROCESSING_FILE)
         for case_id in case_ids:
             raw = load_label(pred_dir / f"{case_id}.nii.gz", like=metas[case_id])
-            label = apply_postprocessing(raw, spec)
+            label = apply_postprocessing(raw, spec, metas[case_id].spacing)
             if label is not raw:
                 save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
             rows.append(_score(case_id, label, references[case_id], metas[case_id]))
@@ -145,4 +153,5 @@ def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=
             "step_size": cfg.step_size}
     return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, model_paths,
                           predictor.labels, ref_dir=ref_dir, progress=progress, info=info,
-                          exported_postprocessing=predictor.exported_postprocessing)
+                          exported_postprocessing=predictor.exported_postprocessing,
+                          training_case_ids=fold_cases(pre_dir, plan, fold)[0])

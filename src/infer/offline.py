@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from src.data.io import atomic_write_json, read_json
 from src.errors import UserError
-from src.data.preprocessed import fold_validation_cases, load_plan
+from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.infer.evaluate import evaluate_cases, load_case_data
 from src.infer.predictor import read_mindir_sidecar, softmax_inplace
 from src.infer.sliding_window import (WindowLayout, flip_spatial, mean_over_mirrors, mirror_combinations,
@@ -172,4 +172,5 @@ def evaluate_offline(cfg, pre_dir, fold, pre_path, result_path, out_dir, ref_dir
     meta = {"fold": int(fold), "models": [], "tta_mirror": info["tta_mirror"], "step_size": info["step_size"],
             "offline_results": str(result_path)}
     return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, [], plan["labels"],
-                          ref_dir=ref_dir, progress=progress, info=meta)
+                          ref_dir=ref_dir, progress=progress, info=meta,
+                          training_case_ids=fold_cases(pre_dir, plan, fold)[0])

@@ -1,15 +1,20 @@
-"""Largest-connected-component postprocessing, decided on cross-validation results as nnU-Net does.
+"""Connected-component postprocessing, decided on cross-validation results as nnU-Net does.
 
-Two steps, in this order: (1) treat all foreground labels as one object and keep only its largest
-connected component; (2) per class, keep only that class's largest component. Removed voxels become
-background. Components use face connectivity (scipy's default structure), as nnU-Net.
+Three steps, in this order: (1) treat all foreground labels as one object and keep only its largest
+connected component; (2) per class, keep only that class's largest component; (3) per class, drop
+components smaller than a volume floor learnt from the training references (``component_floor_ml``).
+Steps 1 and 2 are nnU-Net's and turn removed voxels into background. Step 3 is ours: nnU-Net has no
+size rule, but a speck of tumour in a tumour-free kidney costs the KiTS19 tumour Dice of that case its
+whole 1, and the largest-component steps never delete a lone speck. Its removed voxels take the label
+that surrounds them most (kidney around a tumour speck), so no hole is cut. Components use face
+connectivity (scipy's default structure), as nnU-Net.
 
 The decision (``decide_postprocessing``) keeps a step only if it raises the cross-validation Dice:
-step 1 if the mean over classes of the per-class mean Dice goes up, then (on top of that choice)
-step 2 for a class if that class's mean Dice goes up. Dice of a class absent from both prediction
-and reference counts as 1 (the KiTS21 convention), so deleting a false positive is credited.
+step 1 if the mean over classes of the per-class mean Dice goes up, then (on top of the choices before)
+step 2 and step 3 for a class if that class's mean Dice goes up. Dice of a class absent from both
+prediction and reference counts as 1 (the KiTS21 convention), so deleting a false positive is credited.
 The decision is stored as ``postprocessing.json`` next to the checkpoints; ``cfg.postprocess``
-picks: ``none`` (never), ``lcc`` (both steps for every class), ``auto`` (what the file says).
+picks: ``none`` (never), ``lcc`` (steps 1 and 2 for every class), ``auto`` (what the file says).
 """
 import json
 import os
@@ -40,17 +45,63 @@ def _keep_largest_inplace(label: np.ndarray, mask: np.ndarray) -> None:
     label[mask & ~keep] = 0
 
 
-def apply_postprocessing(label: np.ndarray, spec: Optional[dict]) -> np.ndarray:
-    """Apply a postprocessing spec ``{"all_foreground": bool, "per_class": [labels]}``; returns a new
-    array (the input itself when the spec does nothing)."""
-    if not spec or (not spec.get("all_foreground") and not spec.get("per_class")):
+def remove_small_components(label: np.ndarray, value: int, min_voxels: float) -> np.ndarray:
+    """``label`` with every component of ``value`` smaller than ``min_voxels`` relabelled to the label
+    most common on its face-neighbour shell (background when it has none); the input is not changed."""
+    out = label.copy()
+    components, count = ndimage.label(label == value)
+    if count == 0:
+        return out
+    sizes = np.bincount(components.ravel())
+    boxes = ndimage.find_objects(components)
+    for index in range(1, count + 1):
+        if sizes[index] >= min_voxels:
+            continue
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in boxes[index - 1])
+        blob = components[box] == index
+        shell = ndimage.binary_dilation(blob) & ~blob
+        around = np.bincount(label[box][shell].astype(np.int64), minlength=value + 1)
+        around[value] = 0
+        out[box][blob] = int(np.argmax(around)) if around.any() else 0
+    return out
+
+
+def _voxel_ml(spacing) -> float:
+    return float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+
+
+def apply_postprocessing(label: np.ndarray, spec: Optional[dict], spacing=None) -> np.ndarray:
+    """Apply a postprocessing spec ``{"all_foreground": bool, "per_class": [labels],
+    "min_component_ml": {label: mL}}`` (the last key optional; it needs the voxel ``spacing`` in mm).
+    Returns a new array (the input itself when the spec does nothing)."""
+    floors = (spec or {}).get("min_component_ml") or {}
+    if not spec or (not spec.get("all_foreground") and not spec.get("per_class") and not floors):
         return label
     out = label.copy()
     if spec.get("all_foreground"):
         _keep_largest_inplace(out, out > 0)
     for value in spec.get("per_class", []):
         _keep_largest_inplace(out, out == int(value))
+    if floors:
+        if spacing is None:
+            raise UserError("a minimum component volume needs the voxel spacing")
+        for value, floor_ml in sorted(floors.items()):
+            out = remove_small_components(out, int(value), float(floor_ml) / _voxel_ml(spacing))
     return out
+
+
+def component_floor_ml(references: Iterable[np.ndarray], spacing, labels: Sequence[int]) -> Dict[str, float]:
+    """Per class, half the smallest "main object" of the training references: over the references
+    holding the class, the volume (mL, at ``spacing``) of its largest component, minimum over cases,
+    halved so that an under-segmented smallest object still survives. Classes never present get none."""
+    smallest = {}
+    for reference in references:
+        for value in labels:
+            mask = reference == value
+            if mask.any():
+                size = float(largest_component(mask).sum())
+                smallest[value] = min(smallest.get(value, size), size)
+    return {str(v): 0.5 * size * _voxel_ml(spacing) for v, size in sorted(smallest.items())}
 
 
 def _class_dices(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> np.ndarray:
@@ -62,38 +113,67 @@ def _lcc_of_class_dice(pred: np.ndarray, ref: np.ndarray, value: int) -> float:
     return dice(largest_component(mask), ref == value)
 
 
-def decide_postprocessing(pairs: Iterable[Tuple[np.ndarray, np.ndarray]], labels: Sequence[int]) -> dict:
-    """Decide which LCC steps improve Dice over ``(prediction, reference)`` label-array pairs.
+def _floor_dice(pred: np.ndarray, ref: np.ndarray, value: int, floor_ml: Optional[float], spacing,
+                lcc_first: bool) -> float:
+    if floor_ml is None:
+        return float("nan")
+    if lcc_first:
+        pred = apply_postprocessing(pred, {"all_foreground": False, "per_class": [value]})
+    kept = remove_small_components(pred, value, floor_ml / _voxel_ml(spacing)) == value
+    return dice(kept, ref == value)
 
-    ``pairs`` may be a generator (one case in memory at a time); ``labels`` are the foreground values.
-    Returns the spec plus the Dice figures the decision rests on.
+
+def decide_postprocessing(cases: Iterable[Tuple[np.ndarray, np.ndarray, Sequence[float]]], labels: Sequence[int],
+                          floors_ml: Optional[Dict[str, float]] = None) -> dict:
+    """Decide which steps improve Dice over ``(prediction, reference, spacing)`` cases.
+
+    ``cases`` may be a generator (one case in memory at a time); ``labels`` are the foreground values;
+    ``floors_ml`` are step 3's candidate volumes per class (``component_floor_ml``), none to skip it.
+    All variants are scored in one pass, so the cases are read once. Returns the spec plus the Dice
+    figures the decision rests on.
     """
     labels = [int(v) for v in labels]
-    raw, all_fg, per_class_on_raw, per_class_on_fg = [], [], [], []
-    for pred, ref in pairs:
+    floors_ml = {str(k): float(v) for k, v in (floors_ml or {}).items() if int(k) in labels}
+    # Dice per case and class for: raw, step 1, and step 2 or 3 of each class on top of raw or step 1
+    scores = {f"{base}{step}": [] for base in ("raw", "fg") for step in ("", "+lcc", "+floor", "+lcc+floor")}
+    count = 0
+    for pred, ref, spacing in cases:
         if pred.shape != ref.shape:
             raise UserError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-        raw.append(_class_dices(pred, ref, labels))
-        per_class_on_raw.append([_lcc_of_class_dice(pred, ref, c) for c in labels])
-        pred_fg = apply_postprocessing(pred, {"all_foreground": True})
-        all_fg.append(_class_dices(pred_fg, ref, labels))
-        per_class_on_fg.append([_lcc_of_class_dice(pred_fg, ref, c) for c in labels])
-    if not raw:
+        count += 1
+        for base, base_pred in (("raw", pred), ("fg", apply_postprocessing(pred, {"all_foreground": True}))):
+            scores[base].append(_class_dices(base_pred, ref, labels))
+            scores[f"{base}+lcc"].append([_lcc_of_class_dice(base_pred, ref, c) for c in labels])
+            for lcc_first in (False, True):
+                scores[f"{base}{'+lcc' if lcc_first else ''}+floor"].append([
+                    _floor_dice(base_pred, ref, c, floors_ml.get(str(c)), spacing, lcc_first) for c in labels])
+    if not count:
         raise UserError("no cases to decide postprocessing on")
-    raw_mean = np.mean(raw, axis=0)
-    fg_mean = np.mean(all_fg, axis=0)
-    use_all_fg = bool(fg_mean.mean() > raw_mean.mean())
-    base_mean = fg_mean if use_all_fg else raw_mean
-    candidate = np.mean(per_class_on_fg if use_all_fg else per_class_on_raw, axis=0)
-    per_class = [c for c, before, after in zip(labels, base_mean, candidate) if after > before]
-    return {
+    mean = {key: np.mean(np.asarray(value, dtype=np.float64), axis=0) for key, value in scores.items()}
+    use_all_fg = bool(mean["fg"].mean() > mean["raw"].mean())
+    base = "fg" if use_all_fg else "raw"
+    per_class = [c for c, before, after in zip(labels, mean[base], mean[f"{base}+lcc"]) if after > before]
+    # step 3 of a class is judged on top of that class's step-2 choice
+    kept_floors, floor_dice = {}, {}
+    for i, c in enumerate(labels):
+        if str(c) not in floors_ml:
+            continue
+        first = "+lcc" if c in per_class else ""
+        floor_dice[str(c)] = float(mean[f"{base}{first}+floor"][i])
+        if floor_dice[str(c)] > mean[f"{base}{first}"][i]:
+            kept_floors[str(c)] = floors_ml[str(c)]
+    spec = {
         "all_foreground": use_all_fg,
         "per_class": per_class,
-        "cases": len(raw),
-        "dice_raw": {str(c): float(d) for c, d in zip(labels, raw_mean)},
-        "dice_all_foreground_lcc": {str(c): float(d) for c, d in zip(labels, fg_mean)},
-        "dice_per_class_lcc": {str(c): float(d) for c, d in zip(labels, candidate)},
+        "min_component_ml": kept_floors,
+        "cases": count,
+        "dice_raw": {str(c): float(d) for c, d in zip(labels, mean["raw"])},
+        "dice_all_foreground_lcc": {str(c): float(d) for c, d in zip(labels, mean["fg"])},
+        "dice_per_class_lcc": {str(c): float(d) for c, d in zip(labels, mean[f"{base}+lcc"])},
+        "candidate_min_component_ml": floors_ml,
+        "dice_min_component": floor_dice,
     }
+    return spec
 
 
 def lcc_everything(labels: Sequence[int]) -> dict:
@@ -118,6 +198,10 @@ def load_postprocessing(path) -> dict:
     if not isinstance(spec, dict) or not isinstance(spec.get("all_foreground"), bool) \
             or not isinstance(spec.get("per_class"), list):
         raise UserError(f"postprocessing file {path} lacks 'all_foreground' (bool) and 'per_class' (list)")
+    floors = spec.get("min_component_ml", {})
+    if not isinstance(floors, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in floors.values()):
+        raise UserError(f"postprocessing file {path}: 'min_component_ml' must map labels to positive volumes (mL)")
     return spec
 
 
@@ -161,21 +245,27 @@ def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[in
             return exported, "the decision exported with the model (MindIR sidecar)"
         return None, "postprocess=auto but no postprocessing.json next to every model: none applied"
     specs = [load_postprocessing(path) for path in own]
+    # a step every fold kept; for volume floors the smallest one, which deletes least
+    floors = [{str(k): float(v) for k, v in s.get("min_component_ml", {}).items()} for s in specs]
     agreed = {
         "all_foreground": all(s["all_foreground"] for s in specs),
         "per_class": sorted(set.intersection(*(set(int(c) for c in s["per_class"]) for s in specs))),
+        "min_component_ml": {c: min(f[c] for f in floors) for c in sorted(set.intersection(*map(set, floors)))},
     }
     return agreed, ", ".join(str(p) for p in own)
 
 
 def spec_summary(spec: Optional[dict]) -> str:
-    if not spec or (not spec.get("all_foreground") and not spec.get("per_class")):
+    floors = (spec or {}).get("min_component_ml") or {}
+    if not spec or (not spec.get("all_foreground") and not spec.get("per_class") and not floors):
         return "no postprocessing"
     steps = []
     if spec.get("all_foreground"):
         steps.append("largest foreground component")
     if spec.get("per_class"):
         steps.append("largest component of label(s) " + ", ".join(str(c) for c in spec["per_class"]))
+    for value, floor_ml in sorted(floors.items()):
+        steps.append(f"label {value} components under {float(floor_ml):.2g} mL removed")
     return "; ".join(steps)
 
 

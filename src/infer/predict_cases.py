@@ -43,7 +43,7 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
             data, props = preprocess_image_for_inference(image, meta, predictor.plan)
             probs = predictor.predict_preprocessed(data)
             del data
-            label = apply_postprocessing(probabilities_to_original(probs, props), spec)
+            label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing)
             del probs
             save_label(label, meta, output_dir / f"{case.case_id}.nii.gz")
             report = write_case_outputs(case.case_id, image, label, meta, predictor.labels,

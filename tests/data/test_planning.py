@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.data.planning import (initial_patch_size, make_splits, plan_experiment, plan_patch_size,
+from src.data.planning import (coarsen_spacing, initial_patch_size, make_splits, plan_experiment, plan_patch_size,
                                plan_target_spacing, pool_and_conv_props, stage_features)
 from src.errors import UserError
 
@@ -44,6 +44,38 @@ def test_target_spacing_is_the_median_without_anisotropy():
     # anisotropic spacing but many slices: no override (both conditions are needed)
     thick = [[3.0, 0.78, 0.78]] * 3
     assert plan_target_spacing(thick, [[400, 512, 512]] * 3) == pytest.approx([3.0, 0.78, 0.78])
+
+
+def test_coarsened_spacing_grows_fine_axes_first_then_all():
+    # in-plane 4x finer than the slices: a budget reached on the way grows in-plane only
+    first = coarsen_spacing([4.0, 1.0, 1.0], [50, 400, 400], budget_voxels=50 * 250 * 250)
+    assert first[0] == 4.0 and first[1] == first[2] and 1.6 <= first[1] < 1.6 * 1.03
+    # a smaller budget: in-plane grows until it is no more than 2x finer, then every axis by the same factor
+    second = coarsen_spacing([4.0, 1.0, 1.0], [50, 400, 400], budget_voxels=50 * 50 * 50)
+    assert second[0] > 4.0 and second[1] == second[2]
+    assert second[0] / second[1] == pytest.approx(4.0 / 1.03 ** 24, rel=1e-9)  # 1.03^24 is the first <= 2x
+    # grown step by step, so it lands within one 3% step of the budget
+    voxels = np.prod(np.array([4.0 * 50, 400.0, 400.0]) / np.array(second))
+    assert 50 ** 3 / 1.03 ** 3 < voxels <= 50 ** 3
+
+
+def test_coarsened_spacing_leaves_a_small_dataset_alone():
+    assert coarsen_spacing([2.0, 1.0, 1.0], [10, 20, 20], budget_voxels=10 ** 6) == [2.0, 1.0, 1.0]
+    with pytest.raises(UserError, match="image_budget_voxels"):
+        coarsen_spacing([2.0, 1.0, 1.0], [10, 20, 20], budget_voxels=0)
+
+
+def test_image_budget_plans_the_spacing_only_when_none_is_given():
+    fp = fingerprint([[2.5, 0.8, 0.8], [2.0, 1.0, 1.0], [3.0, 0.9, 0.9]], [[100, 300, 300]] * 3)
+    free = plan_experiment(fp, KITS_LABELS, patch_budget_voxels=32 ** 3)
+    budget = np.prod(free["median_shape"]) // 10
+    bounded = plan_experiment(fp, KITS_LABELS, patch_budget_voxels=32 ** 3, image_budget_voxels=int(budget))
+    assert free["target_spacing_rule"] == "median" and bounded["target_spacing_rule"].startswith("median, coarsened")
+    assert all(b > f for b, f in zip(bounded["target_spacing"], free["target_spacing"]))
+    # the median image of the bounded plan fits the budget (rounding of each case's shape aside)
+    assert np.prod(bounded["median_shape"]) <= budget * 1.05
+    given = plan_experiment(fp, KITS_LABELS, target_spacing=[2.5, 0.9, 0.9], image_budget_voxels=int(budget))
+    assert given["target_spacing"] == [2.5, 0.9, 0.9] and given["target_spacing_rule"] == "given"
 
 
 def test_five_stage_isotropic_topology_for_64_cubed():

@@ -156,6 +156,17 @@ def test_preprocess_dataset_parallel_matches_serial_and_plans_spacing(tmp_path):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_image_budget_coarsens_the_planned_spacing_of_the_saved_cases(tmp_path):
+    _raw_dataset(tmp_path / "raw", count=3)
+    plan = _run(tmp_path / "raw", tmp_path / "pre", image_budget_voxels=1500)
+    assert plan["target_spacing_rule"] == "median, coarsened to 1500 voxels"
+    assert plan["target_spacing"][0] > 2.5 and plan["target_spacing"][1] > 0.8
+    assert np.prod(plan["median_shape"]) <= 1500 * 1.05
+    for case_id in plan["cases"]:
+        props = json.loads((tmp_path / "pre" / f"{case_id}.json").read_text())
+        assert load_npz(tmp_path / "pre" / f"{case_id}.npz")["data"].shape[1:] == tuple(props["shape_after_resample"])
+
+
 def test_broken_case_is_named_and_the_others_finish(tmp_path):
     _raw_dataset(tmp_path / "raw", count=4)
     broken = tmp_path / "raw" / "case_00002" / "segmentation.nii.gz"

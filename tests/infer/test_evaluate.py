@@ -10,6 +10,7 @@ import pytest
 
 from src.errors import UserError
 from src.infer.evaluate import evaluate_cases, reference_label_paths
+from src.infer.postprocess import largest_component
 from tests.infer.tiny_model import make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +82,20 @@ def test_auto_postprocessing_is_decided_stored_and_applied(dataset, tmp_path):
     info = json.loads((tmp_path / "ev2" / "eval_info.json").read_text())
     assert info["postprocessing_source"].endswith("postprocessing.json")
     assert not (tmp_path / "ev2" / "postprocessing.json").exists()
+
+
+def test_training_references_give_the_volume_floor_candidates(dataset, tmp_path):
+    _, pre, plan = dataset
+    model = tmp_path / "fold_0" / "checkpoint_best.ckpt"
+    model.parent.mkdir()
+    evaluate_cases(["case_00000"], pre, oracle(pre, speck=True), tmp_path / "ev", "auto", [model], plan["labels"],
+                   progress=False, training_case_ids=["case_00001", "case_00002"])
+    spec = json.loads((tmp_path / "ev" / "postprocessing.json").read_text())
+    voxel_ml = float(np.prod(plan["target_spacing"])) / 1000
+    for value in ("1", "2"):
+        smallest = min(np.sum(largest_component(np.load(pre / f"{c}.npz")["seg"] == int(value)))
+                       for c in ("case_00001", "case_00002"))
+        assert spec["candidate_min_component_ml"][value] == pytest.approx(0.5 * smallest * voxel_ml)
 
 
 def load_script(name):

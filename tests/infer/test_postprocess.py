@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.infer.postprocess import (apply_postprocessing, decide_postprocessing, largest_component,
+from src.infer.postprocess import (apply_postprocessing, component_floor_ml, decide_postprocessing,
+                                   largest_component, remove_small_components, spec_summary,
                                    lcc_everything, load_postprocessing, resolve_postprocessing,
                                    save_postprocessing)
 
@@ -17,6 +18,9 @@ def test_largest_component_uses_face_connectivity():
     keep = largest_component(mask)
     assert keep.sum() == 18 and keep[4, 4, 4] and not keep[0, 0, 0] and not keep[2, 2, 2]
     assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+MM = (1.0, 1.0, 1.0)  # 1 voxel = 0.001 mL
 
 
 def two_kidneys_and_a_speck():
@@ -44,7 +48,7 @@ def test_decision_keeps_only_steps_that_help():
     reference = two_kidneys_and_a_speck()
     reference[9, 19, 19] = 0
     prediction = two_kidneys_and_a_speck()   # both kidneys right, plus the false tumour speck
-    spec = decide_postprocessing([(prediction, reference)], labels=[1, 2])
+    spec = decide_postprocessing([(prediction, reference, MM)], labels=[1, 2])
     # all-foreground LCC would delete the left kidney: rejected; tumour LCC removes the speck: kept
     assert spec["all_foreground"] is False
     assert spec["per_class"] == [2]
@@ -58,15 +62,57 @@ def test_decision_accepts_foreground_lcc_when_there_is_one_organ():
     reference[2:3, 2:3, 2:3] = 2
     prediction = reference.copy()
     prediction[7, 7, 7] = 1                   # speck of kidney far away
-    spec = decide_postprocessing(iter([(prediction, reference), (reference, reference)]), labels=[1, 2])
+    spec = decide_postprocessing(iter([(prediction, reference, MM), (reference, reference, MM)]), labels=[1, 2])
     assert spec["all_foreground"] is True and spec["per_class"] == [] and spec["cases"] == 2
 
 
 def test_decision_rejects_mismatched_shapes_and_empty_input():
     with pytest.raises(UserError):
-        decide_postprocessing([(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)))], [1])
+        decide_postprocessing([(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), MM)], [1])
     with pytest.raises(UserError):
         decide_postprocessing([], [1])
+
+
+def test_small_components_take_the_label_around_them():
+    label = two_kidneys_and_a_speck()
+    label[5, 5, 5] = 2                                   # a 1-voxel tumour speck inside the right kidney
+    out = remove_small_components(label, 2, min_voxels=2)
+    assert out[5, 5, 5] == 1                             # kidney all around: no hole
+    assert out[9, 19, 19] == 0                           # background around the corner speck
+    assert (out[3:5, 3:5, 3:5] == 2).all()               # the 8-voxel tumour is kept
+    assert label[5, 5, 5] == 2                           # input untouched
+    assert (remove_small_components(label, 2, min_voxels=9) == 2).sum() == 0
+
+
+def test_floor_is_half_the_smallest_main_object_of_the_references():
+    big, small = two_kidneys_and_a_speck(), two_kidneys_and_a_speck()
+    small[3:5, 3:5, 3:5] = 1
+    small[3, 3, 3] = 2                                   # smallest tumour: 1 voxel; its speck is 1 voxel too
+    floors = component_floor_ml([big, small, np.zeros_like(big)], (2.0, 1.0, 1.0), [1, 2, 3])
+    # kidney: the largest kidney component is 6^3 - 8 = 208 voxels in big and 216 in small; 2 uL voxels
+    assert floors == {"1": pytest.approx(0.5 * 208 * 0.002), "2": pytest.approx(0.5 * 1 * 0.002)}
+
+
+def test_decision_keeps_a_floor_that_clears_a_tumour_free_case():
+    with_tumour = two_kidneys_and_a_speck()
+    with_tumour[9, 19, 19] = 0
+    tumour_free = with_tumour.copy()
+    tumour_free[3:5, 3:5, 3:5] = 1
+    speckled = tumour_free.copy()
+    speckled[5, 5, 5] = 2                               # a lone false tumour: LCC cannot remove it
+    cases = [(with_tumour, with_tumour, MM), (speckled, tumour_free, MM)]
+    spec = decide_postprocessing(cases, [1, 2], floors_ml={"2": 0.004, "1": 0.05})
+    assert spec["per_class"] == [] and spec["min_component_ml"] == {"2": 0.004}
+    assert spec["dice_raw"]["2"] == pytest.approx(0.5) and spec["dice_min_component"]["2"] == pytest.approx(1.0)
+    # the kidney floor (50 voxels) deletes nothing here, so it does not raise the Dice: not kept
+    assert spec["dice_min_component"]["1"] == pytest.approx(spec["dice_raw"]["1"])
+    out = apply_postprocessing(speckled, spec, MM)
+    assert np.array_equal(out, tumour_free)
+    assert "label 2 components under 0.004 mL removed" in spec_summary(spec)
+    with pytest.raises(UserError, match="spacing"):
+        apply_postprocessing(speckled, spec)
+    # a floor above the real tumour would delete it: rejected
+    assert decide_postprocessing(cases, [1, 2], floors_ml={"2": 0.5})["min_component_ml"] == {}
 
 
 def test_resolve_modes_and_files(tmp_path):
@@ -83,9 +129,14 @@ def test_resolve_modes_and_files(tmp_path):
                             folder / "postprocessing.json")
     ckpts = [folder / "checkpoint_best.ckpt" for folder in folds]
     spec, _ = resolve_postprocessing("auto", ckpts, labels)
-    assert spec == {"all_foreground": False, "per_class": [2]}       # what both folds agree on
+    assert spec == {"all_foreground": False, "per_class": [2], "min_component_ml": {}}  # what both folds agree on
     spec, _ = resolve_postprocessing("auto", ckpts[1:], labels)
     assert spec["per_class"] == [1, 2]
+    for folder, floors in zip(folds, ({"2": 1.0}, {"2": 0.5, "1": 3.0})):
+        save_postprocessing({"all_foreground": False, "per_class": [], "min_component_ml": floors},
+                            folder / "postprocessing.json")
+    spec, _ = resolve_postprocessing("auto", ckpts, labels)
+    assert spec["min_component_ml"] == {"2": 0.5}   # a floor both folds kept, the smaller one
     save_postprocessing({"all_foreground": True, "per_class": []}, tmp_path / "postprocessing.json")
     spec, source = resolve_postprocessing("auto", ckpts, labels)
     assert spec["all_foreground"] is True and source == str(tmp_path / "postprocessing.json")
@@ -95,6 +146,9 @@ def test_load_rejects_malformed_files(tmp_path):
     path = tmp_path / "postprocessing.json"
     path.write_text(json.dumps({"per_class": [1]}))
     with pytest.raises(UserError, match="all_foreground"):
+        load_postprocessing(path)
+    path.write_text(json.dumps({"all_foreground": False, "per_class": [], "min_component_ml": {"2": -1}}))
+    with pytest.raises(UserError, match="min_component_ml"):
         load_postprocessing(path)
     path.write_text("{not json")
     with pytest.raises(UserError):
