@@ -49,7 +49,8 @@ def main(argv=None) -> None:
         args.raw, args.out,
         target_spacing=cfg.target_spacing, patch_size=cfg.patch_size,
         patch_budget_voxels=cfg.patch_budget_voxels, image_budget_voxels=cfg.image_budget_voxels,
-        base_features=cfg.base_features, max_features=cfg.max_features, max_stages=cfg.max_stages, batch_size=cfg.batch_size,
+        base_features=cfg.base_features, max_features=cfg.max_features, max_stages=cfg.max_stages,
+        batch_size=cfg.batch_size,
         normalization=cfg.normalization, clip_window=cfg.clip_window, num_folds=cfg.num_folds,
         workers=max(1, workers), progress=True,
     )

@@ -88,6 +88,11 @@ class ImageMeta:
         )
 
 
+def voxel_volume_ml(spacing) -> float:
+    """Volume of one voxel in millilitres, from its spacing in mm (any axis order)."""
+    return float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
+
+
 def _read_nifti(path, what: str):
     """Open and fully read a NIfTI file; returns (nibabel image, 3D float32-or-int array)."""
     path = Path(path)

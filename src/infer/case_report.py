@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from src.data.io import ImageMeta, atomic_write_bytes, atomic_write_json
+from src.data.io import ImageMeta, atomic_write_bytes, atomic_write_json, voxel_volume_ml
 
 BODY_THRESHOLD_HU = -500.0
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -58,7 +58,7 @@ def midline_position(image: np.ndarray, axis: int) -> float:
 def side_volumes(label: np.ndarray, spacing: Sequence[float], labels: Dict[str, int], axis: int,
                  midline: float, left_is_high: bool) -> Dict[str, Dict[str, float]]:
     """Volume in mL of each foreground label, split left/right at ``midline`` along ``axis``."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_ml = voxel_volume_ml(spacing)
     index = np.arange(label.shape[axis])
     on_left = index > midline if left_is_high else index < midline
     other = tuple(a for a in range(label.ndim) if a != axis)

@@ -24,6 +24,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from src.data.io import voxel_volume_ml
 from src.errors import UserError
 from src.metrics.kits import dice
 
@@ -66,10 +67,6 @@ def remove_small_components(label: np.ndarray, value: int, min_voxels: float) ->
     return out
 
 
-def _voxel_ml(spacing) -> float:
-    return float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
-
-
 def apply_postprocessing(label: np.ndarray, spec: Optional[dict], spacing=None) -> np.ndarray:
     """Apply a postprocessing spec ``{"all_foreground": bool, "per_class": [labels],
     "min_component_ml": {label: mL}}`` (the last key optional; it needs the voxel ``spacing`` in mm).
@@ -86,7 +83,7 @@ def apply_postprocessing(label: np.ndarray, spec: Optional[dict], spacing=None) 
         if spacing is None:
             raise UserError("a minimum component volume needs the voxel spacing")
         for value, floor_ml in sorted(floors.items()):
-            out = remove_small_components(out, int(value), float(floor_ml) / _voxel_ml(spacing))
+            out = remove_small_components(out, int(value), float(floor_ml) / voxel_volume_ml(spacing))
     return out
 
 
@@ -101,7 +98,7 @@ def component_floor_ml(references: Iterable[np.ndarray], spacing, labels: Sequen
             if mask.any():
                 size = float(largest_component(mask).sum())
                 smallest[value] = min(smallest.get(value, size), size)
-    return {str(v): 0.5 * size * _voxel_ml(spacing) for v, size in sorted(smallest.items())}
+    return {str(v): 0.5 * size * voxel_volume_ml(spacing) for v, size in sorted(smallest.items())}
 
 
 def _class_dices(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> np.ndarray:
@@ -119,7 +116,7 @@ def _floor_dice(pred: np.ndarray, ref: np.ndarray, value: int, floor_ml: Optiona
         return float("nan")
     if lcc_first:
         pred = apply_postprocessing(pred, {"all_foreground": False, "per_class": [value]})
-    kept = remove_small_components(pred, value, floor_ml / _voxel_ml(spacing)) == value
+    kept = remove_small_components(pred, value, floor_ml / voxel_volume_ml(spacing)) == value
     return dice(kept, ref == value)
 
 
