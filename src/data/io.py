@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import base64
 import gzip
-import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import nibabel as nib
 import numpy as np
 
 from src.errors import UserError
+from src.files import atomic_write_bytes, read_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 KITS_IMAGE = "imaging.nii.gz"
@@ -31,29 +29,6 @@ KITS19_LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 KITS21_LABELS = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
 # DoDNet's partially labelled tasks all use 1 = organ, 2 = tumour (tasks without an organ label only 2).
 MOTS_DEFAULT_LABELS = {"background": 0, "organ": 1, "tumor": 2}
-
-
-# ---------------------------------------------------------------- atomic writes
-
-def atomic_write(path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(file)`` on ``<path>.tmp-<pid>`` in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(data))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------- images and labels
@@ -284,17 +259,6 @@ def _find_msd_cases(raw: Path) -> list[CaseFiles]:
         if orphans:
             raise UserError(f"MSD labels without an image in {images_dir}: {', '.join(orphans[:5])}")
     return cases
-
-
-def read_json(path, what: str = "file", hint: str = ""):
-    """A JSON file's content; a missing or malformed file is one UserError naming it (and ``hint``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}{hint}")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{what} {path} is not valid JSON: {err}") from None
 
 
 def _find_mots_cases(raw: Path) -> list[CaseFiles]:

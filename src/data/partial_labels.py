@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.io import MOTS_INDEX, read_json
+from src.data.io import MOTS_INDEX
+from src.files import read_json
 from src.errors import UserError
 
 CHANNELS = ("organ", "tumor")

@@ -11,12 +11,12 @@ import numpy as np
 
 from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, crop_to_nonzero, map_cases,
                                   raise_for_failures)
-from src.data.io import (CaseFiles, ImageMeta, atomic_write, atomic_write_json, dataset_labels, dataset_tasks,
-                         detect_layout, find_cases, load_image, load_label)
+from src.data.io import CaseFiles, ImageMeta, dataset_labels, dataset_tasks, detect_layout, find_cases, load_image, load_label
 from src.data.partial_labels import mots_task_channels
 from src.data.planning import make_splits, plan_experiment
 from src.data.resample import compute_new_shape, needs_separate_z, resample_image, resample_segmentation
 from src.errors import UserError
+from src.files import atomic_write, atomic_write_json
 
 MAX_FOREGROUND_COORDS = 10_000
 FOREGROUND_COORD_SEED = 1234

@@ -5,7 +5,7 @@ broken file gives the same one-line error whichever command meets it first.
 """
 from pathlib import Path
 
-from src.data.io import read_json
+from src.files import read_json
 from src.errors import UserError
 
 PREPROCESS_HINT = " (run prepare.py preprocess first)"

@@ -10,7 +10,6 @@ cases are written. Files are gzip-compressed without a timestamp: same seed, sam
 """
 import gzip
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from src.data.partial_labels import DODNET_TASK_CHANNELS
 from src.data.phantom import sample_phantom
 from src.errors import UserError
+from src.files import atomic_write_bytes
 
 FORMATS = ("kits19", "kits21", "mots")
 MOTS_TASKS = {0: "liver", 1: "kidney", 2: "hepatic_vessel", 3: "pancreas", 4: "colon", 5: "lung", 6: "spleen"}
@@ -64,11 +64,11 @@ def write_synthetic_dataset(out_dir, fmt: str, num_cases: int, seed: int, progre
             "task_channels": {str(task_id): MOTS_TASK_CHANNELS[name] for task_id, name in MOTS_TASKS.items()},
             "cases": [{key: record[key] for key in ("case_id", "task_id", "image", "label")} for record in records],
         }
-        _write_atomic(out / "mots.json", json.dumps(index, indent=1).encode())
+        atomic_write_bytes(out / "mots.json", json.dumps(index, indent=1).encode())
     else:
         summary["labels"] = KITS_LABELS[fmt]
-    _write_atomic(out / INDEX_NAME, json.dumps(summary, indent=1).encode())
-    _write_atomic(out / README_NAME, _readme(fmt, num_cases, seed).encode())
+    atomic_write_bytes(out / INDEX_NAME, json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out / README_NAME, _readme(fmt, num_cases, seed).encode())
     return [record["case_id"] for record in records]
 
 
@@ -134,15 +134,7 @@ def _write_nifti(array, affine, path, description):
     image.header["descrip"] = description.encode()[:79]
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    _write_atomic(path, gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
-
-
-def _write_atomic(path, payload: bytes):
-    path = Path(path)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-    os.replace(temporary, path)
+    atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
 
 
 def _prepare_output_folder(out):

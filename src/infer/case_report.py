@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from src.data.io import ImageMeta, atomic_write_bytes, atomic_write_json, voxel_volume_ml
+from src.data.io import ImageMeta, voxel_volume_ml
+from src.files import atomic_write_bytes, atomic_write_json
 
 BODY_THRESHOLD_HU = -500.0
 CT_WINDOW_HU = (-160.0, 240.0)

@@ -14,7 +14,8 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from src.data.io import ImageMeta, atomic_write_json, find_cases, load_label, read_json
+from src.data.io import ImageMeta, find_cases, load_label
+from src.files import atomic_write_json, read_json
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction

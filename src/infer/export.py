@@ -6,13 +6,12 @@ exported model serves the CPU/GPU predictor and the Ascend 310 program alike. Ne
 goes ``NAME.json``: plan, config, input/output shapes - what a predictor needs to preprocess raw
 images and feed the graph.
 """
-import os
 from pathlib import Path
 
 import numpy as np
 
 from src.config import Config
-from src.data.io import atomic_write_json
+from src.files import atomic_produce, atomic_write_json
 from src.errors import UserError
 from src.infer.postprocess import POSTPROCESSING_FILE, load_postprocessing
 from src.infer.predictor import load_checkpoint_network, mindir_sidecar
@@ -48,13 +47,8 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
 
     target = export_target(file_name, file_format)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.stem}.tmp-{os.getpid()}{target.suffix}")
-    try:
-        ms.export(network, example, file_name=str(tmp), file_format=file_format)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_produce(target, lambda tmp: ms.export(network, example, file_name=str(tmp), file_format=file_format),
+                   suffix=target.suffix)
     sidecar = mindir_sidecar(target)
     # the fold's postprocessing decision (eval.py --postprocess auto) travels with the model
     decision = Path(ckpt).parent / POSTPROCESSING_FILE

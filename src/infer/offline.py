@@ -11,13 +11,12 @@
    stitched with the same Gaussian accumulation as the online path (``stitch_windows``), then go
    through the same restore/postprocess/score code as eval.py.
 """
-import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from src.data.io import atomic_write_json, read_json
+from src.files import atomic_write_bytes, atomic_write_json, read_json
 from src.errors import UserError
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.infer.evaluate import evaluate_cases, load_case_data
@@ -40,9 +39,7 @@ def result_file(result_dir, name: str) -> Path:
 
 
 def _write_array(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    np.ascontiguousarray(array, dtype=np.float32).tofile(tmp)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
 
 
 def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) -> dict:

@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from src.data.io import voxel_volume_ml
 from src.errors import UserError
+from src.files import atomic_write_json
 from src.metrics.kits import dice
 
 POSTPROCESSING_FILE = "postprocessing.json"
@@ -180,9 +181,7 @@ def lcc_everything(labels: Sequence[int]) -> dict:
 def save_postprocessing(spec: dict, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, spec)
     return path
 
 

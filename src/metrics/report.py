@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +18,7 @@ import numpy as np
 
 from src.data.io import ImageMeta, load_label
 from src.errors import UserError
+from src.files import atomic_write_text
 from src.metrics.kits import KITS19_KEYS, KITS21_COLUMNS, KITS21_HECS, case_scores
 
 LABEL_SUFFIX = ".nii.gz"
@@ -41,13 +41,7 @@ SPACING_RTOL = 1e-3
 def _atomic_write_text(path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_text(path, text)
 
 
 def _column_means(rows: list[dict], keys) -> dict[str, float]:

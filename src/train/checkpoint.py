@@ -6,12 +6,12 @@ count, the EMA bookkeeping, the per-epoch history, the RNG state, and copies of 
 so evaluation, prediction and export can rebuild the network from the checkpoint alone.
 """
 import json
-import os
 from pathlib import Path
 
 import mindspore as ms
 
 from src.errors import UserError
+from src.files import atomic_produce
 
 META_KEY = "kitseg_meta"
 FORMAT_VERSION = 1
@@ -31,13 +31,8 @@ def save_training_checkpoint(path, cell, meta: dict) -> None:
     path = Path(path)
     payload = dict(meta, format_version=FORMAT_VERSION)
     # save_checkpoint appends ".ckpt" to names without it, so the temporary name must already end in it.
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.ckpt")
-    try:
-        ms.save_checkpoint(cell, str(tmp), append_dict={META_KEY: json.dumps(payload)})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_produce(path, lambda tmp: ms.save_checkpoint(cell, str(tmp), append_dict={META_KEY: json.dumps(payload)}),
+                   suffix=".ckpt")
 
 
 def load_checkpoint_file(path) -> dict:

@@ -1,12 +1,12 @@
 """The training-progress figure (like nnU-Net's progress.png): losses and pseudo-Dice, epoch time, LR."""
-import os
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from src.files import atomic_write  # noqa: E402
 
 HISTORY_KEYS = ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time")
 
@@ -40,12 +40,7 @@ def plot_progress(history: dict, path) -> None:
     for ax in (ax_loss, ax_time, ax_lr):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=80)
-        os.replace(tmp, path)
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=80))
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()

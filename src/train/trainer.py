@@ -8,8 +8,6 @@ checkpoint holds the weights, the optimizer state (momentum, LR, loss scale), th
 RNG state, a run resumed from epoch k ends with the same weights as one that never stopped.
 """
 import itertools
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from mindspore import nn
 
 from src.config import save_config
 from src.data.dataset import build_train_dataset, build_val_dataset
-from src.data.io import atomic_write_json
+from src.files import atomic_copy, atomic_write_json
 from src.data.planning import plan_for_config
 from src.errors import UserError
 from src.losses import build_loss
@@ -61,16 +59,6 @@ def build_optimizer(cfg, network, lr: float):
     group = [{"params": network.trainable_params(), "weight_decay": float(cfg.weight_decay)}]
     return nn.SGD(group, learning_rate=ms.Tensor(lr, ms.float32), momentum=float(cfg.momentum),
                   nesterov=bool(cfg.nesterov), weight_decay=float(cfg.weight_decay))
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def load_pretrained(network, path, fold_dir: Path, write: bool) -> dict:
@@ -219,7 +207,7 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
                                      _checkpoint_meta(cfg, plan, fold, state, info, lr))
             # until validation has scored anything, the best checkpoint follows the latest one
             if is_best or state.best_ema is None:
-                _copy_atomically(fold_dir / LATEST, fold_dir / BEST)
+                atomic_copy(fold_dir / LATEST, fold_dir / BEST)
             plot_progress(state.history, fold_dir / PROGRESS)
         line = epoch_line(state.epoch, cfg.epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
                           is_best)

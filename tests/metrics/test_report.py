@@ -222,7 +222,7 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("src.metrics.report.os.replace", failing_replace)
+    monkeypatch.setattr("src.files.commit", failing_replace)
     with pytest.raises(OSError):
         write_summary_json(_rows()[:1], path)
     assert path.read_text() == before
