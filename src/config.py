@@ -14,6 +14,7 @@ from typing import List, Optional
 import yaml
 
 from src.errors import UserError
+from src.files import atomic_write_text
 
 CHOICES = {
     "device_target": ("CPU", "GPU", "Ascend"),
@@ -228,7 +229,4 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def save_config(cfg: Config, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
