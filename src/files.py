@@ -148,13 +148,14 @@ _DIGESTS: dict = {}
 
 
 def file_digest(path) -> str:
-    """``sha256:<hex>`` of a file's bytes (cached per path, size and modification time)."""
+    """``sha256:<hex>`` of a file's bytes (cached per path, inode, size and modification time: every atomic
+    write makes a new inode, so a file replaced within one clock tick is still read again)."""
     path = Path(path)
     try:
         stat = path.stat()
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
