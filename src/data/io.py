@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from src.data.geometry_checks import check_header_geometry, geometry_difference
 from src.errors import UserError
 from src.files import atomic_write_bytes, read_json
 
@@ -68,8 +69,9 @@ def voxel_volume_ml(spacing) -> float:
     return float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
 
 
-def _read_nifti(path, what: str):
-    """Open and fully read a NIfTI file; returns (nibabel image, 3D float32-or-int array)."""
+def _open_nifti(path, what: str):
+    """Open a NIfTI file (header only, voxels stay on disk) whose header geometry passes
+    ``check_header_geometry``; returns the nibabel image."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
@@ -79,25 +81,37 @@ def _read_nifti(path, what: str):
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ValueError(f"not a NIfTI image ({type(img).__name__})")
-        array = np.asanyarray(img.dataobj)
-    except UserError:
-        raise
     except Exception as err:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
         raise UserError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from None
+    check_header_geometry(img, path, what)
+    return img
+
+
+def _volume_shape(shape, path, what: str) -> tuple:
+    shape = tuple(int(n) for n in shape)
     # Some converters write 3D volumes as 4D with a trailing singleton axis.
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise UserError(f"{what} {path} must be a 3D volume, got shape {tuple(img.shape)}")
-    if min(array.shape) < 1:
-        raise UserError(f"{what} {path} is empty (shape {array.shape})")
-    return img, array
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise UserError(f"{what} {path} must be a 3D volume, got shape {shape}")
+    if min(shape) < 1:
+        raise UserError(f"{what} {path} is empty (shape {shape})")
+    return shape
+
+
+def _read_nifti(path, what: str):
+    """Open and fully read a NIfTI file; returns (nibabel image, 3D float32-or-int array)."""
+    img = _open_nifti(path, what)
+    try:
+        array = np.asanyarray(img.dataobj)
+    except Exception as err:  # a header that reads but voxel data that is truncated or corrupt
+        raise UserError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from None
+    return img, array.reshape(_volume_shape(array.shape, path, what))
 
 
 def _meta_from_image(img, shape, path) -> ImageMeta:
+    # check_header_geometry has made sure these are finite, positive and agree with the affine.
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise UserError(f"image {path} has an invalid voxel spacing {spacing}")
     return ImageMeta(
         spacing=spacing,
         shape=tuple(int(s) for s in shape),
@@ -105,6 +119,12 @@ def _meta_from_image(img, shape, path) -> ImageMeta:
         header_b64=base64.b64encode(img.header.binaryblock).decode("ascii"),
         source=str(path),
     )
+
+
+def read_geometry(path, what: str = "image") -> ImageMeta:
+    """The checked geometry of a NIfTI file from its header alone (no voxel data is read)."""
+    img = _open_nifti(path, what)
+    return _meta_from_image(img, _volume_shape(img.shape, path, what), path)
 
 
 def load_image(path):
@@ -118,11 +138,16 @@ def load_image(path):
 
 
 def load_label(path, like: ImageMeta) -> np.ndarray:
-    """Read a segmentation as int16; it must have the image's shape and hold non-negative integers."""
+    """Read a segmentation as int16; it must lie on the voxel grid of ``like`` (its image: same shape,
+    and spacing, axis directions and origin within ``geometry_checks``' tolerances) and hold
+    non-negative integers."""
     img, raw = _read_nifti(path, "label")
     if tuple(raw.shape) != tuple(like.shape):
         raise UserError(
             f"label {path} has shape {tuple(raw.shape)} but its image {like.source} has {tuple(like.shape)}")
+    difference = geometry_difference(img.affine, like.affine, "label", "image")
+    if difference:
+        raise UserError(f"label {path} does not lie on the voxel grid of its image {like.source}: {difference}")
     if raw.dtype.kind == "f":
         if not np.isfinite(raw).all():
             raise UserError(f"label {path} contains NaN or infinite values")

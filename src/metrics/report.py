@@ -13,10 +13,10 @@ import json
 import multiprocessing
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from src.data.io import ImageMeta, load_label
+from src.data.geometry_checks import geometry_difference
+from src.data.io import ImageMeta, load_label, read_geometry
 from src.errors import UserError
 from src.files import atomic_write_text
 from src.metrics.kits import KITS19_KEYS, KITS21_COLUMNS, KITS21_HECS, case_scores
@@ -32,8 +32,6 @@ SUMMARY_KEYS = (
     "kits21_sd_kidney", "kits21_sd_masses", "kits21_sd_tumor",
     "kits21_mean_dice", "kits21_mean_sd", "cases",
 )
-# Spacings are stored as float32 in NIfTI headers; anything beyond rounding is a geometry mistake.
-SPACING_RTOL = 1e-3
 
 
 # ---------------------------------------------------------------- writing
@@ -93,19 +91,13 @@ def write_summary_json(rows: list[dict], path, extra: dict | None = None) -> dic
 
 # ---------------------------------------------------------------- reading and pairing
 
-def _header_geometry(path: Path, what: str, case_id: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def _case_geometry(path: Path, what: str, case_id: str) -> ImageMeta:
     if not path.is_file():
         raise UserError(f"case {case_id}: {what} not found: {path}")
     try:
-        image = nib.load(str(path))
-        shape, zooms = tuple(int(n) for n in image.shape), image.header.get_zooms()
-    except Exception as err:  # nibabel raises many types for truncated or foreign files
-        raise UserError(f"case {case_id}: cannot read {what} {path}: {type(err).__name__}: {err}") from None
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise UserError(f"case {case_id}: {what} {path} must be a 3D volume, got shape {shape}")
-    return shape, tuple(float(z) for z in zooms[:3])
+        return read_geometry(path, what)
+    except UserError as err:
+        raise UserError(f"case {case_id}: {err}") from None
 
 
 def _read_labels(path: Path, what: str, case_id: str, meta: ImageMeta, allowed: tuple[int, ...]):
@@ -121,23 +113,30 @@ def _read_labels(path: Path, what: str, case_id: str, meta: ImageMeta, allowed: 
 
 
 def score_case(case_id: str, pred_path, ref_path, metric: str) -> dict:
-    """Read one prediction/reference pair and return its row (spacing from the reference header)."""
+    """Read one prediction/reference pair and return its row (spacing from the reference header).
+
+    Both headers go through ``check_header_geometry`` and the prediction must lie on the reference's
+    voxel grid: same shape, spacing, axis directions and origin (``geometry_difference``). A prediction
+    stored in another orientation (say flipped, with a matching flipped affine) is refused rather than
+    reoriented: predict.py writes the input's header unchanged, so another grid means the prediction was
+    made or converted elsewhere, and silently resampling it would score something the user never saw.
+    """
     if metric not in METRIC_LABELS:
         raise UserError(f"unknown metric {metric!r}; choose one of {sorted(METRIC_LABELS)}")
     pred_path, ref_path = Path(pred_path), Path(ref_path)
-    ref_shape, spacing = _header_geometry(ref_path, "reference", case_id)
-    pred_shape, pred_spacing = _header_geometry(pred_path, "prediction", case_id)
-    if pred_shape != ref_shape:
-        raise UserError(f"case {case_id}: prediction {pred_path} has shape {pred_shape} but the "
-                        f"reference {ref_path} has {ref_shape}")
-    if not np.allclose(pred_spacing, spacing, rtol=SPACING_RTOL, atol=0):
-        raise UserError(f"case {case_id}: prediction spacing {pred_spacing} differs from the "
-                        f"reference spacing {spacing}")
-    meta = ImageMeta(spacing=spacing, shape=ref_shape, affine=[], header_b64="", source=str(ref_path))
+    ref_meta = _case_geometry(ref_path, "reference", case_id)
+    pred_meta = _case_geometry(pred_path, "prediction", case_id)
+    if pred_meta.shape != ref_meta.shape:
+        raise UserError(f"case {case_id}: prediction {pred_path} has shape {pred_meta.shape} but the "
+                        f"reference {ref_path} has {ref_meta.shape}")
+    difference = geometry_difference(pred_meta.affine, ref_meta.affine, "prediction", "reference")
+    if difference:
+        raise UserError(f"case {case_id}: prediction {pred_path} does not lie on the voxel grid of the "
+                        f"reference {ref_path}: {difference}")
     allowed = METRIC_LABELS[metric]
-    ref = _read_labels(ref_path, "reference", case_id, meta, allowed)
-    pred = _read_labels(pred_path, "prediction", case_id, meta, allowed)
-    return {"caseID": case_id, **case_scores(pred, ref, spacing)}
+    ref = _read_labels(ref_path, "reference", case_id, ref_meta, allowed)
+    pred = _read_labels(pred_path, "prediction", case_id, ref_meta, allowed)
+    return {"caseID": case_id, **case_scores(pred, ref, ref_meta.spacing)}
 
 
 def _references_in(folder: Path) -> dict[str, Path]:

@@ -160,6 +160,6 @@ def test_fingerprint_rejects_unknown_labels_missing_labels_and_no_foreground(tmp
         compute_fingerprint(cases[1:], workers=1, pool_size=100, label_values=[0, 1])
     with pytest.raises(UserError, match="no label"):
         compute_fingerprint([cases[0].__class__("x", cases[0].image, None)], workers=1, pool_size=100)
-    write_nifti(cases[0].label, np.zeros((16, 20, 24), np.uint8))
+    write_nifti(cases[0].label, np.zeros((16, 20, 24), np.uint8), nib.load(cases[0].image).affine)
     with pytest.raises(UserError, match="no foreground"):
         compute_fingerprint(cases[:1], workers=1, pool_size=100)
