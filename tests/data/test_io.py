@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from src.data.io import (CaseFiles, ImageMeta, dataset_labels, dataset_tasks, detect_layout, find_cases,
-                         load_image, load_label, save_label)
+                         load_image, load_label, read_geometry, save_label)
 from src.errors import UserError
 
 # KiTS19 stores (slice, row, col) with every axis negated in the affine.
@@ -342,3 +342,195 @@ def test_layout_errors(tmp_path):
     (tmp_path / "mots.json").write_text("{broken")
     with pytest.raises(UserError, match="mots.json"):
         find_cases(tmp_path)
+
+
+# ---------------------------------------------------------------- header geometry
+
+# KiTS-like orientation with the 3.62 mm slices of the observed pixdim-0 file.
+SLICE_362 = np.array([[0, 0, -0.8, 10.0], [0, -0.8, 0, -20.0], [-3.62, 0, 0, 30.0], [0, 0, 0, 1]])
+
+
+def rotated(affine, axis, degrees):
+    """``affine`` turned by ``degrees`` about a world ``axis`` (through the world origin)."""
+    from scipy.spatial.transform import Rotation
+    turn = np.eye(4)
+    turn[:3, :3] = Rotation.from_rotvec(np.asarray(axis, float) / np.linalg.norm(axis) * np.deg2rad(degrees)).as_matrix()
+    return turn @ affine
+
+
+def flipped(affine, axis, size):
+    """The same world grid stored with array ``axis`` (of ``size`` voxels) reversed."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] += out[:3, axis] * (size - 1)
+    out[:3, axis] *= -1
+    return out
+
+
+def shifted(affine, millimetres):
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] += millimetres
+    return out
+
+
+def scaled(affine, factor):
+    out = np.array(affine, dtype=np.float64)
+    out[:3, :3] *= factor
+    return out
+
+
+# Turned 179.9355 degrees: the qform's float32 quaternion alone moves its direction cosines by ~1e-3.
+NEAR_HALF_TURN = rotated(np.diag([3.0, 0.8, 0.8, 1.0]), (1, 4, 8), 179.9355)
+
+
+def write_header_variant(path, data=None, sform=None, qform=None, pixdim=None, fields=None,
+                         header_class=nib.Nifti1Header):
+    """A NIfTI file holding exactly the stated header: an sform/qform (code 1) only when given, pixdim
+    from the given transform unless stated, then raw ``fields``; nibabel fixes nothing when writing."""
+    data = np.zeros((4, 5, 6), np.int16) if data is None else data
+    image_class = nib.Nifti2Image if header_class is nib.Nifti2Header else nib.Nifti1Image
+    image = image_class(data, None)
+    header = image.header  # edited in place: a header passed to the constructor would be "fixed" first
+    if qform is not None:
+        header.set_qform(qform, code=1)
+    if sform is not None:
+        header.set_sform(sform, code=1)
+        if qform is None:
+            header["pixdim"][1:4] = np.linalg.norm(np.asarray(sform)[:3, :3], axis=0)
+    if pixdim is not None:
+        header["pixdim"][1:4] = pixdim
+    for field, value in (fields or {}).items():
+        header[field] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def _with_zero_axis(affine, axis):
+    out = np.array(affine, dtype=np.float64)
+    out[:3, axis] = 0
+    return out
+
+
+def _with_nearly_parallel_axes(affine):
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 2] = rotated(out, (1, 0, 0), 2)[:3, 1]  # axis 2 two degrees from axis 1
+    return out
+
+
+BAD_HEADERS = [  # (name, write_header_variant arguments, what the one error line must say)
+    ("pixdim 0 under an sform (nibabel reads 1 mm)", dict(sform=SLICE_362, pixdim=(0, 0.8, 0.8)),
+     r"invalid voxel spacing: pixdim \(0, 0\.8, 0\.8\) vs sform \(3\.62, 0\.8, 0\.8\) mm"),
+    ("negative pixdim under an sform", dict(sform=SLICE_362, pixdim=(-3.62, 0.8, 0.8)),
+     r"invalid voxel spacing: pixdim \(-3\.62, 0\.8, 0\.8\) vs sform"),
+    ("pixdim 0 under a qform", dict(qform=SLICE_362, pixdim=(0, 0.8, 0.8)),
+     r"invalid voxel spacing: pixdim \(0, 0\.8, 0\.8\) vs qform"),
+    ("pixdim 0 and no transform", dict(pixdim=(0, 1, 1)),
+     r"invalid voxel spacing: pixdim \(0, 1, 1\) and neither an sform nor a qform"),
+    ("NaN pixdim and no transform", dict(pixdim=(np.nan, 1, 1)), r"pixdim \(nan, 1, 1\) and neither"),
+    ("pixdim disagrees with the sform", dict(sform=SLICE_362, pixdim=(1, 0.8, 0.8)),
+     r"inconsistent voxel spacing: pixdim \(1, 0\.8, 0\.8\) mm vs sform \(3\.62, 0\.8, 0\.8\) mm"),
+    ("qform spacing 1.5x the sform's", dict(sform=SLICE_362, qform=scaled(SLICE_362, 1.5)),
+     r"inconsistent voxel spacing: pixdim \(5\.43, 1\.2, 1\.2\) mm vs sform \(3\.62"),
+    ("singular sform: a zero axis", dict(sform=_with_zero_axis(SLICE_362, 2), pixdim=(3.62, 0.8, 0.8)),
+     r"singular \(or nearly singular\) sform affine"),
+    ("singular sform: nearly parallel axes", dict(sform=_with_nearly_parallel_axes(SLICE_362)),
+     r"singular \(or nearly singular\) sform affine"),
+    ("NaN in the sform", dict(sform=SLICE_362, fields={"srow_x": [0, 0, -0.8, np.nan]}),
+     r"non-finite sform affine"),
+    ("infinite qform offset", dict(qform=SLICE_362, fields={"qoffset_y": np.inf}), r"non-finite qform affine"),
+    ("qform 40 mm from the sform", dict(sform=SLICE_362, qform=shifted(SLICE_362, 40)),
+     r"sform and qform describe different geometries \(sform origin \(10, -20, 30\) mm vs qform \(50, 20, 70\)"),
+    ("qform flipped against the sform", dict(sform=SLICE_362, qform=flipped(SLICE_362, 2, 6)),
+     r"sform and qform describe different geometries \(sform axis directions .* vs qform"),
+    ("qform turned 1 degree from the sform", dict(sform=SLICE_362, qform=rotated(SLICE_362, (0, 0, 1), 1)),
+     r"sform and qform describe different geometries \(sform axis directions"),
+    ("unknown sform_code", dict(sform=SLICE_362, fields={"sform_code": 7}), r"invalid sform_code 7"),
+    ("unknown qform_code", dict(qform=SLICE_362, fields={"qform_code": -1}), r"invalid qform_code -1"),
+    ("NIfTI-2 with pixdim 0", dict(sform=SLICE_362, pixdim=(0, 0.8, 0.8), header_class=nib.Nifti2Header),
+     r"invalid voxel spacing: pixdim \(0, 0\.8, 0\.8\)"),
+]
+
+
+def _good_meta(tmp_path):
+    return load_image(write_header_variant(tmp_path / "good" / "ct.nii.gz", sform=SLICE_362, qform=SLICE_362))[1]
+
+
+@pytest.mark.parametrize("reader", ["load_image", "read_geometry", "load_label"])
+@pytest.mark.parametrize("name, variant, message", BAD_HEADERS, ids=[row[0] for row in BAD_HEADERS])
+def test_inconsistent_headers_are_refused_naming_the_file(tmp_path, reader, name, variant, message):
+    like = _good_meta(tmp_path)
+    path = write_header_variant(tmp_path / "bad.nii.gz", **variant)
+    read = {"load_image": load_image, "read_geometry": read_geometry,
+            "load_label": lambda p: load_label(p, like=like)}[reader]
+    with pytest.raises(UserError, match=message) as info:
+        read(path)
+    assert str(path) in str(info.value)
+    assert str(info.value).startswith("label " if reader == "load_label" else "image ")
+
+
+GOOD_HEADERS = [  # (name, write_header_variant arguments, spacing in array order, affine in use)
+    ("sform only (nibabel's default)", dict(sform=SLICE_362), (3.62, 0.8, 0.8), SLICE_362),
+    ("qform only (many converters)", dict(qform=SLICE_362), (3.62, 0.8, 0.8), SLICE_362),
+    ("qform and sform equal (KiTS19)", dict(sform=KITS19_AFFINE, qform=KITS19_AFFINE), (3.0, 0.78125, 0.78125),
+     KITS19_AFFINE),
+    ("pixdim rounded against the sform", dict(sform=SLICE_362, pixdim=(3.62 * (1 + 4e-4), 0.8, 0.8)),
+     (3.62 * (1 + 4e-4), 0.8, 0.8), SLICE_362),
+    ("qform quaternion rounding near a half turn", dict(sform=NEAR_HALF_TURN, qform=NEAR_HALF_TURN),
+     (3.0, 0.8, 0.8), NEAR_HALF_TURN),
+    ("oblique, both transforms", dict(sform=rotated(SLICE_362, (1, 1, 0), 20), qform=rotated(SLICE_362, (1, 1, 0), 20)),
+     (3.62, 0.8, 0.8), rotated(SLICE_362, (1, 1, 0), 20)),
+    ("gantry tilt: sheared sform", dict(sform=SLICE_362 @ np.array([[1, 0, 0, 0], [0.36, 1, 0, 0], [0, 0, 1, 0],
+                                                                     [0, 0, 0, 1]]), pixdim=(3.62 * np.hypot(1, 0.36 * 0.8 / 3.62), 0.8, 0.8)),
+     (3.62 * np.hypot(1, 0.36 * 0.8 / 3.62), 0.8, 0.8),
+     SLICE_362 @ np.array([[1, 0, 0, 0], [0.36, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])),
+    ("left-handed qform (qfac -1)", dict(qform=np.diag([-0.8, 0.8, 3.0, 1.0])), (0.8, 0.8, 3.0),
+     np.diag([-0.8, 0.8, 3.0, 1.0])),
+    ("no transform: pixdim alone", dict(pixdim=(2.0, 1.0, 1.5)), (2.0, 1.0, 1.5), None),
+    ("qform_code 0 over different qform values", dict(sform=SLICE_362, qform=shifted(SLICE_362, 40),
+                                                      fields={"qform_code": 0}), (3.62, 0.8, 0.8), SLICE_362),
+    ("4D with a trailing singleton", dict(data=np.zeros((4, 5, 6, 1), np.int16), sform=SLICE_362, qform=SLICE_362),
+     (3.62, 0.8, 0.8), SLICE_362),
+    ("NIfTI-2", dict(sform=SLICE_362, qform=SLICE_362, header_class=nib.Nifti2Header), (3.62, 0.8, 0.8), SLICE_362),
+]
+
+
+@pytest.mark.parametrize("name, variant, spacing, affine", GOOD_HEADERS, ids=[row[0] for row in GOOD_HEADERS])
+def test_consistent_headers_are_read_with_their_geometry(tmp_path, name, variant, spacing, affine):
+    path = write_header_variant(tmp_path / "ok.nii.gz", **variant)
+    array, meta = load_image(path)
+    assert array.shape == meta.shape == (4, 5, 6)
+    assert meta.spacing == pytest.approx(spacing, rel=1e-6)
+    if affine is not None:
+        np.testing.assert_allclose(meta.affine, affine, atol=1e-5)
+    assert read_geometry(path) == meta
+    np.testing.assert_array_equal(load_label(path, like=meta), np.zeros((4, 5, 6)))
+
+
+PAIRS = [  # (name, image header, label header, None when accepted or what the refusal must say)
+    ("x1.5 spacing and +40 mm origin", dict(sform=SLICE_362), dict(sform=shifted(scaled(SLICE_362, 1.5), 40)),
+     r"label spacing \(5\.43, 1\.2, 1\.2\) mm vs image \(3\.62, 0\.8, 0\.8\) mm"),
+    ("+40 mm origin", dict(sform=SLICE_362), dict(sform=shifted(SLICE_362, 40)),
+     r"label origin \(50, 20, 70\) mm vs image \(10, -20, 30\) mm"),
+    ("half a voxel off", dict(sform=SLICE_362), dict(sform=shifted(SLICE_362, [0.4, 0, 0])), r"label origin"),
+    ("stored flipped (same world grid)", dict(sform=SLICE_362), dict(sform=flipped(SLICE_362, 1, 5)),
+     r"label axis directions IAL vs image IPL"),
+    ("turned 1 degree", dict(sform=SLICE_362), dict(sform=rotated(SLICE_362, (0, 0, 1), 1)), r"label axis directions"),
+    ("label qform only, image both", dict(sform=SLICE_362, qform=SLICE_362), dict(qform=SLICE_362), None),
+    ("origin 1e-4 mm off (float rounding)", dict(sform=SLICE_362), dict(sform=shifted(SLICE_362, 1e-4)), None),
+    ("quaternion rounding: label qform only, image sform only", dict(sform=NEAR_HALF_TURN),
+     dict(qform=NEAR_HALF_TURN), None),
+]
+
+
+@pytest.mark.parametrize("name, image_header, label_header, message", PAIRS, ids=[row[0] for row in PAIRS])
+def test_label_must_lie_on_its_image_grid(tmp_path, name, image_header, label_header, message):
+    image_path = write_header_variant(tmp_path / "case" / "imaging.nii.gz", **image_header)
+    label_path = write_header_variant(tmp_path / "case" / "segmentation.nii.gz",
+                                      data=np.ones((4, 5, 6), np.uint8), **label_header)
+    _, meta = load_image(image_path)
+    if message is None:
+        np.testing.assert_array_equal(load_label(label_path, like=meta), np.ones((4, 5, 6)))
+        return
+    with pytest.raises(UserError, match=message) as info:
+        load_label(label_path, like=meta)
+    assert f"label {label_path} does not lie on the voxel grid of its image {image_path}" in str(info.value)
