@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
+from tests.data.test_io import flipped, shifted, write_header_variant
 from src.metrics.kits import KITS21_COLUMNS, case_scores
 from src.metrics.report import (SUMMARY_KEYS, find_references, score_folders, summarize,
                                 write_metrics_csv, write_summary_json)
@@ -150,6 +151,79 @@ def test_bad_folders_and_metric(tmp_path, kits_folders):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no references"):
         score_folders(pred_dir, tmp_path / "empty", "kits21")
+
+
+# ---------------------------------------------------------------- geometry of the pair
+
+REF_AFFINE = np.diag([-SPACING[0], -SPACING[1], -SPACING[2], 1.0])  # what _save writes (sform only)
+
+
+def _flipped_prediction(pred_dir, ref_dir, pred):
+    """The same world labels stored with the last array axis reversed, its affine saying so."""
+    write_header_variant(pred_dir / "case_00001.nii.gz", pred[:, :, ::-1].copy(),
+                         sform=flipped(REF_AFFINE, 2, SHAPE[2]))
+    return pred_dir / "case_00001.nii.gz"
+
+
+def _moved_prediction(pred_dir, ref_dir, pred):
+    return write_header_variant(pred_dir / "case_00001.nii.gz", pred, sform=shifted(REF_AFFINE, 40))
+
+
+def _prediction_pixdim_zero(pred_dir, ref_dir, pred):
+    return write_header_variant(pred_dir / "case_00001.nii.gz", pred, sform=REF_AFFINE, pixdim=(0, 0.8, 0.7))
+
+
+def _reference_qform_disagrees(pred_dir, ref_dir, pred):
+    ref = np.asanyarray(nib.load(ref_dir / "case_00001" / "segmentation.nii.gz").dataobj)
+    return write_header_variant(ref_dir / "case_00001" / "segmentation.nii.gz", ref, sform=REF_AFFINE,
+                                qform=shifted(REF_AFFINE, [0, 0, 25]))
+
+
+def _reference_singular(pred_dir, ref_dir, pred):
+    ref = np.asanyarray(nib.load(ref_dir / "case_00001" / "segmentation.nii.gz").dataobj)
+    singular = REF_AFFINE.copy()
+    singular[:3, 0] = 0
+    return write_header_variant(ref_dir / "case_00001" / "segmentation.nii.gz", ref, sform=singular,
+                                pixdim=SPACING)
+
+
+GEOMETRY_DAMAGE = [  # (name, damage(pred_dir, ref_dir, prediction) -> damaged file, what the error must say)
+    ("flipped prediction with a matching flipped affine", _flipped_prediction,
+     r"case_00001: prediction .*case_00001\.nii\.gz does not lie on the voxel grid of the reference "
+     r".*segmentation\.nii\.gz: prediction axis directions LPS vs reference LPI"),
+    ("prediction 40 mm from the reference", _moved_prediction,
+     r"case_00001: prediction .* does not lie on the voxel grid .*: prediction origin \(40, 40, 40\) mm "
+     r"vs reference \(0, 0, 0\) mm"),
+    ("prediction pixdim 0 under its sform", _prediction_pixdim_zero,
+     r"case_00001: prediction .*case_00001\.nii\.gz has an invalid voxel spacing: pixdim \(0, 0\.8, 0\.7\) "
+     r"vs sform \(3, 0\.8, 0\.7\)"),
+    ("reference qform and sform disagree", _reference_qform_disagrees,
+     r"case_00001: reference .*segmentation\.nii\.gz: its sform and qform describe different geometries"),
+    ("reference affine singular", _reference_singular,
+     r"case_00001: reference .*segmentation\.nii\.gz has a singular"),
+]
+
+
+@pytest.mark.parametrize("name, damage, message", GEOMETRY_DAMAGE, ids=[row[0] for row in GEOMETRY_DAMAGE])
+def test_geometry_problems_are_refused_naming_case_and_files(kits_folders, name, damage, message):
+    pred_dir, ref_dir, cases = kits_folders
+    damaged = damage(pred_dir, ref_dir, cases["case_00001"][0])
+    with pytest.raises(UserError, match=message) as info:
+        score_folders(pred_dir, ref_dir, "kits21", workers=1)
+    assert str(damaged) in str(info.value)
+
+
+@pytest.mark.parametrize("name, header", [
+    ("qform only", dict(qform=REF_AFFINE)),
+    ("qform and sform", dict(qform=REF_AFFINE, sform=REF_AFFINE)),
+    ("origin rounded by 1e-4 mm", dict(sform=shifted(REF_AFFINE, 1e-4))),
+])
+def test_same_grid_written_differently_is_scored(kits_folders, name, header):
+    pred_dir, ref_dir, cases = kits_folders
+    pred, ref = cases["case_00001"]
+    write_header_variant(pred_dir / "case_00001.nii.gz", pred, **header)
+    rows = {row["caseID"]: row for row in score_folders(pred_dir, ref_dir, "kits21", workers=1)}
+    assert rows["case_00001"] == pytest.approx({"caseID": "case_00001", **case_scores(pred, ref, SPACING)})
 
 
 def _rows():
