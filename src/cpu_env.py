@@ -10,8 +10,14 @@ still release the cap after import: ``release_cap`` does, for a network whose ev
 through the compiled kernels (the trainer, and the predictor on checkpoints; never a MindIR or
 ``export.py``). ``KITSEG_CPU_ISA``: ``auto`` (default) that way, ``avx2`` never releases the cap,
 ``native`` never sets it (docs/PERFORMANCE.md, "Compiled CPU kernels").
+
+It also says what this machine lets the process use, so nothing depends on the developer's machine:
+``cap_workers`` holds every pool of worker processes (preprocessing, MindSpore's data loader, which
+refuses more workers than CPUs) to the CPUs in the process's affinity mask, and ``memory_limit_bytes``
+is the physical memory or the cgroup limit when that is lower (checked before large allocations).
 """
 import os
+import sys
 
 FAST_PATH_ENV = "KITSEG_CPU_FAST_PATH"
 ISA_ENV = "KITSEG_CPU_ISA"
@@ -52,3 +58,58 @@ def release_cap() -> bool:
         os.environ.pop(ISA_CAP, None)
         os.environ.pop(CAP_MARKER, None)
     return ISA_CAP not in os.environ
+
+
+# ---------------------------------------------------------------- what the process may use
+
+_CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max",  # cgroup v2
+                         "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
+_REPORTED_CAPS: set = set()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_workers(requested: int, what: str) -> int:
+    """``requested`` worker processes (at least 1) held to :func:`usable_cpus`; one line on stderr the first
+    time a request for ``what`` is capped (the data loader asks again every epoch)."""
+    requested = max(1, int(requested))
+    available = usable_cpus()
+    if requested <= available:
+        return requested
+    if (what, requested, available) not in _REPORTED_CAPS:
+        _REPORTED_CAPS.add((what, requested, available))
+        print(f"note: {what}: {requested} workers capped at {available}, the CPUs this process may use",
+              file=sys.stderr)
+    return available
+
+
+def _cgroup_memory_limit() -> int | None:
+    for path in _CGROUP_MEMORY_LIMITS:
+        try:
+            with open(path) as handle:
+                value = handle.read().strip()
+        except OSError:
+            continue
+        if value.isdigit():  # "max" (v2) means no limit; v1 reports a huge number instead
+            return int(value)
+    return None
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process may use at most: physical memory, or the cgroup limit when lower; None when
+    neither can be read."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        pass
+    cgroup = _cgroup_memory_limit()
+    if cgroup is not None:
+        limits.append(cgroup)
+    return min(limits) if limits else None

@@ -5,6 +5,8 @@ from its own ``numpy.random.SeedSequence`` stream, so it is the same whichever w
 many workers run, and after a resume; every batch, hence every worker and epoch, gets a distinct stream.
 Its state is a few paths and plan numbers, cheap to copy into worker processes.
 """
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,9 @@ import numpy as np
 from src.data.augment import (BORDER_DATA, BORDER_SEG, build_train_transforms, deep_supervision_strides,
                               downsample_seg_for_deep_supervision)
 from src.data.partial_labels import partial_targets, plan_task_channels, read_case_tasks
+from src.data.preprocessed import plan_identity
 from src.data.sampler import centred_bbox, crop_with_padding, load_case, oversample_mask, sample_patch_bbox
+from src.cpu_env import cap_workers
 from src.errors import UserError
 
 TRAIN_STREAM = 0
@@ -29,7 +33,7 @@ class PatchBatchSource:
 
     def __init__(self, pre_dir, case_ids, patch_size, batch_size: int, oversample_foreground: float,
                  ds_strides, seed: int, first_epoch: int, num_epochs: int, batches_per_epoch: int,
-                 augment: bool, stream: int = TRAIN_STREAM):
+                 augment: bool, stream: int = TRAIN_STREAM, plan_id: str | None = None):
         if not case_ids:
             raise UserError(f"no cases to draw patches from in {pre_dir}")
         self.pre_dir = str(pre_dir)
@@ -44,6 +48,7 @@ class PatchBatchSource:
         self.batches_per_epoch = int(batches_per_epoch)
         self.augment = bool(augment)
         self.stream = int(stream)
+        self.plan_id = plan_id  # every case read is checked against it (sampler.load_case)
         self._transforms = None
 
     @property
@@ -76,7 +81,7 @@ class PatchBatchSource:
         return self.case_ids[rng.integers(len(self.case_ids))]
 
     def sample_case(self, case_id: str, rng: np.random.Generator, force_fg: bool):
-        case = load_case(self.pre_dir, case_id)
+        case = load_case(self.pre_dir, case_id, self.plan_id)
         bbox = sample_patch_bbox(case.shape, self.patch_size, force_fg, case.fg_locations, rng)
         if not self.augment:
             data = crop_with_padding(case.data, bbox, BORDER_DATA)
@@ -155,13 +160,14 @@ def make_source(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 
         pre_dir, case_ids, patch_size, cfg.batch_size, cfg.oversample_foreground, ds_strides,
         seed=cfg.seed if epoch_seed is None else int(epoch_seed), first_epoch=epoch, num_epochs=num_epochs,
         batches_per_epoch=per_rank * world, augment=train and cfg.augment,
-        stream=TRAIN_STREAM if train else VAL_STREAM, **partial)
+        stream=TRAIN_STREAM if train else VAL_STREAM, plan_id=plan_identity(plan), **partial)
 
 
 def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: int):
     import mindspore.dataset as msds
 
-    workers = max(int(num_workers), 1)
+    # MindSpore refuses more workers than CPUs (ValueError: num_parallel_workers exceeds the boundary)
+    workers = cap_workers(num_workers, "data loader (num_workers)")
     shards = {"num_shards": world, "shard_id": rank} if world > 1 else {}
     # max_rowsize is left at its 2.10 default (None: shared memory sized to each batch); -1 means the
     # same but is deprecated and warns.

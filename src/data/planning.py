@@ -250,3 +250,17 @@ def make_splits(case_ids, num_folds: int = 5, seed: int = SPLIT_SEED) -> list[di
         raise UserError(f"{num_folds}-fold cross-validation needs at least {num_folds} cases, got {len(ids)}")
     return [{"train": [ids[i] for i in train], "val": [ids[i] for i in val]}
             for train, val in kfold_indices(len(ids), num_folds, seed)]
+
+
+def fold_count(num_cases: int, num_folds: int) -> int:
+    """Folds the cases allow: ``num_folds`` (nnU-Net: 5), fewer with fewer cases (leave-one-out), and none
+    for a single case, which cannot be both trained on and held out."""
+    if num_folds < 2:
+        raise UserError(f"num_folds must be at least 2, got {num_folds}")
+    return min(num_folds, num_cases) if num_cases >= 2 else 0
+
+
+def cross_validation_splits(case_ids, num_folds: int = 5, seed: int = SPLIT_SEED) -> list[dict]:
+    """``make_splits`` with as many folds as the cases allow (``fold_count``); ``[]`` for one case."""
+    folds = fold_count(len(case_ids), num_folds)
+    return make_splits(case_ids, folds, seed) if folds else []

@@ -1,6 +1,15 @@
 """Preprocessing: crop to nonzero, CT normalization, resampling to the target spacing, on-disk cases.
 
-One code path (``_crop_normalize_resample``) serves training cases (with label) and inference images.
+One code path (``_crop_normalize_resample``) serves training cases (with label) and inference images
+(``predict.py``), and owns the two size rules: an axis thinner than half a target voxel becomes one voxel
+(``resample.compute_new_shape``), and resampling whose estimated peak memory exceeds what the machine has
+(physical memory or the cgroup limit) is refused with one line naming the file, the shapes and the GiB,
+before anything is allocated.
+
+``preprocess_dataset`` writes the folder so that a run killed at any instant leaves the old folder, the
+new one, or one every reader refuses (the order and the checks: ``src.data.preprocessed``). It works from
+one case: the folds are as many as the cases allow (``planning.fold_count``; none for one case, which
+then trains with ``--fold all``), and its worker processes are capped at the CPUs the process may use.
 """
 from __future__ import annotations
 
@@ -9,14 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+import json
+
+from src.cpu_env import cap_workers, memory_limit_bytes
 from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, crop_to_nonzero, map_cases,
                                   raise_for_failures)
 from src.data.io import CaseFiles, ImageMeta, dataset_labels, dataset_tasks, detect_layout, find_cases, load_image, load_label
 from src.data.partial_labels import mots_task_channels
-from src.data.planning import make_splits, plan_experiment
-from src.data.resample import compute_new_shape, needs_separate_z, resample_image, resample_segmentation
+from src.data.planning import cross_validation_splits, fold_count, plan_experiment
+from src.data.preprocessed import plan_identity
+from src.data.resample import (compute_new_shape, estimate_resampling_bytes, needs_separate_z, resample_image,
+                               resample_segmentation)
+from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
 from src.errors import UserError
-from src.files import atomic_write, atomic_write_json
+from src.files import atomic_write, atomic_write_json, check_output_dir, remove_stale_temporaries
 
 MAX_FOREGROUND_COORDS = 10_000
 FOREGROUND_COORD_SEED = 1234
@@ -39,17 +54,33 @@ def normalize_intensity(data: np.ndarray, plan: dict) -> np.ndarray:
     raise UserError(f"unknown normalization {plan['normalization']!r} in plans.json")
 
 
-def _crop_normalize_resample(image: np.ndarray, seg: np.ndarray | None, spacing, plan: dict):
+GIB = 2 ** 30
+
+
+def check_resampling_memory(shape_after_crop, new_shape, channels: int, with_seg: bool, source) -> None:
+    """UserError when resampling ``shape_after_crop`` to ``new_shape`` would need more memory than this
+    machine has (``cpu_env.memory_limit_bytes``): one line instead of a MemoryError, or a swapping machine."""
+    needed = estimate_resampling_bytes(shape_after_crop, new_shape, channels, with_seg)
+    limit = memory_limit_bytes()
+    if limit is not None and needed > limit:
+        raise UserError(f"{source}: resampling {list(shape_after_crop)} voxels to {list(new_shape)} needs about "
+                        f"{needed / GIB:.1f} GiB, more than the {limit / GIB:.1f} GiB this machine has; check the "
+                        "file's spacing or choose a coarser target_spacing")
+
+
+def _crop_normalize_resample(image: np.ndarray, seg: np.ndarray | None, spacing, plan: dict, source="image"):
     """(data (1, ...) float32, seg int8 or None, properties) at the plan's target spacing.
 
-    nnU-Net v2 order: crop, normalize, then resample.
+    nnU-Net v2 order: crop, normalize, then resample. ``source`` names the file in errors.
     """
     spacing = [float(s) for s in spacing]
     target = [float(s) for s in plan["target_spacing"]]
     data, seg, bbox = crop_to_nonzero(image[None].astype(np.float32, copy=False), seg)
     shape_after_crop = list(data.shape[1:])
-    data = normalize_intensity(data, plan)
     new_shape = tuple(int(s) for s in compute_new_shape(shape_after_crop, spacing, target))
+    if new_shape != tuple(shape_after_crop):
+        check_resampling_memory(shape_after_crop, new_shape, data.shape[0], seg is not None, source)
+    data = normalize_intensity(data, plan)
     separate_axis = needs_separate_z(spacing, target)
     if new_shape != tuple(shape_after_crop):
         data = resample_image(data, spacing, new_shape, order=3, separate_z_axis=separate_axis)
@@ -72,7 +103,7 @@ def _crop_normalize_resample(image: np.ndarray, seg: np.ndarray | None, spacing,
 
 def preprocess_image_for_inference(image: np.ndarray, meta: ImageMeta, plan: dict):
     """(data (1, ...) float32, properties) for an unlabelled image, as preprocess_case would do it."""
-    data, _, properties = _crop_normalize_resample(image, None, meta.spacing, plan)
+    data, _, properties = _crop_normalize_resample(image, None, meta.spacing, plan, meta.source)
     properties["image_meta"] = meta.to_json()
     return data, properties
 
@@ -92,29 +123,58 @@ def sample_foreground_coords(seg: np.ndarray, label_values, max_samples: int = M
 
 
 def preprocess_case(case: CaseFiles, plan: dict, out_dir) -> dict:
-    """Write ``<case>.npz`` (data, seg, fg_<label>) and ``<case>.json``; returns the case properties."""
+    """Write ``<case>.json`` then ``<case>.npz`` (data, seg, fg_<label>, plan_id); returns the case properties.
+
+    The json goes first: a run killed between the two leaves a json of the new plan next to an npz of the
+    old one, which ``load_plan`` refuses; the other order could pair an old json with a new npz.
+    """
     if case.label is None:
         raise UserError(f"case {case.case_id}: no label file next to {case.image}")
     image, meta = load_image(case.image)
     seg = load_label(case.label, like=meta)
     if seg.max() > np.iinfo(np.int8).max:
         raise UserError(f"case {case.case_id}: label values above {np.iinfo(np.int8).max} are not supported")
-    data, seg, properties = _crop_normalize_resample(image, seg, meta.spacing, plan)
+    data, seg, properties = _crop_normalize_resample(image, seg, meta.spacing, plan, case.image)
     foreground_values = [v for v in plan["labels"].values() if v > 0]
     coords = sample_foreground_coords(seg, foreground_values)
-    arrays = {"data": data, "seg": seg}
+    identity = plan_identity(plan)
+    arrays = {"data": data, "seg": seg, PLAN_ID_MEMBER: plan_id_array(identity)}
     arrays.update({f"fg_{value}": c for value, c in coords.items()})
     out_dir = Path(out_dir)
-    atomic_write(out_dir / f"{case.case_id}.npz", lambda handle: np.savez(handle, **arrays))
     case_json = {
         "case_id": case.case_id,
         "task_id": case.task_id,
+        "plan_id": identity,
         "image_meta": meta.to_json(),
         **properties,
         "labels_present": [value for value, c in coords.items() if len(c)],
     }
     atomic_write_json(out_dir / f"{case.case_id}.json", case_json)
+    atomic_write(out_dir / f"{case.case_id}.npz", lambda handle: np.savez(handle, **arrays))
     return case_json
+
+
+def _is_case_json(path: Path) -> bool:
+    """A ``<case>.json`` that preprocessing wrote (so its pair may be deleted), not another JSON file."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and content.get("case_id") == path.stem and "shape_after_crop" in content
+
+
+def remove_cases_not_in(out_dir: Path, keep) -> list[str]:
+    """Delete ``<case>.json``/``<case>.npz`` pairs of cases the committed plan does not list (an earlier
+    run's, or cases that failed this time); returns their ids. Other files are left alone."""
+    keep = set(keep)
+    removed = []
+    for path in sorted(out_dir.glob("*.json")):
+        if path.stem in keep or path.name in ("plans.json", "splits.json") or not _is_case_json(path):
+            continue
+        path.with_suffix(".npz").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        removed.append(path.stem)
+    return removed
 
 
 def _labelled_cases(raw: Path, layout: str) -> list[CaseFiles]:
@@ -135,22 +195,26 @@ def _labelled_cases(raw: Path, layout: str) -> list[CaseFiles]:
 
 
 def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, patch_budget_voxels=128 ** 3,
-                       image_budget_voxels=None, base_features=32, max_features=320, max_stages=None, batch_size=2, normalization="ct",
-                       clip_window=None, num_folds=5, workers=2, progress=True,
+                       image_budget_voxels=None, base_features=32, max_features=320, max_stages=None, batch_size=2,
+                       normalization="ct", clip_window=None, num_folds=5, workers=2, progress=True,
                        foreground_pool_size=FOREGROUND_POOL_SIZE) -> dict:
     """Fingerprint, plan and preprocess a labelled dataset into ``out_dir``; returns the plan.
 
-    Writes plans.json, splits.json and per case <case>.npz + <case>.json. Broken cases are reported and
-    skipped while the others finish; a UserError listing them is raised at the end.
+    Writes per case <case>.json + <case>.npz, then splits.json, then plans.json (the commit point), then
+    deletes the files of cases the plan does not list (``src.data.preprocessed`` says why). Broken cases
+    are reported and skipped while the others finish; a UserError listing them is raised at the end.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     layout = detect_layout(raw_dir)
     cases = _labelled_cases(raw_dir, layout)
-    make_splits([c.case_id for c in cases], num_folds)  # too few cases for the folds: say so before any work
+    fold_count(len(cases), num_folds)  # a bad num_folds: say so before any work
+    workers = cap_workers(workers, "preprocessing (--workers)")
     labels = dataset_labels(raw_dir)
     tasks = dataset_tasks(raw_dir)
     # DoDNet's per-task (organ, tumour) label values, checked before the long fingerprinting run
     task_channels = mots_task_channels(raw_dir, tasks) if tasks is not None else None
+    check_output_dir(out_dir, "preprocessed output folder")
+    remove_stale_temporaries(out_dir)  # files of killed runs, never renamed into place
     fingerprint = compute_fingerprint(cases, workers, pool_size=foreground_pool_size, progress=progress,
                                       collect_failures=True, label_values=list(labels.values()))
     failures = dict(fingerprint["failed"])
@@ -162,23 +226,28 @@ def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, p
     if tasks is not None:
         plan["tasks"] = {str(k): v for k, v in tasks.items()}
         plan["task_channels"] = task_channels
-    # Fail on too few cases for the folds before the long preprocessing run (naming broken cases first).
-    if len(plan["cases"]) < num_folds:
-        raise_for_failures(failures, "fingerprint")
-    make_splits(plan["cases"], num_folds)
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {out_dir}: {err}") from None
     todo = [c for c in cases if c.case_id in set(plan["cases"])]
     done, failed_now = map_cases(preprocess_case, todo, (plan, str(out_dir)), workers, progress, "preprocess")
     failures.update(failed_now)
 
     plan["cases"] = sorted(done)
     if plan["cases"]:
+        splits = cross_validation_splits(plan["cases"], num_folds)
+        plan["num_folds"] = len(splits)
+        _note_fold_count(len(plan["cases"]), num_folds, len(splits))
+        atomic_write_json(out_dir / "splits.json", splits)
         atomic_write_json(out_dir / "plans.json", plan)
-        if len(plan["cases"]) >= num_folds:
-            atomic_write_json(out_dir / "splits.json", make_splits(plan["cases"], num_folds))
+        remove_cases_not_in(out_dir, plan["cases"])
     raise_for_failures(failures, "preprocessing")
     return plan
+
+
+def _note_fold_count(num_cases: int, requested: int, made: int) -> None:
+    if made == requested:
+        return
+    if made == 0:
+        print(f"note: {num_cases} case: no cross-validation folds (splits.json is empty); train with --fold all",
+              file=sys.stderr)
+    else:
+        print(f"note: {num_cases} cases: {made}-fold cross-validation instead of {requested}-fold", file=sys.stderr)

@@ -1,31 +1,126 @@
-"""The preprocessed folder's two index files: ``plans.json`` (the plan) and ``splits.json`` (the folds).
+"""The preprocessed folder: ``plans.json`` (the plan), ``splits.json`` (the folds), and whether its cases
+belong to that plan.
 
-Training, evaluation and the offline (Ascend 310) flow all read them through here, so a missing or
-broken file gives the same one-line error whichever command meets it first.
+Training, evaluation and the offline (Ascend 310) flow all read them through here, so a missing, broken
+or inconsistent folder gives the same one-line error whichever command meets it first.
+
+How a folder stays consistent (``prepare.py preprocess`` writes, ``load_plan`` checks):
+
+- Every file is written to a temporary and renamed over its name (``src.files.commit``): no file is ever
+  half written, and leftover temporaries of killed runs are removed by the next run.
+- Each case's ``<case>.json`` and ``<case>.npz`` carry ``plan_id``, a digest of the plan entries that
+  shape the stored voxels (target spacing, normalization, intensity statistics): :func:`plan_identity`.
+- A run writes every case (its json first, then its npz), then ``splits.json``, then ``plans.json``: the
+  plan is the commit point. Only after it do the files of cases the new plan does not list go.
+- :func:`load_plan` refuses the folder when a case the plan lists is missing or carries another
+  ``plan_id``, or when ``splits.json`` does not hold the plan's ``num_folds`` folds over exactly the plan's
+  cases (custom folds over the same cases are fine).
+
+So a run killed at any instant leaves the old folder (nothing of it replaced yet, or the same plan being
+rewritten), the new one (``plans.json`` written), or a folder every reader refuses with one line saying to
+run preprocessing again. A rerun with another plan (target spacing, dataset) replaces the cases as a
+whole; a rerun with the same plan rewrites them in place, the folder staying readable throughout.
+Staging a complete copy next to the folder and swapping it in was not chosen: it doubles the disk space
+of a dataset that is tens of GB, and a folder cannot replace another in one rename anyway.
 """
+import hashlib
+import json
 from pathlib import Path
 
 from src.files import read_json
 from src.errors import UserError
 
 PREPROCESS_HINT = " (run prepare.py preprocess first)"
+RERUN_HINT = "run prepare.py preprocess again (an interrupted or still running preprocessing leaves this)"
 
 # Plan entries that fix the network's shapes: a checkpoint only fits data planned with the same values.
 TOPOLOGY_KEYS = ("num_channels", "num_classes", "patch_size", "features", "conv_kernel_sizes", "strides")
+INTENSITY_KEYS = ("mean", "std", "p005", "p995")
+
+
+def plan_identity(plan: dict) -> str:
+    """A digest of what decides a preprocessed case's voxels: the target spacing, the normalization and its
+    parameters. Topology (patch size, widths) and label names may change without touching the cases."""
+    try:
+        clip_window = plan.get("clip_window")
+        content = {
+            "target_spacing": [float(v) for v in plan["target_spacing"]],
+            "normalization": str(plan.get("normalization", "ct")),
+            "clip_window": None if clip_window is None else [float(v) for v in clip_window],
+            "intensity": {key: float(plan["intensity"][key]) for key in INTENSITY_KEYS},
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"the plan lacks a valid target_spacing or intensity entry ({err}): {RERUN_HINT}") from None
+    text = json.dumps(content, sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _inconsistent(pre_dir, what: str) -> UserError:
+    return UserError(f"preprocessed folder {pre_dir} is inconsistent: {what}; {RERUN_HINT}")
+
+
+def check_cases_match_plan(pre_dir, plan: dict) -> None:
+    """Every case the plan lists has its npz and a json written for this plan (``plan_id``)."""
+    cases = plan.get("cases")
+    if not isinstance(cases, list) or not cases or not all(isinstance(c, str) for c in cases):
+        raise _inconsistent(pre_dir, "plans.json lists no cases")
+    identity = plan_identity(plan)
+    for case_id in cases:
+        case_json = Path(pre_dir) / f"{case_id}.json"
+        if not (Path(pre_dir) / f"{case_id}.npz").is_file():
+            raise _inconsistent(pre_dir, f"case {case_id} of plans.json has no {case_id}.npz")
+        properties = read_json(case_json, f"case file of {case_id}", f"; {RERUN_HINT}")
+        recorded = properties.get("plan_id") if isinstance(properties, dict) else None
+        if recorded != identity:
+            written_for = "no plan (an older version wrote it)" if recorded is None else f"plan {recorded}"
+            raise _inconsistent(pre_dir, f"case {case_id} was written for {written_for}, plans.json is {identity}")
+
+
+def check_splits_match_plan(pre_dir, splits: list, plan: dict) -> None:
+    """``splits.json`` holds ``num_folds`` folds, each a disjoint train/val partition of the plan's cases."""
+    expected = plan.get("num_folds")
+    if not isinstance(expected, int):
+        raise _inconsistent(pre_dir, "plans.json lacks num_folds (an older version wrote it)")
+    if len(splits) != expected:
+        raise _inconsistent(pre_dir, f"splits.json has {len(splits)} folds, plans.json {expected}")
+    cases = set(plan.get("cases") or [])
+    for index, split in enumerate(splits):
+        train, val = set(split["train"]), set(split["val"])
+        if train & val or train | val != cases:
+            raise _inconsistent(pre_dir, f"fold {index} of splits.json does not split the {len(cases)} cases "
+                                         "of plans.json into training and validation cases")
+
+
+def _read_plan(pre_dir) -> dict:
+    path = Path(pre_dir) / "plans.json"
+    plan = read_json(path, "plans file", PREPROCESS_HINT)
+    if not isinstance(plan, dict):
+        raise UserError(f"plans file {path} must hold a JSON object")
+    return plan
+
+
+def _read_splits(pre_dir) -> list:
+    splits = read_json(Path(pre_dir) / "splits.json", "splits file", PREPROCESS_HINT)
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s and "val" in s for s in splits):
+        raise UserError(f"splits file {Path(pre_dir) / 'splits.json'} must be a list of {{train, val}} folds")
+    return splits
 
 
 def load_plan(pre_dir) -> dict:
-    plan = read_json(Path(pre_dir) / "plans.json", "plans file", PREPROCESS_HINT)
+    """plans.json, after checking that the folder's cases and folds belong to it (see the module doc)."""
+    plan = _read_plan(pre_dir)
     missing = [key for key in TOPOLOGY_KEYS if key not in plan and key != "num_channels"]
     if missing:
         raise UserError(f"plans file {Path(pre_dir) / 'plans.json'} lacks {', '.join(missing)}")
+    check_cases_match_plan(pre_dir, plan)
+    check_splits_match_plan(pre_dir, _read_splits(pre_dir), plan)
     return plan
 
 
 def load_splits(pre_dir) -> list:
-    splits = read_json(Path(pre_dir) / "splits.json", "splits file", PREPROCESS_HINT)
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s and "val" in s for s in splits):
-        raise UserError(f"splits file {Path(pre_dir) / 'splits.json'} must be a list of {{train, val}} folds")
+    """splits.json, checked against the folds and cases plans.json records."""
+    splits = _read_splits(pre_dir)
+    check_splits_match_plan(pre_dir, splits, _read_plan(pre_dir))
     return splits
 
 
@@ -39,9 +134,17 @@ def parse_fold(fold):
         raise UserError(f"--fold must be a fold number or 'all', got {fold!r}") from None
 
 
+def describe_folds(count: int) -> str:
+    if count == 0:
+        return "no cross-validation folds (fewer than 2 cases), only 'all'"
+    if count == 1:
+        return "fold 0 and 'all'"
+    return f"folds 0-{count - 1} and 'all'"
+
+
 def _numbered_fold(splits: list, fold: int, pre_dir) -> dict:
     if not 0 <= fold < len(splits):
-        raise UserError(f"--fold {fold} is out of range: {Path(pre_dir) / 'splits.json'} has {len(splits)} folds")
+        raise UserError(f"--fold {fold} does not exist: {Path(pre_dir)} has {describe_folds(len(splits))}")
     return splits[fold]
 
 
@@ -50,8 +153,6 @@ def fold_cases(pre_dir, plan: dict, fold) -> tuple:
     fold = parse_fold(fold)
     if fold == "all":
         cases = sorted(plan.get("cases") or [])
-        if not cases:
-            cases = sorted({case for split in load_splits(pre_dir) for case in split["train"] + split["val"]})
         if not cases:
             raise UserError(f"no cases listed in {Path(pre_dir) / 'plans.json'}")
         return cases, cases

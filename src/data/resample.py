@@ -37,11 +37,41 @@ _ROWS_PER_BLOCK = 16
 # ---------------------------------------------------------------- planning
 
 def compute_new_shape(shape, spacing, target_spacing) -> tuple[int, int, int]:
-    """Voxel counts after resampling ``shape`` from ``spacing`` to ``target_spacing`` (Python rounding)."""
+    """Voxel counts after resampling ``shape`` from ``spacing`` to ``target_spacing`` (Python rounding),
+    at least 1 per axis: an axis thinner than half a target voxel (a 1-voxel image, 0.01 mm spacing)
+    becomes one voxel, the edge value of its interpolation, instead of an empty array."""
     if not len(shape) == len(spacing) == len(target_spacing):
         raise ValueError(f"shape {shape}, spacing {spacing} and target {target_spacing} differ in length")
     # Same float expression as nnU-Net (spacing / target * size) so half-way cases round identically.
-    return tuple(int(round(float(s) / float(t) * int(n))) for n, s, t in zip(shape, spacing, target_spacing))
+    return tuple(max(1, int(round(float(s) / float(t) * int(n)))) for n, s, t in zip(shape, spacing, target_spacing))
+
+
+def _axis_by_axis_peak_voxels(shape_in, shape_out) -> int:
+    """Voxels of the two arrays alive together at the worst step of ``_resample_axes`` (shrinking first)."""
+    current = [int(n) for n in shape_in]
+    changing = sorted((a for a in range(3) if current[a] != int(shape_out[a])),
+                      key=lambda a: int(shape_out[a]) / current[a])
+    peak = int(np.prod(current))
+    for axis in changing:
+        following = list(current)
+        following[axis] = int(shape_out[axis])
+        peak = max(peak, int(np.prod(current)) + int(np.prod(following)))
+        current = following
+    return peak
+
+
+# Bytes per output voxel of a label map on the way (int8 result, min/max int8 arrays of two axis steps,
+# the mixed-voxel mask): a generous bound, boundary voxels are a small fraction.
+_SEG_BYTES_PER_VOXEL = 12
+
+
+def estimate_resampling_bytes(shape_in, shape_out, channels: int = 1, with_seg: bool = False) -> int:
+    """Peak memory of resampling a float32 (C, *shape_in) image (and its label map) to ``shape_out``:
+    the input and output images, one channel's two largest intermediates, and the label map's arrays."""
+    voxels_in, voxels_out = int(np.prod([int(n) for n in shape_in])), int(np.prod([int(n) for n in shape_out]))
+    image = 4 * (channels * (voxels_in + voxels_out) + _axis_by_axis_peak_voxels(shape_in, shape_out))
+    seg = (voxels_in * 2 + voxels_out * _SEG_BYTES_PER_VOXEL) if with_seg else 0
+    return image + seg
 
 
 def _single_lowres_axis(spacing) -> int | None:

@@ -9,6 +9,8 @@ the volume (or centre it, with padding, when the volume is smaller than the patc
 those bytes directly: a worker reads only the voxels of its patch, and nothing is unpacked or duplicated
 on disk (nnU-Net instead unpacks every case to .npy).
 """
+from __future__ import annotations
+
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -139,9 +141,20 @@ def _read_members(path: Path) -> dict:
         return {name: archive[name] for name in archive.files}
 
 
-def load_case(pre_dir, case_id: str) -> PreprocessedCase:
+PLAN_ID_MEMBER = "plan_id"
+
+
+def plan_id_array(plan_id: str) -> np.ndarray:
+    """How a case's npz stores the identity of its plan (bytes, so no pickled or unicode member)."""
+    return np.frombuffer(plan_id.encode("ascii"), dtype=np.uint8)
+
+
+def load_case(pre_dir, case_id: str, plan_id: str | None = None) -> PreprocessedCase:
     """Open ``<case>.npz``; its members are memory-mapped when stored uncompressed (as np.savez writes),
-    so a patch reads only its own voxels; a compressed npz is read whole."""
+    so a patch reads only its own voxels; a compressed npz is read whole.
+
+    With ``plan_id`` (``preprocessed.plan_identity`` of the plan in use) a case written for another plan
+    is refused: a preprocessing run may replace the folder's cases while a long training reads them."""
     path = Path(pre_dir) / f"{case_id}.npz"
     if not path.is_file():
         raise UserError(f"preprocessed case not found: {path}")
@@ -153,6 +166,12 @@ def load_case(pre_dir, case_id: str) -> PreprocessedCase:
         raise UserError(f"preprocessed case {path} cannot be read: {err}") from None
     if "data" not in arrays or "seg" not in arrays:
         raise UserError(f"preprocessed case {path} lacks the 'data' or 'seg' array")
+    if plan_id is not None:
+        stored = arrays.get(PLAN_ID_MEMBER)
+        stored = None if stored is None else bytes(np.asarray(stored, dtype=np.uint8)).decode("ascii", "replace")
+        if stored != plan_id:
+            raise UserError(f"preprocessed case {path} was written for plan {stored}, not for the plan in use "
+                            f"{plan_id}: run prepare.py preprocess again (did a preprocessing run replace it?)")
     data, seg = arrays["data"], arrays["seg"]
     fg = {int(name[3:]): arrays[name] for name in arrays if name.startswith("fg_") and name[3:].isdigit()}
     if data.ndim != 4 or seg.ndim != 3 or data.shape[1:] != seg.shape or data.dtype != np.float32:

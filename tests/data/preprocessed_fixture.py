@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from src.data.preprocessed import plan_identity
+from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
+
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 DEFAULT_SHAPES = {"case_00000": (24, 40, 40), "case_00001": (20, 36, 44), "case_00002": (28, 32, 32)}
 DEFAULT_PATCH = (16, 32, 32)
@@ -43,16 +46,18 @@ def foreground_locations(seg, labels=(1, 2), limit=10000) -> dict:
     return {label: np.argwhere(seg == label)[:limit].astype(np.int32).reshape(-1, 3) for label in labels}
 
 
-def write_preprocessed_case(folder, case_id, data, seg, compressed=False, extra_fg=None) -> Path:
+def write_preprocessed_case(folder, case_id, data, seg, compressed=False, extra_fg=None, plan_id=None) -> Path:
+    """``plan_id``: the identity of the plan the case belongs to (default: ``make_plan``'s)."""
     folder = Path(folder)
-    arrays = {"data": data, "seg": seg}
+    plan_id = plan_identity(make_plan([case_id])) if plan_id is None else plan_id
+    arrays = {"data": data, "seg": seg, PLAN_ID_MEMBER: plan_id_array(plan_id)}
     fg = foreground_locations(seg) if extra_fg is None else extra_fg
     arrays.update({f"fg_{label}": coords for label, coords in fg.items()})
     path = folder / f"{case_id}.npz"
     (np.savez_compressed if compressed else np.savez)(path, **arrays)
     shape = list(seg.shape)
     (folder / f"{case_id}.json").write_text(json.dumps({
-        "case_id": case_id, "task_id": None, "image_meta": None, "original_spacing": [3.0, 0.8, 0.8],
+        "case_id": case_id, "task_id": None, "plan_id": plan_id, "image_meta": None, "original_spacing": [3.0, 0.8, 0.8],
         "shape_before_crop": shape, "crop_bbox": [[0, s] for s in shape], "shape_after_crop": shape,
         "shape_after_resample": shape, "labels_present": [label for label, c in fg.items() if len(c)]}))
     return path
@@ -66,7 +71,7 @@ def make_plan(case_ids, patch_size=DEFAULT_PATCH, strides=None, batch_size=2) ->
         "target_spacing": [3.0, 1.6, 1.6], "median_shape": [24, 40, 40], "patch_size": list(patch_size),
         "batch_size": batch_size, "conv_kernel_sizes": [[3, 3, 3]] * len(strides), "strides": strides,
         "features": [8 * 2 ** i for i in range(len(strides))], "separate_z": False, "anisotropy_axis": None,
-        "cases": sorted(case_ids)}
+        "cases": sorted(case_ids), "num_folds": 1}
 
 
 def make_preprocessed_folder(folder, shapes=None, patch_size=DEFAULT_PATCH, strides=None, empty_case=None,
@@ -76,10 +81,10 @@ def make_preprocessed_folder(folder, shapes=None, patch_size=DEFAULT_PATCH, stri
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shapes = DEFAULT_SHAPES if shapes is None else shapes
+    plan = make_plan(shapes, patch_size, strides)
     for i, (case_id, shape) in enumerate(sorted(shapes.items())):
         data, seg = synthetic_case(shape, seed + i, with_foreground=case_id != empty_case)
-        write_preprocessed_case(folder, case_id, data, seg, compressed=compressed)
-    plan = make_plan(shapes, patch_size, strides)
+        write_preprocessed_case(folder, case_id, data, seg, compressed=compressed, plan_id=plan_identity(plan))
     (folder / "plans.json").write_text(json.dumps(plan))
     ids = sorted(shapes)
     (folder / "splits.json").write_text(json.dumps([{"train": ids[1:], "val": ids[:1]}]))

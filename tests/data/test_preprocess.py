@@ -189,8 +189,9 @@ def test_preprocess_dataset_user_errors(tmp_path):
     with pytest.raises(UserError, match="segmentation"):
         _run(tmp_path / "unlabelled", tmp_path / "pre")
     _raw_dataset(tmp_path / "few", count=2)
-    with pytest.raises(UserError, match="at least 5 cases"):
-        _run(tmp_path / "few", tmp_path / "pre", num_folds=5)
+    with pytest.raises(UserError, match="num_folds must be at least 2"):
+        _run(tmp_path / "few", tmp_path / "pre", num_folds=1)
+    assert not (tmp_path / "pre").exists()  # refused before any work
     cyst = np.where(phantom((17, 20, 24))[1] > 0, 3, 0).astype(np.uint8)  # a KiTS21 label in a KiTS19 folder
     image_affine = load_image(tmp_path / "few" / "case_00001" / "imaging.nii.gz")[1].affine
     write_nifti(tmp_path / "few" / "case_00001" / "segmentation.nii.gz", cyst, image_affine)
