@@ -29,6 +29,9 @@ Tolerances cover float32 header storage, nothing more:
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
@@ -43,6 +46,20 @@ ORIGIN_ATOL_VOXELS = 0.01
 MIN_AXIS_INDEPENDENCE = 0.1
 # NIfTI-1 transform codes: unknown, scanner, aligned, Talairach, MNI152, other template.
 VALID_XFORM_CODES = (0, 1, 2, 3, 4, 5)
+
+
+@contextlib.contextmanager
+def quiet_header_fixes():
+    """Silence the lines nibabel logs while "fixing" a header on load (``pixdim[1,2,3] should be
+    non-zero; setting 0 dims to 1``): ``check_header_geometry`` judges those fields and refuses with one
+    error line, so the user should not also see a message saying the value was quietly changed."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _mm(values) -> str:

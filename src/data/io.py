@@ -14,7 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from src.data.geometry_checks import check_header_geometry, geometry_difference
+from src.data.geometry_checks import check_header_geometry, geometry_difference, quiet_header_fixes
 from src.errors import UserError
 from src.files import atomic_write_bytes, read_json
 
@@ -70,21 +70,23 @@ def voxel_volume_ml(spacing) -> float:
 
 
 def _open_nifti(path, what: str):
-    """Open a NIfTI file (header only, voxels stay on disk) whose header geometry passes
-    ``check_header_geometry``; returns the nibabel image."""
+    """Open a 3D NIfTI file (header only, voxels stay on disk) whose header geometry passes
+    ``check_header_geometry``; returns (nibabel image, 3D shape)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} not found: {path}")
     if not path.is_file():
         raise UserError(f"{what} is not a file: {path}")
     try:
-        img = nib.load(str(path))
+        with quiet_header_fixes():
+            img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ValueError(f"not a NIfTI image ({type(img).__name__})")
     except Exception as err:  # nibabel/gzip/zlib raise many types for truncated or corrupt files
         raise UserError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from None
+    shape = _volume_shape(img.shape, path, what)  # first: a 2D file's pixdim[3] means nothing
     check_header_geometry(img, path, what)
-    return img
+    return img, shape
 
 
 def _volume_shape(shape, path, what: str) -> tuple:
@@ -101,12 +103,12 @@ def _volume_shape(shape, path, what: str) -> tuple:
 
 def _read_nifti(path, what: str):
     """Open and fully read a NIfTI file; returns (nibabel image, 3D float32-or-int array)."""
-    img = _open_nifti(path, what)
+    img, shape = _open_nifti(path, what)
     try:
         array = np.asanyarray(img.dataobj)
     except Exception as err:  # a header that reads but voxel data that is truncated or corrupt
         raise UserError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from None
-    return img, array.reshape(_volume_shape(array.shape, path, what))
+    return img, array.reshape(shape)
 
 
 def _meta_from_image(img, shape, path) -> ImageMeta:
@@ -123,8 +125,8 @@ def _meta_from_image(img, shape, path) -> ImageMeta:
 
 def read_geometry(path, what: str = "image") -> ImageMeta:
     """The checked geometry of a NIfTI file from its header alone (no voxel data is read)."""
-    img = _open_nifti(path, what)
-    return _meta_from_image(img, _volume_shape(img.shape, path, what), path)
+    img, shape = _open_nifti(path, what)
+    return _meta_from_image(img, shape, path)
 
 
 def load_image(path):

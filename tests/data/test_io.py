@@ -534,3 +534,11 @@ def test_label_must_lie_on_its_image_grid(tmp_path, name, image_header, label_he
     with pytest.raises(UserError, match=message) as info:
         load_label(label_path, like=meta)
     assert f"label {label_path} does not lie on the voxel grid of its image {image_path}" in str(info.value)
+
+
+def test_the_refusal_is_the_only_message(tmp_path, capfd, caplog):
+    """nibabel would also log that it "fixed" the pixdim it is about to be refused for."""
+    path = write_header_variant(tmp_path / "bad.nii.gz", sform=SLICE_362, pixdim=(0, 0.8, 0.8))
+    with pytest.raises(UserError, match="invalid voxel spacing"):
+        load_image(path)
+    assert "setting 0 dims" not in capfd.readouterr().err + caplog.text
