@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--raw", required=True, help="raw dataset folder (KiTS19/KiTS21/MSD/MOTS layout)")
     pre.add_argument("--out", required=True, help="preprocessed output folder")
     pre.add_argument("--config", required=True, help="yaml config (target_spacing, patch_size, ...)")
-    pre.add_argument("--workers", type=int, default=None, help="parallel processes (default: config num_workers)")
+    pre.add_argument("--workers", type=int, default=None,
+                     help="parallel processes (default: config num_workers; capped at the CPUs this process may use)")
     add_config_arguments(pre)
     return parser
 

@@ -207,6 +207,21 @@ def test_splits_need_enough_cases():
         make_splits(["a", "b", "c"], 1)
 
 
+@pytest.mark.parametrize("count, folds", [(1, 0), (2, 2), (3, 3), (4, 4), (5, 5), (12, 5)])
+def test_cross_validation_has_as_many_folds_as_the_cases_allow(count, folds):
+    from src.data.planning import cross_validation_splits, fold_count
+
+    ids = [f"case_{i:05d}" for i in range(count)]
+    assert fold_count(count, 5) == folds
+    splits = cross_validation_splits(ids, 5)
+    assert len(splits) == folds
+    if folds:
+        assert splits == make_splits(ids, folds)
+        assert sorted(sum((s["val"] for s in splits), [])) == ids and all(s["train"] and s["val"] for s in splits)
+    with pytest.raises(UserError, match="num_folds must be at least 2"):
+        fold_count(count, 1)
+
+
 def test_plan_for_config_is_identity_for_the_preprocessing_config():
     from src.data.planning import plan_for_config, pool_and_conv_props, stage_features
 
