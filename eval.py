@@ -8,6 +8,14 @@ original geometry, postprocessing per the config (none | lcc | auto), scored aga
 (found through each case's raw image path, or in --ref); writes EV/predictions/<case>.nii.gz,
 EV/metrics.csv, EV/summary.json, EV/eval_info.json (and EV/postprocessing.json when auto decides).
 Several --ckpt (e.g. the five folds) are ensembled by averaging their softmax outputs.
+
+Outputs are checked before the model loads (or, scoring, before the first case is scored): EV (or
+--out's folder) must be a writable folder, no output may be a folder or replace an input (EV is not the
+--data or --ref folder nor a folder holding references; --out is no prediction or reference). EV's results
+are derived and a rerun replaces them, crash-consistently: summary.json is removed first and written last
+(after metrics.csv and eval_info.json), so a summary.json exists only beside the files of the same run;
+predictions of cases this run does not evaluate are removed. Scoring mode likewise removes
+<name>_summary.json before writing the CSV and writes it last.
 """
 import argparse
 
@@ -37,16 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
 def score_existing(args) -> None:
     from pathlib import Path
 
-    from src.metrics.report import score_folders, write_metrics_csv, write_summary_json
+    from src.files import check_output_file, overlapping_inputs, remove_stale_temporaries
+    from src.metrics.report import find_references, score_folders, write_metrics_csv, write_summary_json
 
     missing = [flag for flag, value in (("--ref", args.ref), ("--metric", args.metric), ("--out", args.out))
                if value is None]
     if missing:
         raise UserError(f"scoring mode (--pred) also needs {', '.join(missing)}")
-    rows = score_folders(args.pred, args.ref, args.metric)
     out = Path(args.out)
+    summary_path = out.with_name(out.stem + "_summary.json")
+    # the outputs are checked before a single case is scored
+    for path in (out, summary_path):
+        check_output_file(path, "--out" if path == out else "summary file")
+    pred_dir = Path(args.pred)
+    inputs = list(find_references(args.ref).values())
+    if pred_dir.is_dir():
+        inputs += sorted(pred_dir.glob("*.nii*"))
+    clashes = overlapping_inputs((out, summary_path), inputs)
+    if clashes:
+        raise UserError(f"writing {clashes[0]} would replace an input file; choose another --out")
+    remove_stale_temporaries(out.parent)
+    rows = score_folders(args.pred, args.ref, args.metric)
+    # the summary is the commit record: gone before the CSV changes, written last
+    summary_path.unlink(missing_ok=True)
     write_metrics_csv(rows, out)
-    summary = write_summary_json(rows, out.with_name(out.stem + "_summary.json"))
+    summary = write_summary_json(rows, summary_path)
     print(f"scored {summary['cases']} cases: wrote {out}; kits21 mean Dice {summary['kits21_mean_dice']:.4f}, "
           f"kits19 composite {summary['kits19_composite']:.4f}")
 

@@ -4,8 +4,15 @@
 
 The graph takes (B, C, *patch) float32 at the checkpoint plan's patch size and returns logits
 (B, K, *patch); deep supervision is off and softmax is left to the caller. B is 1 unless --batch_size
-is given on the command line (the yaml's training batch_size is not used here). NAME.json next to
-the model holds the plan and shapes that predict.py/eval.py --mindir and the Ascend 310 flow read.
+is given on the command line (the yaml's training batch_size is not used here).
+
+Next to the model goes its sidecar NAME.mindir.json (NAME.air.json): the plan, config, shapes, the
+checkpoint's postprocessing.json decision and the sha256 of the model file. predict.py/eval.py --mindir
+and the Ascend 310 flow read it and refuse a sidecar whose sha256 does not match the model file.
+An existing export of that name is replaced only with --overwrite; a file export.py did not write (a
+model without our sidecar, a JSON of that name that is not our sidecar) is never replaced. A kill at any
+instant leaves the old export, the new one, or one that readers refuse and the next export redoes.
+All of this is checked before the checkpoint loads.
 """
 import argparse
 
@@ -20,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", required=True, help="training checkpoint (carries plan and config)")
     parser.add_argument("--file_name", required=True, help="output file; .mindir/.air is appended if missing")
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=("MINDIR", "AIR"))
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export of this name (never a file export.py did not write)")
     add_config_arguments(parser)
     return parser
 
@@ -31,7 +40,8 @@ def main(argv=None) -> None:
     from src.infer.export import export_network
 
     batch_size = cfg.batch_size if args.cfg_batch_size is not None else 1
-    model, sidecar = export_network(cfg, args.ckpt, args.file_name, args.file_format, batch_size)
+    model, sidecar = export_network(cfg, args.ckpt, args.file_name, args.file_format, batch_size,
+                                    overwrite=args.overwrite)
     print(f"exported {model} (input batch {batch_size}) and {sidecar}")
 
 

@@ -9,6 +9,26 @@ diameter in mm) and DIR/<case>_overlay.png (the axial slice with the largest tum
 on the CT windowed to -160..240 HU). Several --ckpt are ensembled (softmax average).
 Left/right: the image affine's left-right axis (the column axis for KiTS files), split at the
 centroid of the body (voxels above -500 HU).
+
+Outputs never replace inputs, and a run never replaces finished work unless told to:
+- Checked before the model loads, one error line each: DIR is an input file or any file, DIR cannot
+  be written, an output file would replace an input image or label (e.g. --output = the input folder
+  of a flat folder of <case>.nii.gz), or a folder sits where an output file goes.
+- <case>_report.json is written last and records the model files' sha256, the settings that change
+  the labels (tta_mirror, step_size, postprocess and the decision file auto reads), the input image's
+  sha256 and the label's and overlay's sha256. A case whose three files match that record for this
+  model, settings and image is skipped ("skipped N of M case(s)"), so a rerun of a killed run only
+  predicts what is missing. A case left incomplete (report says incomplete, or the label/overlay is
+  missing) is predicted again.
+- Outputs of another model, other settings or another input image, outputs changed since they were
+  written, and files under these names that predict.py did not write are refused unless --overwrite;
+  --overwrite replaces them (complete outputs of this same model and settings are still skipped).
+- A kill at any instant leaves each case complete-old, complete-new or incomplete by its report (the
+  old report is replaced by an "incomplete" one before the label is touched); leftover temporaries of
+  killed runs are removed at the start.
+- A case that fails (unreadable file, an error of any type) does not stop the others: each failed case
+  is listed as "failed: <case>: <reason>" at the end, DIR/failures.log holds the tracebacks, and the
+  exit status is 2.
 """
 import argparse
 
@@ -25,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--mindir", metavar="FILE", help="MindIR exported by export.py (with its .json)")
     parser.add_argument("--input", required=True, help="NIfTI file or folder of cases")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs of another model/settings/image and files predict.py did not write "
+                             "(refused otherwise); complete outputs of this model are skipped either way")
     add_config_arguments(parser)
     return parser
 
@@ -35,8 +58,9 @@ def main(argv=None) -> None:
     cfg = config_from_args(args)
     from src.infer.predict_cases import predict_files
 
-    reports = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir)
-    print(f"wrote {len(reports)} prediction(s), report(s) and overlay(s) to {args.output}")
+    run = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir, overwrite=args.overwrite)
+    skipped = f" ({run.skipped} complete case(s) skipped)" if run.skipped else ""
+    print(f"wrote {len(run.reports)} prediction(s), report(s) and overlay(s) to {args.output}{skipped}")
 
 
 if __name__ == "__main__":

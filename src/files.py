@@ -225,7 +225,19 @@ def check_not_input(output, inputs: Iterable, what: str = "output") -> None:
             raise UserError(f"{what} {output} is the input {source}; choose another output")
 
 
+def _identity(path: Path):
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def overlapping_inputs(targets: Iterable, inputs: Iterable) -> list[Path]:
-    """The input files some of ``targets`` (files about to be written) would replace."""
-    sources = {Path(p).resolve() for p in inputs}
-    return [Path(t) for t in targets if Path(t).resolve() in sources]
+    """The input files some of ``targets`` (files about to be written) would replace: the same path after
+    resolving links, or an existing hard link to an input."""
+    inputs = [Path(p) for p in inputs]
+    sources = {p.resolve() for p in inputs}
+    source_files = {identity for identity in map(_identity, inputs) if identity is not None}
+    return [Path(t) for t in targets
+            if Path(t).resolve() in sources or (source_files and _identity(Path(t)) in source_files)]

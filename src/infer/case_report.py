@@ -18,7 +18,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from src.data.io import ImageMeta, voxel_volume_ml
-from src.files import atomic_write_bytes, atomic_write_json
+from src.files import atomic_write_bytes, atomic_write_json, file_digest
 
 BODY_THRESHOLD_HU = -500.0
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -211,8 +211,9 @@ def report_line(report: dict) -> str:
 
 
 def write_case_outputs(case_id: str, image: np.ndarray, label: np.ndarray, meta: ImageMeta,
-                       labels: Dict[str, int], report_path, overlay_path) -> dict:
-    """Write ``<case>_report.json`` and ``<case>_overlay.png`` (both atomically); returns the report."""
+                       labels: Dict[str, int], report_path, overlay_path, provenance: Optional[dict] = None) -> dict:
+    """Write ``<case>_overlay.png`` and then ``<case>_report.json`` (both atomically; the report last, as
+    predict.py's commit record, with ``provenance`` and the overlay's sha256 in it); returns the report."""
     report = build_case_report(case_id, image, label, meta, labels)
     axis = axial_axis(meta.affine)
     index = overlay_slice_index(label, axis, labels)
@@ -220,6 +221,8 @@ def write_case_outputs(case_id: str, image: np.ndarray, label: np.ndarray, meta:
                                               else f"largest tumour {report['largest_tumor_diameter_mm']:.1f} mm")
     sides = side_markers(axis, *lateral_axis(meta.affine))
     atomic_write_bytes(overlay_path, render_overlay(image, label, meta.spacing, labels, axis, index, title, sides))
-    report.update({"overlay": str(overlay_path), "overlay_axis": axis, "overlay_slice": index})
+    report.update({"overlay": str(overlay_path), "overlay_axis": axis, "overlay_slice": index,
+                   "overlay_digest": file_digest(overlay_path)})
+    report = {**(provenance or {}), **report}
     atomic_write_json(report_path, report)
     return report

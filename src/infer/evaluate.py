@@ -15,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from src.data.io import ImageMeta, find_cases, load_label
-from src.files import atomic_write_json, read_json
+from src.files import (atomic_write_json, check_not_input, check_output_dir, overlapping_inputs, read_json,
+                       remove_stale_temporaries)
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
@@ -74,6 +75,59 @@ def reference_label_paths(case_props: Dict[str, dict], ref_dir=None) -> Dict[str
     return paths
 
 
+RESULT_FILES = ("summary.json", "metrics.csv", "eval_info.json")  # summary.json: the commit record, first here
+
+
+def check_evaluation_output(out_dir, pre_dir, case_ids: Sequence[str], ref_dir=None, model_paths: Sequence = ()
+                            ) -> Dict[str, Path]:
+    """Refuse, before any model loads, an evaluation folder that cannot be written or would touch an input:
+    EV (or EV/predictions) is the --data folder, the --ref folder or a folder holding references; an output
+    would replace an input file; a folder sits where an output file goes. Creates EV/predictions; returns
+    the cases' reference label paths."""
+    out_dir = Path(out_dir)
+    pred_dir = out_dir / "predictions"
+    props = {case_id: load_case_properties(pre_dir, case_id) for case_id in case_ids}
+    references = reference_label_paths(props, ref_dir)
+    input_folders = {Path(pre_dir).resolve(): "the --data folder"}
+    if ref_dir is not None:
+        input_folders[Path(ref_dir).resolve()] = "the --ref folder"
+    for reference in references.values():
+        input_folders.setdefault(reference.resolve().parent, f"a folder of reference labels ({reference})")
+    for folder in (out_dir, pred_dir):
+        what = input_folders.get(folder.resolve())
+        if what is not None:
+            raise UserError(f"--output {out_dir}: {folder} is {what}; choose another output folder")
+    inputs = list(references.values()) + [Path(p) for p in model_paths] + \
+        [Path(pre_dir) / f"{case_id}{suffix}" for case_id in case_ids for suffix in (".npz", ".json")]
+    check_not_input(out_dir, inputs, "--output")
+    check_output_dir(out_dir, "--output", create=False)
+    targets = [pred_dir / f"{case_id}.nii.gz" for case_id in case_ids] + \
+        [out_dir / name for name in RESULT_FILES + (POSTPROCESSING_FILE,)]
+    clashes = overlapping_inputs(targets, inputs)
+    if clashes:
+        raise UserError(f"--output {out_dir}: writing {clashes[0]} would replace an input file")
+    folders = [path for path in targets if path.is_dir()]
+    if folders:
+        raise UserError(f"{folders[0]} is a folder where eval.py writes a file")
+    check_output_dir(pred_dir, "--output predictions folder")
+    return references
+
+
+def start_results(out_dir, case_ids: Sequence[str]) -> None:
+    """Before the first prediction is written: the old results go, summary.json first, so from here until
+    the new summary.json lands the folder reads as unfinished; predictions of cases not evaluated now are
+    removed so they can never be mixed with this run's; temporaries of killed runs too."""
+    out_dir = Path(out_dir)
+    for name in RESULT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    evaluated = {f"{case_id}.nii.gz" for case_id in case_ids}
+    for stale in (out_dir / "predictions").glob("*.nii.gz"):
+        if stale.name not in evaluated:
+            stale.unlink()
+    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir / "predictions")
+
+
 def _score(case_id: str, label: np.ndarray, ref_path: Path, meta: ImageMeta) -> dict:
     reference = load_label(ref_path, like=meta)
     return {"caseID": case_id, **case_scores(label, reference, meta.spacing)}
@@ -89,15 +143,15 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
     references of ``training_case_ids`` (none given: that step is not a candidate)."""
     out_dir = Path(out_dir)
     pred_dir = out_dir / "predictions"
-    pred_dir.mkdir(parents=True, exist_ok=True)
+    references = check_evaluation_output(out_dir, pre_dir, case_ids, ref_dir, model_paths)
     foreground = label_values(labels)
     props = {case_id: load_case_properties(pre_dir, case_id) for case_id in case_ids}
-    references = reference_label_paths(props, ref_dir)
     spec, spec_source = resolve_postprocessing(postprocess, model_paths, foreground, exported_postprocessing)
     decide_here = postprocess == "auto" and spec is None
     metas = {case_id: ImageMeta.from_json(props[case_id]["image_meta"]) for case_id in case_ids}
     rows = []
     started = time.time()
+    start_results(out_dir, case_ids)
     for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
         data = load_case_data(pre_dir, case_id)
         probs = probabilities(case_id, data, props[case_id])
@@ -126,7 +180,6 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
                 save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
             rows.append(_score(case_id, label, references[case_id], metas[case_id]))
     write_metrics_csv(rows, out_dir / "metrics.csv")
-    summary = write_summary_json(rows, out_dir / "summary.json")
     atomic_write_json(out_dir / "eval_info.json", {
         **(info or {}),
         "cases": list(case_ids),
@@ -135,7 +188,8 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
         "postprocessing_source": spec_source,
         "seconds": round(time.time() - started, 1),
     })
-    return summary
+    # the commit record, last: present only beside the predictions, metrics and info of this run
+    return write_summary_json(rows, out_dir / "summary.json")
 
 
 def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=None, progress: bool = True) -> dict:
@@ -144,8 +198,9 @@ def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=
 
     plan = load_plan(pre_dir)
     case_ids = fold_validation_cases(pre_dir, fold)
+    model_paths = list(ckpts) if ckpts else [mindir] if mindir is not None else []
+    check_evaluation_output(out_dir, pre_dir, case_ids, ref_dir, model_paths)
     predictor = load_predictor(cfg, ckpts=ckpts, mindir=mindir, plan=plan, progress=progress)
-    model_paths = list(ckpts) if ckpts else [mindir]
 
     def probabilities(case_id, data, props):
         return predictor.predict_preprocessed(data)

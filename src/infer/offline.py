@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from src.files import atomic_write_bytes, atomic_write_json, read_json
+from src.files import atomic_write_bytes, atomic_write_json, check_output_dir, read_json
 from src.errors import UserError
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.infer.evaluate import evaluate_cases, load_case_data
@@ -48,11 +48,7 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
     case_ids = fold_validation_cases(pre_dir, fold)
     patch = [int(p) for p in plan["patch_size"]]
     flips = mirror_combinations(cfg.tta_mirror)
-    data_dir = Path(output_path) / DATA_DIR
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create {data_dir}: {err}") from None
+    data_dir = check_output_dir(Path(output_path) / DATA_DIR, "--output_path")
     stale = list(data_dir.glob("*.bin"))
     if stale:
         raise UserError(f"{data_dir} already holds {len(stale)} .bin file(s); use an empty --output_path")
@@ -103,7 +99,9 @@ def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU"
     inputs = sorted(p for p in input_dir.glob("*.bin")) if input_dir.is_dir() else []
     if not inputs:
         raise UserError(f"no .bin inputs in {input_dir}")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.resolve() == input_dir.resolve():
+        raise UserError(f"--output {output_dir} is the --input folder; choose another folder for the results")
+    check_output_dir(output_dir, "--output")
     setup_device(device_target, mode="graph")
     try:
         graph = nn.GraphCell(ms.load(str(mindir)))

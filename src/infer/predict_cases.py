@@ -1,43 +1,72 @@
 """predict.py: raw NIfTI images in, label NIfTI files (input geometry), per-case reports and overlays out.
 
-Each case: load, preprocess as for training (crop, normalize, resample to the plan's spacing),
-sliding-window probabilities (mirroring and fold ensembling per the predictor), back to the input
-geometry, postprocessing per the config, then ``<case>.nii.gz``, ``<case>_report.json`` and
-``<case>_overlay.png``. A broken input is reported and skipped; the others still finish.
+Order of a run: find the cases; check the output folder and every output file (``check_prediction_outputs``)
+and decide per case what to skip, redo or refuse (``plan_cases``) - all before the model loads; remove
+temporaries of killed runs; then per case: load, preprocess as for training (crop, normalize, resample to
+the plan's spacing), sliding-window probabilities (mirroring and fold ensembling per the predictor), back
+to the input geometry, postprocessing per the config, and ``save_case`` (label, overlay, report last).
+A case that fails for any reason (a bad file, a ValueError, MemoryError, ...) is reported and the others
+still finish; the run then ends with a UserError naming how many failed.
 """
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from tqdm import tqdm
 
-from src.data.io import find_cases, load_image, save_label
+from src.data.io import find_cases, load_image
 from src.data.preprocess import preprocess_image_for_inference
 from src.errors import UserError
-from src.infer.case_report import report_line, write_case_outputs
+from src.files import remove_stale_temporaries
+from src.infer.case_report import report_line
 from src.infer.geometry import probabilities_to_original
 from src.infer.postprocess import apply_postprocessing, label_values, resolve_postprocessing, spec_summary
+from src.infer.prediction_outputs import (FAILURE_LOG, FailureLog, check_prediction_outputs, failure_reason,
+                                          plan_cases, run_identity, save_case)
+
+
+@dataclass
+class PredictionRun:
+    reports: List[dict] = field(default_factory=list)  # the cases predicted by this run
+    skipped: int = 0  # complete outputs of this same model and settings, left as they were
+    failures: Dict[str, str] = field(default_factory=dict)  # case id -> one-line reason
+
+
+def load_model(cfg, ckpts, mindir, progress):
+    """The predictor (a separate function so tests can tell whether a run got as far as loading it)."""
+    from src.infer.predictor import load_predictor
+
+    return load_predictor(cfg, ckpts=ckpts, mindir=mindir, progress=progress)
 
 
 def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None, mindir=None,
-                  progress: bool = True) -> List[dict]:
-    """Predict every image under ``input_path`` (file or folder in any supported layout); returns the
-    per-case reports. Raises UserError after the loop if some cases failed."""
-    from src.infer.predictor import load_predictor
-
+                  overwrite: bool = False, progress: bool = True) -> PredictionRun:
+    """Predict every image under ``input_path`` (file or folder in any supported layout) into
+    ``output_dir``. Raises UserError before any compute for an output problem or outputs it must not
+    replace (see ``src.infer.prediction_outputs``), and after the loop if some cases failed."""
+    if bool(ckpts) == (mindir is not None):
+        raise UserError("give either checkpoint(s) or a MindIR file")
     cases = find_cases(input_path)
     output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create output folder {output_dir}: {err}") from None
-    predictor = load_predictor(cfg, ckpts=ckpts, mindir=mindir, progress=progress)
+    targets = check_prediction_outputs(cases, output_dir)
     model_paths = list(ckpts) if ckpts else [mindir]
+    identity = run_identity(cfg, model_paths)
+    todo, skipped = plan_cases(cases, targets, identity, overwrite)
+    remove_stale_temporaries(output_dir)
+    run = PredictionRun(skipped=skipped)
+    log = FailureLog(output_dir)
+    if skipped:
+        print(f"skipped {skipped} of {len(cases)} case(s): already predicted in {output_dir} by this model "
+              f"and settings", file=sys.stderr)
+    if not todo:
+        log.clear_old()
+        return run
+    predictor = load_model(cfg, ckpts, mindir, progress)
     spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
                                           predictor.exported_postprocessing)
-    print(f"{len(cases)} case(s); postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
-    reports, failures = [], {}
-    for case in tqdm(cases, desc="cases", unit="case", disable=not progress):
+    print(f"{len(todo)} case(s) to predict; postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
+    for case, target in tqdm(todo, desc="cases", unit="case", disable=not progress):
         try:
             image, meta = load_image(case.image)
             data, props = preprocess_image_for_inference(image, meta, predictor.plan)
@@ -45,17 +74,18 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
             del data
             label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing)
             del probs
-            save_label(label, meta, output_dir / f"{case.case_id}.nii.gz")
-            report = write_case_outputs(case.case_id, image, label, meta, predictor.labels,
-                                        output_dir / f"{case.case_id}_report.json",
-                                        output_dir / f"{case.case_id}_overlay.png")
-        except UserError as err:
-            failures[case.case_id] = str(err)
-            tqdm.write(f"error: {case.case_id}: {err}", file=sys.stderr)
+            report = save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec))
+        except Exception as err:  # noqa: BLE001  one bad case must not cost the others; it is named below
+            run.failures[case.case_id] = failure_reason(err)
+            log.add(case.case_id, err)
+            tqdm.write(f"error: {case.case_id}: {run.failures[case.case_id]}", file=sys.stderr)
             continue
-        reports.append(report)
+        run.reports.append(report)
         tqdm.write(report_line(report))
-    if failures:
-        shown = ", ".join(sorted(failures)[:5]) + (" ..." if len(failures) > 5 else "")
-        raise UserError(f"{len(failures)} of {len(cases)} case(s) failed ({shown}); the others are in {output_dir}")
-    return reports
+    if run.failures:
+        for case_id, reason in sorted(run.failures.items()):
+            print(f"failed: {case_id}: {reason}", file=sys.stderr)
+        raise UserError(f"{len(run.failures)} of {len(cases)} case(s) failed (listed above; details in "
+                        f"{output_dir / FAILURE_LOG}); the others are in {output_dir}")
+    log.clear_old()
+    return run

@@ -4,7 +4,8 @@ A checkpoint carries the plan and the config it was trained with, so the network
 checkpoint alone (architecture keys from the stored config; inference keys - step size, mirroring,
 window batch, device - from the user's config). Several checkpoints are ensembled as nnU-Net ensembles
 folds: each model's sliding-window logits are turned into softmax probabilities and those averaged.
-A MindIR file needs its sidecar ``<name>.json`` (written by export.py) for the plan and batch size.
+A MindIR file needs its sidecar ``<name>.mindir.json`` (written by export.py, bound to the file by its sha256)
+for the plan and batch size.
 """
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from src.config import Config, config_from_dict
 from src.errors import UserError
+from src.files import file_digest, read_json
 from src.infer.geometry import probabilities_to_original
 from src.infer.sliding_window import NetFn, sliding_window_logits
 
@@ -136,23 +138,37 @@ def _normalized(value):
     return json.loads(json.dumps(value))
 
 
+SIDECAR_PRODUCER = "export.py"
+SIDECAR_COMPLETE = "complete"
+
+
 def mindir_sidecar(mindir) -> Path:
-    """``NAME.json`` next to ``NAME.mindir``: the plan, config and input shape export.py stored."""
-    return Path(mindir).with_suffix(".json")
+    """``<name>.mindir.json`` next to ``<name>.mindir`` (``<name>.air.json`` for AIR): the plan, config, input
+    shape and the model file's sha256 export.py stored."""
+    path = Path(mindir)
+    return path.with_name(path.name + ".json")
 
 
 def read_mindir_sidecar(mindir) -> dict:
+    """The sidecar of a model file, refused unless it is complete and names this very file (its sha256)."""
     path = mindir_sidecar(mindir)
     if not path.is_file():
-        raise UserError(f"{path} not found: a MindIR needs the .json export.py writes next to it "
-                        f"(plan, patch size, batch size)")
-    try:
-        info = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
-    for key in ("plan", "batch_size", "input_shape"):
+        old_name = Path(mindir).with_suffix(".json")
+        hint = f" (exports before the sidecar was bound to its model wrote {old_name.name}: export again)" \
+            if old_name.is_file() else ""
+        raise UserError(f"{path} not found: a model file needs the sidecar export.py writes next to it "
+                        f"(plan, patch size, batch size, the model's sha256){hint}")
+    info = read_json(path, "MindIR sidecar")
+    if not isinstance(info, dict) or info.get("producer") != SIDECAR_PRODUCER:
+        raise UserError(f"{path} was not written by export.py")
+    if info.get("status") != SIDECAR_COMPLETE:
+        raise UserError(f"{path} belongs to an export that did not finish; export the model again")
+    for key in ("plan", "batch_size", "input_shape", "model_digest"):
         if key not in info:
             raise UserError(f"{path} lacks '{key}'")
+    if info["model_digest"] != file_digest(mindir):
+        raise UserError(f"{mindir} is not the model {path.name} was written for (sha256 differs); "
+                        f"export the model again")
     return info
 
 

@@ -64,6 +64,7 @@ def test_auto_postprocessing_is_decided_stored_and_applied(dataset, tmp_path):
     _, pre, plan = dataset
     model = tmp_path / "fold_0" / "checkpoint_best.ckpt"
     model.parent.mkdir()
+    model.write_bytes(b"stands for a checkpoint: the decision is bound to its sha256")
     cases = ["case_00000", "case_00003"]
     summary = evaluate_cases(cases, pre, oracle(pre, speck=True), tmp_path / "ev", "auto", [model],
                              plan["labels"], progress=False)
@@ -88,6 +89,7 @@ def test_training_references_give_the_volume_floor_candidates(dataset, tmp_path)
     _, pre, plan = dataset
     model = tmp_path / "fold_0" / "checkpoint_best.ckpt"
     model.parent.mkdir()
+    model.write_bytes(b"stands for a checkpoint: the decision is bound to its sha256")
     evaluate_cases(["case_00000"], pre, oracle(pre, speck=True), tmp_path / "ev", "auto", [model], plan["labels"],
                    progress=False, training_case_ids=["case_00001", "case_00002"])
     spec = json.loads((tmp_path / "ev" / "postprocessing.json").read_text())

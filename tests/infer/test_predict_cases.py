@@ -66,7 +66,8 @@ def test_mindir_carries_the_folds_postprocessing_decision(tmp_path, capsys, rest
     from src.infer.postprocess import POSTPROCESSING_FILE, save_postprocessing
 
     ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
-    save_postprocessing({"all_foreground": False, "per_class": [2]}, ckpt.parent / POSTPROCESSING_FILE)
+    save_postprocessing({"all_foreground": False, "per_class": [2]}, ckpt.parent / POSTPROCESSING_FILE,
+                        models=[ckpt])
     model, sidecar = export_network(tiny_config(), ckpt, tmp_path / "export" / "tiny")
     assert json.loads(sidecar.read_text())["postprocessing"]["per_class"] == [2]
     raw = tmp_path / "raw"
