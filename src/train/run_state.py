@@ -2,9 +2,11 @@
 
 - the topology check between a checkpoint's plan and the data's;
 - the run state that goes into every checkpoint: finished epochs, EMA bookkeeping, history, RNG state;
-- the human-readable log (stdout and ``training_log.txt``).
+- the human-readable log (stdout and ``training_log.txt``), whose lines every checkpoint also records so
+  that a resumed run can make the file agree with the checkpoint it continues from.
 """
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -71,20 +73,58 @@ class RunState:
         return False
 
 
+# "<date> <time>  epoch 3/100  train_loss ...": the line ``epoch_line`` writes for one finished epoch
+_EPOCH_LINE = re.compile(r"^\S+ \S+  epoch \d+/\d+  train_loss ")
+
+
+def is_epoch_line(line: str) -> bool:
+    return bool(_EPOCH_LINE.match(line))
+
+
+def append_line(path, text: str) -> None:
+    """The only write of the log file besides a whole rewrite; tests replace it to inject a kill."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+
+
 class TrainingLog:
-    """Lines to stdout and, on the main rank, appended to ``training_log.txt`` (flushed at once)."""
+    """Lines to stdout and, on the main rank, appended to ``training_log.txt``.
+
+    ``lines`` is the run's whole record so far (carried by every checkpoint as ``meta["log"]``). A line
+    can be ``stage``d (recorded, so the next checkpoint holds it) and written by ``flush`` once that
+    checkpoint is on disk: the file then never reports an epoch no checkpoint holds.
+    """
 
     def __init__(self, path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self.lines: list[str] = []
+        self._unwritten: list[str] = []
+
+    def adopt(self, lines) -> None:
+        """Continue the record ``lines`` (a resumed checkpoint's); the file must already hold them."""
+        self.lines = list(lines)
+
+    def stage(self, message: str) -> None:
+        if self.enabled:
+            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
+            self.lines.append(line)
+            self._unwritten.append(line)
+
+    def flush(self) -> None:
+        while self._unwritten:
+            line = self._unwritten[0]
+            print(line, file=sys.stdout, flush=True)
+            append_line(self.path, line + "\n")
+            self._unwritten.pop(0)
 
     def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}"
-        print(line, file=sys.stdout, flush=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        self.stage(message)
+        try:
+            self.flush()
+        except OSError as err:
+            raise UserError(f"cannot write {self.path} ({err.strerror or err}); training stopped") from None
 
 
 def _fmt(value, digits=4) -> str:

@@ -2,10 +2,24 @@
 
 Per epoch: the learning rate is set by the poly schedule, ``iters_per_epoch`` optimizer steps run on batches
 whose sampling depends only on (seed, epoch, rank), the pseudo-Dice is measured on ``val_iters`` batches
-of the validation cases, its EMA updated, ``checkpoint_latest.ckpt`` written (and copied to
-``checkpoint_best.ckpt`` when the EMA improves), the log line and the progress PNG written. Because a
+of the validation cases, its EMA updated, and the epoch committed (``run_folder.commit_epoch``). Because a
 checkpoint holds the weights, the optimizer state (momentum, LR, loss scale), the epoch count and the
 RNG state, a run resumed from epoch k ends with the same weights as one that never stopped.
+
+Finished work is never destroyed: a new run refuses a fold folder that holds a run (finished or not)
+unless ``resume`` continues it or ``overwrite`` deletes it (checkpoints, log, progress, postprocessing
+decision, copies) first; leftovers of killed writers are removed at start.
+
+Crash consistency (the invariant; ``run_folder`` enforces it): ``checkpoint_latest.ckpt`` is the commit
+point of an epoch, and it records the best epoch and every log line up to that epoch. It is written
+before the best checkpoint is copied from it and before the epoch's log line is appended, so after a kill
+at any instant each checkpoint is complete and exactly the epoch its meta names, the best checkpoint is
+the best the log reports (the log may not yet report the latest epoch), and the latest is ahead of the
+best only when it is the new best whose copy did not land. ``resume`` repairs each such gap from the
+latest (copy to best, log rewritten to the recorded lines), falls back to the previous latest (or the
+best, whichever is newer) with a warning when the latest is unreadable, and refuses a best checkpoint
+that matches nothing it records. A failed write (disk full) keeps the files before it and stops with
+one line.
 """
 import itertools
 import sys
@@ -20,29 +34,27 @@ from mindspore import nn
 
 from src.config import save_config
 from src.data.dataset import build_train_dataset, build_val_dataset
-from src.files import atomic_copy, atomic_write_json
+from src.files import atomic_write_json
 from src.data.planning import plan_for_config
 from src.errors import UserError
 from src.losses import build_loss
 from src.models import build_network
 from src.models.cpu_kernels import select_cpu_kernels
 from src.models.transfer import transferable_parameters
-from src.train.checkpoint import (load_checkpoint_file, network_weights, read_training_checkpoint,
-                                  restore_parameters, save_training_checkpoint, split_checkpoint)
+from src.train.checkpoint import load_checkpoint_file, network_weights, restore_parameters, split_checkpoint
 from src.train.curves import plot_progress
 from src.train.device import setup_device
 from src.train.distributed import ParallelInfo, init_data_parallel, weights_identical_across_ranks
 from src.data.preprocessed import fold_cases, load_plan, parse_fold
+from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TRANSFER_REPORT, check_run_folder,
+                                  commit_epoch, log_lines, open_resume_point, prepare_fold_folder,
+                                  write_or_stop)
 from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
 from src.train.schedule import poly_lr
 from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema
 
-LATEST = "checkpoint_latest.ckpt"
-BEST = "checkpoint_best.ckpt"
-LOG = "training_log.txt"
-PROGRESS = "progress.png"
-TRANSFER_REPORT = "transfer_report.json"
+__all__ = ["BEST", "LATEST", "LOG", "PROGRESS", "TRANSFER_REPORT", "build_optimizer", "train_fold"]
 
 
 def build_optimizer(cfg, network, lr: float):
@@ -70,28 +82,30 @@ def load_pretrained(network, path, fold_dir: Path, write: bool) -> dict:
                         f"(names or shapes differ everywhere)")
     report = {"source": str(path), "loaded": loaded, "skipped": skipped}
     if write:
-        atomic_write_json(fold_dir / TRANSFER_REPORT, report)
+        write_or_stop(fold_dir / TRANSFER_REPORT, lambda: atomic_write_json(fold_dir / TRANSFER_REPORT, report))
     return report
 
 
-def _checkpoint_meta(cfg, plan, fold, state: RunState, info: ParallelInfo, lr: float) -> dict:
+def _checkpoint_meta(cfg, plan, fold, state: RunState, info: ParallelInfo, lr: float, log: TrainingLog) -> dict:
     return {"config": cfg.to_dict(), "plan": plan, "fold": fold, "state": state.to_json(), "lr": lr,
-            "world": info.world, "rng": capture_rng(), "seed": cfg.seed}
+            "world": info.world, "rng": capture_rng(), "seed": cfg.seed, "log": list(log.lines)}
 
 
-def _resume(train_cell, fold_dir: Path, plan: dict, info: ParallelInfo, log):
-    path = fold_dir / LATEST
-    if not path.is_file():
-        raise UserError(f"--resume: no checkpoint to resume from at {path}")
-    params, meta = read_training_checkpoint(path)
-    check_same_topology(plan, meta["plan"], path)
-    restore_parameters(train_cell, params, path)
-    restore_rng(meta["rng"])
-    state = RunState.from_json(meta["state"])
-    log(f"resumed from {path} after epoch {state.epoch}")
-    if meta.get("world", 1) != info.world:
-        log(f"note: the checkpoint was trained by {meta.get('world')} rank(s), this run has {info.world}; "
+def _resume(train_cell, fold_dir: Path, plan: dict, info: ParallelInfo, log: TrainingLog):
+    point = open_resume_point(fold_dir, repair=info.is_main)
+    check_same_topology(plan, point.meta["plan"], point.path)
+    restore_parameters(train_cell, point.params, point.path)
+    restore_rng(point.meta["rng"])
+    state = RunState.from_json(point.meta["state"])
+    log.adopt(log_lines(fold_dir))
+    for note in point.notes:
+        log(note)
+    log(f"resumed from {point.path} after epoch {state.epoch}")
+    if point.meta.get("world", 1) != info.world:
+        log(f"note: the checkpoint was trained by {point.meta.get('world')} rank(s), this run has {info.world}; "
             f"the batches differ from an uninterrupted run")
+    if info.is_main and state.epoch:
+        write_or_stop(fold_dir / PROGRESS, lambda: plot_progress(state.history, fold_dir / PROGRESS))
     return state
 
 
@@ -126,9 +140,11 @@ def _train_epoch(train_cell, batches, epoch: int, epochs: int, show: bool):
     return float(np.mean(losses))
 
 
-def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_after_epoch=None) -> dict:
+def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_after_epoch=None,
+               overwrite=False) -> dict:
     """Train fold ``fold`` (0..N-1 or ``"all"``) on the preprocessed folder ``pre_dir`` into ``out_dir/fold_F``.
 
+    A fold folder holding a run needs ``resume`` (continue it) or ``overwrite`` (delete it, start over).
     ``stop_after_epoch`` ends this run after that many finished epochs (a later ``resume`` continues).
     Returns the run summary: fold folder, finished epochs, best EMA and its epoch, last pseudo-Dice,
     and whether all ranks ended with identical weights.
@@ -139,11 +155,13 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
                            cfg.max_features, cfg.max_stages)
     train_ids, val_ids = fold_cases(pre_dir, plan, fold)
     fold_dir = Path(out_dir) / f"fold_{fold}"
+    # every rank checks before init_data_parallel, whose rendezvous no rank passes before all arrive, and
+    # rank 0 writes only after it: no rank can mistake rank 0's new files for an old run
+    check_run_folder(fold_dir, resume, overwrite)
 
     device = setup_device(cfg.device_target, mode="graph")
     info = init_data_parallel()
-    if info.is_main:
-        fold_dir.mkdir(parents=True, exist_ok=True)
+    notes = prepare_fold_folder(fold_dir, overwrite) if info.is_main else []
     log = TrainingLog(fold_dir / LOG, enabled=info.is_main)
     amp_level = resolve_amp_level(cfg.amp_level, device)
     ms.set_seed(cfg.seed)
@@ -162,18 +180,19 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     train_cell.set_train(True)
     val_step = build_validation_step(cfg.network, forward, loss_fn, plan, getattr(network, "num_outputs", 2))
 
-    state = RunState()
-    if resume:
-        state = _resume(train_cell, fold_dir, plan, info, log)
-        if pretrained:
-            log(f"note: --pretrained {pretrained} ignored; the resumed weights already started from it")
+    # the resume rewrites the log to the checkpoint's record before this session appends to it
+    state = _resume(train_cell, fold_dir, plan, info, log) if resume else RunState()
+    for note in notes:
+        log(note)
+    if resume and pretrained:
+        log(f"note: --pretrained {pretrained} ignored; the resumed weights already started from it")
     elif pretrained:
         report = load_pretrained(network, pretrained, fold_dir, write=info.is_main)
         log(f"pretrained weights from {pretrained}: {len(report['loaded'])} loaded, "
             f"{len(report['skipped'])} skipped (see {fold_dir / TRANSFER_REPORT})")
     if info.is_main:
-        save_config(cfg, fold_dir / "config.yaml")
-        atomic_write_json(fold_dir / "plans.json", plan)
+        write_or_stop(fold_dir / CONFIG, lambda: save_config(cfg, fold_dir / CONFIG))
+        write_or_stop(fold_dir / PLANS, lambda: atomic_write_json(fold_dir / PLANS, plan))
     num_params = sum(int(p.size) for p in network.trainable_params())
     log(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation cases, network {cfg.network} "
         f"with {num_params} parameters, patch {plan['patch_size']}, batch {cfg.batch_size} per rank")
@@ -202,18 +221,15 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
         seconds = time.time() - started
         is_best = state.record_epoch(train_loss, val["loss"], val["pseudo_dice"], lr, seconds)
         last_dice = val["pseudo_dice"]
-        if info.is_main:
-            save_training_checkpoint(fold_dir / LATEST, train_cell,
-                                     _checkpoint_meta(cfg, plan, fold, state, info, lr))
-            # until validation has scored anything, the best checkpoint follows the latest one
-            if is_best or state.best_ema is None:
-                atomic_copy(fold_dir / LATEST, fold_dir / BEST)
-            plot_progress(state.history, fold_dir / PROGRESS)
         line = epoch_line(state.epoch, cfg.epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
                           is_best)
         if amp_level == "O2":
             line += f"  loss_scale {loss_scale_of(train_cell):g}"
-        log(line)
+        log.stage(line)  # recorded in the checkpoint below, written to the file after it
+        if info.is_main:
+            # until validation has scored anything, the best checkpoint follows the latest one
+            commit_epoch(fold_dir, train_cell, _checkpoint_meta(cfg, plan, fold, state, info, lr, log),
+                         write_best=is_best or state.best_ema is None, log=log)
 
     identical = weights_identical_across_ranks(network, info)
     if info.distributed:

@@ -2,13 +2,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import mindspore as ms
 
-from src.config import load_config
 from src.errors import UserError
 from src.train.checkpoint import read_training_checkpoint
 from src.train.run_state import RunState, epoch_line
@@ -16,21 +14,11 @@ from src.train.device import setup_device
 from src.train.schedule import poly_lr
 from src.train.trainer import BEST, LATEST, LOG, PROGRESS, TRANSFER_REPORT, train_fold
 from tests.data.preprocessed_fixture import make_preprocessed_folder
+from tests.train.tiny_training import ROOT, TINY_STRIDES, tiny_config
 
 # MindSpore fixes the device when the first kernel runs; pytest imports every test module before running
 # any test, so choosing it here keeps train_fold's own setup_device call valid in a whole-suite run.
 setup_device("CPU", mode="pynative")
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY_STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
-
-
-def tiny_config(**overrides):
-    values = {"device_target": "CPU", "epochs": 2, "iters_per_epoch": 2, "val_iters": 1, "batch_size": 2,
-              "num_workers": 0, "base_features": 4, "max_features": 16, "ds_weights": None, "amp_level": "O0",
-              "seed": 7, "target_spacing": None, "optimizer": "sgd", "lr": 0.01}
-    values.update(overrides)
-    return load_config(ROOT / "config" / "demo.yaml", values)
 
 
 @pytest.fixture(autouse=True, scope="module")
