@@ -169,10 +169,11 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
             ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]),
               metas[c].spacing) for c in case_ids), foreground, floors)
         spec_source = f"decided on these {len(case_ids)} cases"
-        save_postprocessing(spec, out_dir / POSTPROCESSING_FILE)
+        # bound to the model files by their sha256: a retrained checkpoint cannot inherit it
+        save_postprocessing(spec, out_dir / POSTPROCESSING_FILE, models=model_paths)
         model_folders = {Path(p).resolve().parent for p in model_paths}
         if len(model_folders) == 1:
-            save_postprocessing(spec, next(iter(model_folders)) / POSTPROCESSING_FILE)
+            save_postprocessing(spec, next(iter(model_folders)) / POSTPROCESSING_FILE, models=model_paths)
         for case_id in case_ids:
             raw = load_label(pred_dir / f"{case_id}.nii.gz", like=metas[case_id])
             label = apply_postprocessing(raw, spec, metas[case_id].spacing)

@@ -15,6 +15,11 @@ step 2 and step 3 for a class if that class's mean Dice goes up. Dice of a class
 prediction and reference counts as 1 (the KiTS21 convention), so deleting a false positive is credited.
 The decision is stored as ``postprocessing.json`` next to the checkpoints; ``cfg.postprocess``
 picks: ``none`` (never), ``lcc`` (steps 1 and 2 for every class), ``auto`` (what the file says).
+
+A decision belongs to the models it was decided for: the file records their sha256 (``models``), and a
+reader that names the models it uses (``resolve_postprocessing``, ``load_postprocessing(path, models=...)``)
+refuses a decision made for other files (a retrained checkpoint, another fold) or one that records none
+(written by an older version), with one line saying how to decide again.
 """
 import json
 import os
@@ -26,7 +31,7 @@ from scipy import ndimage
 
 from src.data.io import voxel_volume_ml
 from src.errors import UserError
-from src.files import atomic_write_json
+from src.files import atomic_write_json, file_digest
 from src.metrics.kits import dice
 
 POSTPROCESSING_FILE = "postprocessing.json"
@@ -178,14 +183,42 @@ def lcc_everything(labels: Sequence[int]) -> dict:
     return {"all_foreground": True, "per_class": [int(v) for v in labels]}
 
 
-def save_postprocessing(spec: dict, path) -> Path:
+def save_postprocessing(spec: dict, path, models: Sequence = ()) -> Path:
+    """Store ``spec`` bound to ``models``, the model files (checkpoints, MindIR) it was decided for.
+
+    A decision stored without models binds to nothing: readers that name their models refuse it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, spec)
+    bound = dict(spec, models=[{"file": str(Path(m).resolve()), "digest": file_digest(m)} for m in models])
+    atomic_write_json(path, bound)
     return path
 
 
-def load_postprocessing(path) -> dict:
+def _short(digest: str) -> str:
+    return digest[:len("sha256:") + 12]
+
+
+def check_decided_for(spec: dict, path, models: Sequence) -> None:
+    """Refuse the decision ``spec`` (read from ``path``) unless every file of ``models`` is one it was
+    decided for (compared by sha256, so a copied checkpoint still matches and a retrained one does not)."""
+    again = "rerun `eval.py ... --postprocess auto` to decide it for these models, or pass `--postprocess none`"
+    recorded = spec.get("models")
+    if not isinstance(recorded, list) or not recorded or not all(
+            isinstance(m, dict) and isinstance(m.get("digest"), str) for m in recorded):
+        raise UserError(f"postprocessing decision {path} does not record the models it was decided for "
+                        f"(an older version wrote it); {again}")
+    digests = {m["digest"] for m in recorded}
+    for model in models:
+        digest = file_digest(model)
+        if digest not in digests:
+            decided_for = ", ".join(f"{m.get('file')} ({_short(m['digest'])})" for m in recorded)
+            raise UserError(f"postprocessing decision {path} was decided for {decided_for}, not for {model} "
+                            f"({_short(digest)}); {again}")
+
+
+def load_postprocessing(path, models: Optional[Sequence] = None) -> dict:
+    """The decision stored in ``path``; with ``models`` (the model files it is about to be applied to,
+    e.g. ``[ckpt]``), refused unless it was decided for them (``check_decided_for``)."""
     path = Path(path)
     try:
         spec = json.loads(path.read_text())
@@ -198,6 +231,8 @@ def load_postprocessing(path) -> dict:
     if not isinstance(floors, dict) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in floors.values()):
         raise UserError(f"postprocessing file {path}: 'min_component_ml' must map labels to positive volumes (mL)")
+    if models is not None:
+        check_decided_for(spec, path, models)
     return spec
 
 
@@ -223,7 +258,7 @@ def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[in
 
     ``auto`` uses the cross-validation file of the models' common parent if present, otherwise the
     steps every model's own file agrees on, otherwise ``exported`` (the decision export.py stored with a
-    MindIR); without any of them nothing is applied.
+    MindIR); without any of them nothing is applied. A file decided for other model files is refused.
     """
     if mode == "none":
         return None, "postprocess=none"
@@ -234,13 +269,15 @@ def resolve_postprocessing(mode: str, model_paths: Sequence, labels: Sequence[in
     candidates = postprocessing_candidates(model_paths)
     folders = {Path(p).resolve().parent for p in model_paths}
     if len(folders) > 1 and candidates[0].is_file():
-        return load_postprocessing(candidates[0]), str(candidates[0])
+        return load_postprocessing(candidates[0], models=model_paths), str(candidates[0])
     own = [c for c in candidates[1 if len(folders) > 1 else 0:] if c.is_file()]
     if len(own) < len(folders):
         if exported:
             return exported, "the decision exported with the model (MindIR sidecar)"
         return None, "postprocess=auto but no postprocessing.json next to every model: none applied"
-    specs = [load_postprocessing(path) for path in own]
+    # each fold's own decision must have been made for the model(s) of that fold
+    specs = [load_postprocessing(path, models=[m for m in model_paths if Path(m).resolve().parent == path.parent])
+             for path in own]
     # a step every fold kept; for volume floors the smallest one, which deletes least
     floors = [{str(k): float(v) for k, v in s.get("min_component_ml", {}).items()} for s in specs]
     agreed = {

@@ -1,4 +1,6 @@
+import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -115,6 +117,12 @@ def test_decision_keeps_a_floor_that_clears_a_tumour_free_case():
     assert decide_postprocessing(cases, [1, 2], floors_ml={"2": 0.5})["min_component_ml"] == {}
 
 
+def fake_checkpoint(path, content: bytes = b"weights"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content + str(path).encode())   # every file distinct unless copied
+    return path
+
+
 def test_resolve_modes_and_files(tmp_path):
     labels = [1, 2]
     assert resolve_postprocessing("none", [tmp_path / "a.ckpt"], labels)[0] is None
@@ -124,22 +132,79 @@ def test_resolve_modes_and_files(tmp_path):
     assert resolve_postprocessing("auto", [], labels)[0] is None
 
     folds = [tmp_path / f"fold_{i}" for i in range(2)]
-    for i, folder in enumerate(folds):
+    ckpts = [fake_checkpoint(folder / "checkpoint_best.ckpt") for folder in folds]
+    for i, (folder, ckpt) in enumerate(zip(folds, ckpts)):
         save_postprocessing({"all_foreground": i == 0, "per_class": [2] if i == 0 else [1, 2]},
-                            folder / "postprocessing.json")
-    ckpts = [folder / "checkpoint_best.ckpt" for folder in folds]
+                            folder / "postprocessing.json", models=[ckpt])
     spec, _ = resolve_postprocessing("auto", ckpts, labels)
     assert spec == {"all_foreground": False, "per_class": [2], "min_component_ml": {}}  # what both folds agree on
     spec, _ = resolve_postprocessing("auto", ckpts[1:], labels)
     assert spec["per_class"] == [1, 2]
-    for folder, floors in zip(folds, ({"2": 1.0}, {"2": 0.5, "1": 3.0})):
+    for folder, ckpt, floors in zip(folds, ckpts, ({"2": 1.0}, {"2": 0.5, "1": 3.0})):
         save_postprocessing({"all_foreground": False, "per_class": [], "min_component_ml": floors},
-                            folder / "postprocessing.json")
+                            folder / "postprocessing.json", models=[ckpt])
     spec, _ = resolve_postprocessing("auto", ckpts, labels)
     assert spec["min_component_ml"] == {"2": 0.5}   # a floor both folds kept, the smaller one
-    save_postprocessing({"all_foreground": True, "per_class": []}, tmp_path / "postprocessing.json")
+    save_postprocessing({"all_foreground": True, "per_class": []}, tmp_path / "postprocessing.json", models=ckpts)
     spec, source = resolve_postprocessing("auto", ckpts, labels)
     assert spec["all_foreground"] is True and source == str(tmp_path / "postprocessing.json")
+
+
+def test_a_decision_records_the_digests_of_its_models(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
+    path = save_postprocessing({"all_foreground": False, "per_class": [2]}, ckpt.parent / "postprocessing.json",
+                               models=[ckpt])
+    recorded = json.loads(path.read_text())["models"]
+    assert recorded == [{"file": str(ckpt.resolve()),
+                         "digest": "sha256:" + hashlib.sha256(ckpt.read_bytes()).hexdigest()}]
+    assert load_postprocessing(path, models=[ckpt])["per_class"] == [2]
+    # a byte-identical copy elsewhere is the same model
+    copy = tmp_path / "elsewhere" / "model.ckpt"
+    copy.parent.mkdir()
+    shutil.copy(ckpt, copy)
+    assert load_postprocessing(path, models=[copy])["per_class"] == [2]
+
+
+def test_a_decision_is_refused_for_a_retrained_checkpoint(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
+    decision = save_postprocessing({"all_foreground": False, "per_class": [2]},
+                                   ckpt.parent / "postprocessing.json", models=[ckpt])
+    ckpt.write_bytes(b"retrained weights")
+    for read in (lambda: load_postprocessing(decision, models=[ckpt]),
+                 lambda: resolve_postprocessing("auto", [ckpt], [1, 2])):
+        with pytest.raises(UserError) as refused:
+            read()
+        message = str(refused.value)
+        assert "\n" not in message and str(decision) in message and str(ckpt.resolve()) in message
+        assert "--postprocess auto" in message and "--postprocess none" in message
+    # none and lcc never read the file
+    assert resolve_postprocessing("none", [ckpt], [1, 2])[0] is None
+    assert resolve_postprocessing("lcc", [ckpt], [1, 2])[0] == lcc_everything([1, 2])
+
+
+def test_a_cross_validation_decision_covers_its_folds_only(tmp_path):
+    ckpts = [fake_checkpoint(tmp_path / f"fold_{i}" / "checkpoint_best.ckpt") for i in range(3)]
+    save_postprocessing({"all_foreground": True, "per_class": []}, tmp_path / "postprocessing.json",
+                        models=ckpts[:2])
+    assert resolve_postprocessing("auto", ckpts[:2], [1, 2])[0]["all_foreground"] is True
+    with pytest.raises(UserError, match="not for .*fold_2"):
+        resolve_postprocessing("auto", ckpts, [1, 2])
+    # a fold's own decision made for another fold's checkpoint is refused too
+    save_postprocessing({"all_foreground": True, "per_class": []}, ckpts[2].parent / "postprocessing.json",
+                        models=[ckpts[0]])
+    with pytest.raises(UserError, match="decided for .*fold_0"):
+        resolve_postprocessing("auto", ckpts[2:], [1, 2])
+
+
+def test_a_decision_without_models_is_refused_when_models_are_named(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "checkpoint_best.ckpt")
+    old = tmp_path / "postprocessing.json"
+    old.write_text(json.dumps({"all_foreground": False, "per_class": [2]}))   # an older version's file
+    assert load_postprocessing(old)["per_class"] == [2]
+    with pytest.raises(UserError, match="does not record the models .*--postprocess auto.*--postprocess none"):
+        load_postprocessing(old, models=[ckpt])
+    with pytest.raises(UserError, match="does not record the models"):
+        resolve_postprocessing("auto", [ckpt], [1, 2])
 
 
 def test_load_rejects_malformed_files(tmp_path):
