@@ -9,6 +9,8 @@
 # Logs: OUT/msrun_log/worker_<rank>.log (msrun) or OUT/rank_<rank>.log (rank table); the training log
 # itself is OUT/fold_F/training_log.txt (written by rank 0): it states the world size and, at the end,
 # whether all ranks hold identical weights.
+# The arguments are checked before anything starts (CFG a file, DATA a preprocessed folder with plans.json,
+# WORKERS a positive integer, RANK_TABLE_FILE a file): one "error:" line and exit status 2.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: bash $0 CFG DATA OUT WORKERS [RANK_TABLE_FILE] [train.py args]" >&2
@@ -17,14 +19,21 @@ fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CFG=$1; DATA=$2; OUT=$3; WORKERS=$4
 shift 4
+fail() { echo "error: $*" >&2; exit 2; }
+# checked here, before msrun starts WORKERS processes that would each fail with a traceback
+[ -f "$CFG" ] || fail "config file not found: $CFG"
+[ -d "$DATA" ] || fail "preprocessed data folder not found: $DATA"
+[ -f "$DATA/plans.json" ] || fail "$DATA is not a preprocessed folder (no plans.json); run prepare.py preprocess first"
+[ ! -e "$OUT" ] || [ -d "$OUT" ] || fail "output folder $OUT is a file"
+case "$WORKERS" in ''|*[!0-9]*) fail "WORKERS must be a positive integer, got '$WORKERS'" ;; esac
+[ "$((10#$WORKERS))" -ge 1 ] || fail "WORKERS must be a positive integer, got '$WORKERS'"
+WORKERS=$((10#$WORKERS))
 RANK_TABLE=""
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
+  [ -f "$1" ] || fail "rank table file not found: $1"
   RANK_TABLE=$(realpath "$1")
   shift
-  [ -f "$RANK_TABLE" ] || { echo "error: rank table file not found: $RANK_TABLE" >&2; exit 2; }
 fi
-case "$WORKERS" in ''|*[!0-9]*) echo "error: WORKERS must be a positive integer, got '$WORKERS'" >&2; exit 2 ;; esac
-[ "$WORKERS" -ge 1 ] || { echo "error: WORKERS must be at least 1" >&2; exit 2; }
 
 VENV_BIN="$ROOT/.venv/bin"
 # msrun starts its workers with the first python on PATH: make it the project's venv
@@ -39,6 +48,7 @@ case " $* " in *" --fold "*|*" --fold="*) ;; *) ARGS+=(--fold 0) ;; esac
 mkdir -p "$OUT"
 
 if [ -z "$RANK_TABLE" ]; then
+  command -v msrun > /dev/null || fail "msrun not found on PATH (it comes with MindSpore; is $VENV_BIN set up?)"
   PORT=${MASTER_PORT:-8118}
   echo "msrun: $WORKERS workers, master port $PORT, logs in $OUT/msrun_log"
   msrun --worker_num="$WORKERS" --local_worker_num="$WORKERS" --master_port="$PORT" \
