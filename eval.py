@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="yaml config (model mode)")
     models = parser.add_mutually_exclusive_group()
     models.add_argument("--ckpt", nargs="+", metavar="CKPT", help="training checkpoint(s); several are ensembled")
-    models.add_argument("--mindir", metavar="FILE", help="MindIR exported by export.py (with its .json)")
+    models.add_argument("--mindir", metavar="FILE",
+                        help="MindIR exported by export.py (with its sidecar NAME.mindir.json)")
     parser.add_argument("--data", help="preprocessed folder (plans.json, splits.json, cases)")
     parser.add_argument("--fold", help="fold whose validation cases are evaluated")
     parser.add_argument("--output", help="evaluation folder")

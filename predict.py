@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="yaml config (device, mirroring, window batch, postprocess)")
     models = parser.add_mutually_exclusive_group(required=True)
     models.add_argument("--ckpt", nargs="+", metavar="CKPT", help="training checkpoint(s); several are ensembled")
-    models.add_argument("--mindir", metavar="FILE", help="MindIR exported by export.py (with its .json)")
+    models.add_argument("--mindir", metavar="FILE",
+                        help="MindIR exported by export.py (with its sidecar NAME.mindir.json)")
     parser.add_argument("--input", required=True, help="NIfTI file or folder of cases")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true",

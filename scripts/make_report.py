@@ -83,7 +83,9 @@ def build_report(work: Path, report: Path, seconds=None) -> Path:
     for path in predictions + sorted((work / "predict").glob("*_overlay.png")) + sorted(
             (work / "predict").glob("*_report.json")):
         shutil.copy2(path, report / f"predicted_{path.name}")
-    case_reports = [json.loads(p.read_text()) for p in sorted((work / "predict").glob("*_report.json"))]
+    # a report predict.py left "incomplete" (a killed run) describes no finished case
+    case_reports = [report for report in (json.loads(p.read_text()) for p in sorted((work / "predict").glob(
+        "*_report.json"))) if report.get("status", "complete") == "complete"]
 
     lines = [
         "# Demo report (synthetic KiTS19-format data, CPU)",

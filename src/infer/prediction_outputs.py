@@ -108,8 +108,8 @@ def read_our_report(path: Path) -> Optional[dict]:
 def _identity_difference(recorded, identity: dict) -> str:
     if not isinstance(recorded, dict) or recorded.get("models") != identity["models"]:
         return "predicted by another model"
-    old = recorded.get("settings") or {}
-    changed = sorted(key for key in set(old) | set(identity["settings"]) if old.get(key) != identity["settings"].get(key))
+    old, new = recorded.get("settings") or {}, identity["settings"]
+    changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
     return f"predicted with other settings ({', '.join(changed)})"
 
 

@@ -83,3 +83,10 @@ def test_missing_demo_outputs_are_one_user_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--work", str(tmp_path), "--report", str(tmp_path / "r")])
     assert exit_info.value.code == 2
+
+
+def test_a_report_left_incomplete_by_a_killed_prediction_is_not_reported(work, tmp_path):
+    (work / "predict" / "case_00000_report.json").write_text(json.dumps(
+        {"producer": "predict.py", "status": "incomplete", "case_id": "case_00000"}))
+    text = build_report(work, tmp_path / "report").read_text()
+    assert "Prediction of `raw/case_00001/imaging.nii.gz`" in text and "case_00000/imaging" not in text
