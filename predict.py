@@ -11,9 +11,10 @@ Left/right: the image affine's left-right axis (the column axis for KiTS files),
 centroid of the body (voxels above -500 HU).
 
 Outputs never replace inputs, and a run never replaces finished work unless told to:
-- Checked before the model loads, one error line each: DIR is an input file or any file, DIR cannot
-  be written, an output file would replace an input image or label (e.g. --output = the input folder
-  of a flat folder of <case>.nii.gz), or a folder sits where an output file goes.
+- Checked before the model loads, one error line each: DIR is an input file, the folder holding an
+  input image or label (outputs there would replace inputs or be read as inputs next time), or any
+  file; DIR cannot be written; an output file would replace an input file (also through a hard link);
+  a folder sits where an output file goes.
 - <case>_report.json is written last and records the model files' sha256, the settings that change
   the labels (tta_mirror, step_size, postprocess and the decision file auto reads), the input image's
   sha256 and the label's and overlay's sha256. A case whose three files match that record for this

@@ -72,12 +72,17 @@ def run_identity(cfg, model_paths: Sequence) -> dict:
 
 
 def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir) -> List[CaseTargets]:
-    """Everything about OUT that would fail or destroy an input, found before any compute: OUT is an input
-    file or a file at all, OUT cannot be written, an output would replace an input file (image or label),
-    or a folder sits where an output file goes. Creates OUT; returns the cases' targets."""
+    """Everything about OUT that would fail or touch an input, found before any compute: OUT is an input
+    file, the folder of an input image or label, or a file at all; OUT cannot be written; an output would
+    replace an input file (a hard link too); a folder sits where an output file goes. Creates OUT; returns
+    the cases' targets."""
     output_dir = Path(output_dir)
     inputs = [c.image for c in cases] + [c.label for c in cases if c.label is not None]
     check_not_input(output_dir, inputs, "--output")
+    # outputs among the inputs would replace them, or be read as input images by the next run
+    beside = next((source for source in inputs if source.resolve().parent == output_dir.resolve()), None)
+    if beside is not None:
+        raise UserError(f"--output {output_dir} is the folder of the input {beside}; choose another output folder")
     check_output_dir(output_dir, "--output", create=False)
     targets = [case_targets(output_dir, c.case_id) for c in cases]
     files = [path for t in targets for path in t.files()] + [output_dir / FAILURE_LOG]

@@ -84,6 +84,11 @@ def predict_nnunet_names_into_their_folder(ws, tmp, monkeypatch):
     return script, argv + ["--overwrite"], "p1.nii.gz"
 
 
+def predict_into_a_case_folder_of_the_input(ws, tmp, monkeypatch):
+    raw = shutil.copytree(ws / "raw", tmp / "raw")
+    return (*_predict(ws, raw, raw / "case_00001"), "case_00001/imaging.nii.gz")
+
+
 def predict_into_a_read_only_folder(ws, tmp, monkeypatch):
     out = tmp / "ro"
     out.mkdir()
@@ -171,13 +176,14 @@ def score_out_is_a_folder(ws, tmp, monkeypatch):
 
 
 def score_out_is_a_prediction(ws, tmp, monkeypatch):
-    script, argv, = _score(ws, tmp, tmp / "pred" / "case_00001.nii.gz")
+    script, argv = _score(ws, tmp, tmp / "pred" / "case_00001.nii.gz")
     return script, argv, "case_00001.nii.gz"
 
 
 ROWS = [
     predict_into_the_input_folder, predict_single_file_into_its_folder, predict_into_the_input_file_itself,
-    predict_nnunet_names_into_their_folder, predict_into_a_read_only_folder, predict_folder_where_a_label_goes,
+    predict_nnunet_names_into_their_folder, predict_into_a_case_folder_of_the_input, predict_into_a_read_only_folder,
+    predict_folder_where_a_label_goes,
     predict_folder_where_a_report_goes, predict_output_is_a_file, predict_output_under_a_file,
     eval_into_the_data_folder, eval_predictions_into_the_reference_folder, eval_into_the_reference_folder,
     eval_output_is_a_file, eval_folder_where_the_summary_goes,
@@ -216,7 +222,8 @@ class Killed(BaseException):
 
 
 def test_eval_rerun_drops_stale_predictions_and_writes_the_summary_last(workspace, tmp_path, monkeypatch):
-    raw, pre, plan = workspace / "raw", workspace / "pre", json.loads((workspace / "pre" / "plans.json").read_text())
+    pre = workspace / "pre"
+    plan = json.loads((pre / "plans.json").read_text())
     ev = tmp_path / "ev"
     evaluate_cases(["case_00000", "case_00001", "case_00003"], pre, oracle(pre), ev, "none", [], plan["labels"],
                    progress=False)
