@@ -30,6 +30,7 @@ from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
                        overlapping_inputs)
 from src.infer.postprocess import postprocessing_candidates
+from src.infer.predictor import mindir_sidecar
 
 PRODUCER = "predict.py"
 COMPLETE, INCOMPLETE = "complete", "incomplete"
@@ -65,9 +66,9 @@ def run_identity(cfg, model_paths: Sequence) -> dict:
     Reads only file bytes, so it is known before any model loads (and fails on a missing model file)."""
     settings = {"tta_mirror": bool(cfg.tta_mirror), "step_size": float(cfg.step_size),
                 "postprocess": str(cfg.postprocess)}
-    if cfg.postprocess == "auto":
-        settings["postprocessing_files"] = sorted(
-            file_digest(path) for path in postprocessing_candidates(model_paths) if path.is_file())
+    if cfg.postprocess == "auto":  # the decision files auto may read, a MindIR sidecar's exported one included
+        decisions = list(postprocessing_candidates(model_paths)) + [mindir_sidecar(path) for path in model_paths]
+        settings["postprocessing_files"] = sorted(file_digest(path) for path in decisions if path.is_file())
     return _json_normalized({"models": sorted(file_digest(path) for path in model_paths), "settings": settings})
 
 
