@@ -23,10 +23,11 @@ each sweep case. DoDNet (``mots_dodnet``) is the pretraining model, which export
 by design, so its default steps are preprocess and train.
 
 Memory per step: the child runs in its own process group; ``os.wait4`` on it gives the kernel's peak
-resident set of that child alone (``peak_rss_gb``; ``RUSAGE_CHILDREN`` would mix all steps), and every
-0.25 s the proportional set size (``Pss`` of ``/proc/<pid>/smaps_rollup``, shared pages split among their
-sharers) is summed over the child and its descendants (data-loader workers), whose maximum is
-``peak_tree_gb`` (sampled, so a spike shorter than 0.25 s can be missed). A step whose tree passes
+resident set of that child (``peak_rss_gb``: the largest of it and of each descendant it waited for, one
+process at a time; ``RUSAGE_CHILDREN`` would mix all steps), and every 0.5 s the child's resident set
+(``VmRSS``) plus its descendants' proportional set sizes (``Pss``: pages shared with the child, forked
+copy-on-write, counted once) give the process tree's memory, whose maximum is ``peak_tree_gb`` (sampled,
+so a spike shorter than 0.5 s can be missed; its CPU cost is ``monitor_cpu_s``). A step whose tree passes
 ``--max_rss_gb`` is stopped (the whole group), so a runaway run cannot exhaust a shared machine.
 The last line printed is one JSON object; the exit status is 1 when a step failed or was stopped.
 """
@@ -169,21 +170,29 @@ def tree_pids(root: int) -> list:
     return pids
 
 
-def pss_kb(pid: int) -> int:
+def proc_kb(pid: int, file: str, key: str) -> int:
+    """``key`` (kB) of /proc/<pid>/<file>: VmRSS of ``status`` (cheap), Pss of ``smaps_rollup`` (walks the
+    page tables: costly for a big process, cheap for a data-loader worker)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return 0
 
 
-def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.25) -> dict:
+def tree_kb(root: int) -> int:
+    """Resident memory of ``root`` plus the proportional share (Pss) of each descendant, whose pages
+    shared with ``root`` (forked copy-on-write, libraries) are thereby not counted twice."""
+    return proc_kb(root, "status", "VmRSS:") + sum(proc_kb(p, "smaps_rollup", "Pss:") for p in tree_pids(root)[1:])
+
+
+def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.5) -> dict:
     """Run ``command``; its wall time, its own peak RSS (wait4) and its process tree's peak PSS."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout.txt", "w") as out, open(log_dir / "stderr.txt", "w") as err:
-        start = time.perf_counter()
+        start, own_cpu = time.perf_counter(), time.process_time()
         child = subprocess.Popen([str(c) for c in command], stdout=out, stderr=err, start_new_session=True)
         peak_tree_kb, stopped = 0, False
         try:
@@ -191,9 +200,9 @@ def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.25) -> d
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG)
                 if pid:
                     break
-                tree_kb = sum(pss_kb(p) for p in tree_pids(child.pid))
-                peak_tree_kb = max(peak_tree_kb, tree_kb)
-                if tree_kb * 1024 > max_gb * GB and not stopped:
+                now_kb = tree_kb(child.pid)
+                peak_tree_kb = max(peak_tree_kb, now_kb)
+                if now_kb * 1024 > max_gb * GB and not stopped:
                     stopped = True
                     os.killpg(child.pid, signal.SIGTERM)
                 time.sleep(interval)
@@ -208,6 +217,7 @@ def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.25) -> d
     result = {"ok": child.returncode == 0 and not stopped, "returncode": child.returncode,
               "seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss * 1024 / GB, 3),
               "peak_tree_gb": round(peak_tree_kb * 1024 / GB, 3),
+              "monitor_cpu_s": round(time.process_time() - own_cpu, 2),
               "command": " ".join(str(c) for c in command)}
     if stopped:
         result["error"] = f"stopped: the process tree passed --max_rss_gb {max_gb}"
@@ -322,6 +332,7 @@ def summary(outcome: dict) -> str:
 
 def main(argv=None) -> int:
     args, overrides = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed rehearsal stops its step too
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     if args.keep:
         work = Path(args.keep).resolve()
