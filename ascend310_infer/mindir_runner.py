@@ -3,7 +3,7 @@
     python ascend310_infer/mindir_runner.py --mindir FILE --input BINS/00_data --output RESULTS [--device_target CPU]
 
 For every BINS/00_data/<name>.bin (float32, the MindIR's input shape) writes RESULTS/<name>_0.bin
-(float32 logits). The MindIR must be exported at batch 1 and have export.py's .json next to it.
+(float32 logits). The MindIR must be exported at batch 1 and have export.py's <name>.mindir.json sidecar next to it.
 """
 import argparse
 import sys
