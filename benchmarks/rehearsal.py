@@ -26,8 +26,9 @@ Memory per step: the child runs in its own process group; ``os.wait4`` on it giv
 resident set of that child (``peak_rss_gb``: the largest of it and of each descendant it waited for, one
 process at a time; ``RUSAGE_CHILDREN`` would mix all steps), and every 0.5 s the child's resident set
 (``VmRSS``) plus its descendants' proportional set sizes (``Pss``: pages shared with the child, forked
-copy-on-write, counted once) give the process tree's memory, whose maximum is ``peak_tree_gb`` (sampled,
-so a spike shorter than 0.5 s can be missed; its CPU cost is ``monitor_cpu_s``). A step whose tree passes
+copy-on-write, counted once; read every 3 s, being costly) give the process tree's memory, whose maximum
+is ``peak_tree_gb`` (sampled, so a spike shorter than 0.5 s can be missed; the sampling's CPU time is
+``monitor_cpu_s``). A step whose tree passes
 ``--max_rss_gb`` is stopped (the whole group), so a runaway run cannot exhaust a shared machine.
 The last line printed is one JSON object; the exit status is 1 when a step failed or was stopped.
 """
@@ -50,6 +51,7 @@ STEPS = ("preprocess", "train", "export", "predict")
 FIELD_OF_VIEW_MM = 400.0  # KiTS: 512 pixels of ~0.78 mm
 TRAIN_FLAGS = ("--epochs", "1", "--iters_per_epoch", "2", "--val_iters", "1")
 GB = 1e9
+WORKER_EVERY = 6  # samples of the step's own VmRSS per reading of its workers' Pss
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,10 +184,10 @@ def proc_kb(pid: int, file: str, key: str) -> int:
     return 0
 
 
-def tree_kb(root: int) -> int:
-    """Resident memory of ``root`` plus the proportional share (Pss) of each descendant, whose pages
-    shared with ``root`` (forked copy-on-write, libraries) are thereby not counted twice."""
-    return proc_kb(root, "status", "VmRSS:") + sum(proc_kb(p, "smaps_rollup", "Pss:") for p in tree_pids(root)[1:])
+def descendants_pss_kb(root: int) -> int:
+    """The proportional share (Pss) of each descendant of ``root``: pages shared with ``root`` (forked
+    copy-on-write, libraries) are thereby not counted twice. About 13 ms per 0.5 GB worker."""
+    return sum(proc_kb(p, "smaps_rollup", "Pss:") for p in tree_pids(root)[1:])
 
 
 def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.5) -> dict:
@@ -194,13 +196,16 @@ def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.5) -> di
     with open(log_dir / "stdout.txt", "w") as out, open(log_dir / "stderr.txt", "w") as err:
         start, own_cpu = time.perf_counter(), time.process_time()
         child = subprocess.Popen([str(c) for c in command], stdout=out, stderr=err, start_new_session=True)
-        peak_tree_kb, stopped = 0, False
+        peak_tree_kb, workers_kb, stopped, sample = 0, 0, False, 0
         try:
             while True:
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG)
                 if pid:
                     break
-                now_kb = tree_kb(child.pid)
+                if sample % WORKER_EVERY == 0:
+                    workers_kb = descendants_pss_kb(child.pid)
+                sample += 1
+                now_kb = proc_kb(child.pid, "status", "VmRSS:") + workers_kb
                 peak_tree_kb = max(peak_tree_kb, now_kb)
                 if now_kb * 1024 > max_gb * GB and not stopped:
                     stopped = True

@@ -90,8 +90,10 @@ def test_peak_memory_is_per_step_and_counts_workers(tmp_path):
     assert first["ok"] and first["peak_rss_gb"] >= 0.3 and first["peak_tree_gb"] >= 0.25
     assert second["ok"] and second["peak_rss_gb"] < 0.15, second  # not the earlier step's peak
     assert second["last_line"] == "small"
-    # memory held by a worker process (a child of the step's process) is in the tree's figure
-    worker = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {big!r}])"
+    # memory held by a worker process (a child of the step's process) for longer than the workers'
+    # sampling interval (3 s) is in the tree's figure
+    held = big.replace("sleep(0.6)", "sleep(3.5)")
+    worker = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {held!r}])"
     tree = rehearsal.run_step(_python(worker), tmp_path / "worker", max_gb=8)
     assert tree["ok"] and tree["peak_tree_gb"] >= 0.25
 
