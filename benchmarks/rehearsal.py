@@ -25,11 +25,12 @@ by design, so its default steps are preprocess and train.
 Memory per step: the child runs in its own process group; ``os.wait4`` on it gives the kernel's peak
 resident set of that child (``peak_rss_gb``: the largest of it and of each descendant it waited for, one
 process at a time; ``RUSAGE_CHILDREN`` would mix all steps), and every 0.5 s the child's resident set
-(``VmRSS``) plus its descendants' proportional set sizes (``Pss``: pages shared with the child, forked
-copy-on-write, counted once; read every 3 s, being costly) give the process tree's memory, whose maximum
-is ``peak_tree_gb`` (sampled, so a spike shorter than 0.5 s can be missed; the sampling's CPU time is
-``monitor_cpu_s``). A step whose tree passes
-``--max_rss_gb`` is stopped (the whole group), so a runaway run cannot exhaust a shared machine.
+(``VmRSS``) plus its descendants' private memory (``Private_*`` of ``smaps_rollup``: what they share with
+no one, since forked copy-on-write pages are in the child's own figure; read every 3 s, being costly)
+give the process tree's memory, whose maximum is ``peak_tree_gb`` (sampled, so a spike shorter than
+0.5 s can be missed; the sampling's CPU time is ``monitor_cpu_s``). A step whose tree passes
+``--max_rss_gb``, or during which the machine's available memory falls below ``--min_free_gb``, is
+stopped (the whole group), so a runaway run cannot exhaust a shared machine.
 The last line printed is one JSON object; the exit status is 1 when a step failed or was stopped.
 """
 import argparse
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic training cases")
     parser.add_argument("--max_rss_gb", type=float, default=12.0,
                         help="stop a step whose process tree's memory passes this")
+    parser.add_argument("--min_free_gb", type=float, default=1.0,
+                        help="stop a step when the machine's available memory falls below this")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     return parser
@@ -172,25 +175,23 @@ def tree_pids(root: int) -> list:
     return pids
 
 
-def proc_kb(pid: int, file: str, key: str) -> int:
-    """``key`` (kB) of /proc/<pid>/<file>: VmRSS of ``status`` (cheap), Pss of ``smaps_rollup`` (walks the
-    page tables: costly for a big process, cheap for a data-loader worker)."""
+def proc_kb(path: str, *keys: str) -> int:
+    """The sum of the ``keys`` (kB) of a /proc file: VmRSS of ``status`` (cheap), Private_* of
+    ``smaps_rollup`` (walks the page tables: about 13 ms for a 0.5 GB worker), MemAvailable of meminfo."""
     try:
-        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
+        return sum(int(line.split()[1]) for line in Path(path).read_text().splitlines() if line.startswith(keys))
     except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        return 0
 
 
-def descendants_pss_kb(root: int) -> int:
-    """The proportional share (Pss) of each descendant of ``root``: pages shared with ``root`` (forked
-    copy-on-write, libraries) are thereby not counted twice. About 13 ms per 0.5 GB worker."""
-    return sum(proc_kb(p, "smaps_rollup", "Pss:") for p in tree_pids(root)[1:])
+def descendants_private_kb(root: int) -> int:
+    """Memory of the descendants of ``root`` that they share with no one: pages forked copy-on-write from
+    ``root`` and libraries are already in ``root``'s resident set."""
+    keys = ("Private_Clean:", "Private_Dirty:")
+    return sum(proc_kb(f"/proc/{p}/smaps_rollup", *keys) for p in tree_pids(root)[1:])
 
 
-def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.5) -> dict:
+def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, interval: float = 0.5) -> dict:
     """Run ``command``; its wall time, its own peak RSS (wait4) and its process tree's peak PSS."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout.txt", "w") as out, open(log_dir / "stderr.txt", "w") as err:
@@ -203,12 +204,14 @@ def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.5) -> di
                 if pid:
                     break
                 if sample % WORKER_EVERY == 0:
-                    workers_kb = descendants_pss_kb(child.pid)
+                    workers_kb = descendants_private_kb(child.pid)
                 sample += 1
-                now_kb = proc_kb(child.pid, "status", "VmRSS:") + workers_kb
+                now_kb = proc_kb(f"/proc/{child.pid}/status", "VmRSS:") + workers_kb
                 peak_tree_kb = max(peak_tree_kb, now_kb)
-                if now_kb * 1024 > max_gb * GB and not stopped:
-                    stopped = True
+                available_gb = proc_kb("/proc/meminfo", "MemAvailable:") * 1024 / GB
+                if not stopped and (now_kb * 1024 > max_gb * GB or available_gb < min_free_gb):
+                    stopped = f"the process tree passed --max_rss_gb {max_gb}" if now_kb * 1024 > max_gb * GB \
+                        else f"the machine's available memory fell below --min_free_gb {min_free_gb}"
                     os.killpg(child.pid, signal.SIGTERM)
                 time.sleep(interval)
         except BaseException:
@@ -225,7 +228,7 @@ def run_step(command, log_dir: Path, max_gb: float, interval: float = 0.5) -> di
               "monitor_cpu_s": round(time.process_time() - own_cpu, 2),
               "command": " ".join(str(c) for c in command)}
     if stopped:
-        result["error"] = f"stopped: the process tree passed --max_rss_gb {max_gb}"
+        result["error"] = f"stopped: {stopped}"
     elif child.returncode != 0:
         result["error"] = stderr[-1] if stderr else f"exit status {child.returncode}"
     elif stdout:
@@ -294,7 +297,7 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
             result["steps"][step] = {"ok": False, "error": f"not run: {failed} failed"}
             continue
         say(f"{step}: {' '.join(map(str, commands[step]))}")
-        result["steps"][step] = outcome = run_step(commands[step], work / "logs" / step, args.max_rss_gb)
+        result["steps"][step] = outcome = run_step(commands[step], work / "logs" / step, args.max_rss_gb, args.min_free_gb)
         say(f"{step}: {summary(outcome)}")
         failed = None if outcome["ok"] else step
     if "predict" in steps:
@@ -309,7 +312,7 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
             case = write_kits_case(folder / "raw", (slices, args.rows, args.rows), spacing)
             command = commands["predict"] + ["--input", case.image, "--output", folder / "out"]
             say(f"predict {slices} slices: {' '.join(map(str, command))}")
-            outcome = run_step(command, work / "logs" / f"predict_{slices}", args.max_rss_gb)
+            outcome = run_step(command, work / "logs" / f"predict_{slices}", args.max_rss_gb, args.min_free_gb)
             outcome["shape"] = [slices, args.rows, args.rows]
             if plan:
                 outcome["windows"] = sweep_windows(slices, args.rows, args.slice_mm, plan, cfg.step_size)

@@ -98,6 +98,21 @@ def test_peak_memory_is_per_step_and_counts_workers(tmp_path):
     assert tree["ok"] and tree["peak_tree_gb"] >= 0.25
 
 
+def test_pages_a_worker_shares_with_the_step_count_once(tmp_path):
+    # a forked worker shares the step's 300 MB copy-on-write: the tree holds 0.3 GB, not 0.45 or 0.6
+    fork = ("import os, time; b = b'x' * 300_000_000; pid = os.fork()\n"
+            "if pid == 0: time.sleep(3.5); os._exit(0)\n"
+            "os.waitpid(pid, 0)")
+    result = rehearsal.run_step(_python(fork), tmp_path / "fork", max_gb=8)
+    assert result["ok"] and 0.28 <= result["peak_tree_gb"] < 0.4, result
+
+
+def test_a_step_is_stopped_when_the_machine_runs_short_of_memory(tmp_path):
+    result = rehearsal.run_step(_python("import time; time.sleep(60)"), tmp_path / "short", max_gb=8,
+                                min_free_gb=1e6)
+    assert not result["ok"] and "available memory" in result["error"] and result["returncode"] < 0
+
+
 def test_a_step_over_the_memory_cap_is_stopped_with_its_workers(tmp_path):
     hog = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
            "print(w.pid, flush=True); b = b'x' * 400_000_000; time.sleep(60)")
