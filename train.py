@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv=None) -> None:
+    from src.msrun_env import is_extra_scheduler
+
+    if is_extra_scheduler():  # node r > 0 sharing node 0's host: node 0's msrun runs the job's scheduler
+        return
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     from src.train.trainer import train_fold
