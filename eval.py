@@ -16,6 +16,13 @@ are derived and a rerun replaces them, crash-consistently: summary.json is remov
 (after metrics.csv and eval_info.json), so a summary.json exists only beside the files of the same run;
 predictions of cases this run does not evaluate are removed. Scoring mode likewise removes
 <name>_summary.json before writing the CSV and writes it last.
+
+Sharded (model mode): `bash scripts/run_distribute_eval.sh WORKERS eval.py <these arguments>` runs this
+under msrun; each worker predicts its share of the cases (case i of the sorted ids goes to rank
+i % WORKERS) into EV/predictions and its rows into EV/shards/rank_<r>.json; then the launcher runs the same
+command with --merge_shards, which writes metrics.csv, eval_info.json and summary.json from all rows -
+and, with postprocess auto and no stored decision, decides the postprocessing on all the cases, applies it
+and scores, as a single process does - so the results equal a single-process run's.
 """
 import argparse
 
@@ -39,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "optional in model mode)")
     parser.add_argument("--metric", choices=("kits19", "kits21"), help="label set of the references (scoring mode)")
     parser.add_argument("--out", help="metrics CSV to write (scoring mode); <name>_summary.json goes next to it")
+    parser.add_argument("--merge_shards", action="store_true",
+                        help="after a sharded run (scripts/run_distribute_eval.sh runs this): write --output's "
+                             "results from every worker's share")
     add_config_arguments(parser)
     return parser
 
@@ -75,7 +85,14 @@ def score_existing(args) -> None:
           f"kits19 composite {summary['kits19_composite']:.4f}")
 
 
-def evaluate_model(args) -> None:
+def print_summary(fold, summary: dict, output) -> None:
+    print(f"fold {fold}: {summary['cases']} cases, kits19 kidney {summary['kits19_kidney_dice']:.4f} "
+          f"tumor {summary['kits19_tumor_dice']:.4f} composite {summary['kits19_composite']:.4f}; "
+          f"kits21 mean Dice {summary['kits21_mean_dice']:.4f} mean SD {summary['kits21_mean_sd']:.4f}; "
+          f"wrote {output}/summary.json")
+
+
+def evaluate_model(args, shard=None) -> None:
     missing = [flag for flag, value in (("--config", args.config), ("--data", args.data), ("--fold", args.fold),
                                         ("--output", args.output)) if value is None]
     if missing or not (args.ckpt or args.mindir):
@@ -84,23 +101,42 @@ def evaluate_model(args) -> None:
     cfg = config_from_args(args)
     from src.infer.evaluate import evaluate_fold
 
-    summary = evaluate_fold(cfg, args.data, args.fold, args.output, ckpts=args.ckpt, mindir=args.mindir,
-                            ref_dir=args.ref)
-    print(f"fold {args.fold}: {summary['cases']} cases, kits19 kidney {summary['kits19_kidney_dice']:.4f} "
-          f"tumor {summary['kits19_tumor_dice']:.4f} composite {summary['kits19_composite']:.4f}; "
-          f"kits21 mean Dice {summary['kits21_mean_dice']:.4f} mean SD {summary['kits21_mean_sd']:.4f}; "
-          f"wrote {args.output}/summary.json")
+    result = evaluate_fold(cfg, args.data, args.fold, args.output, ckpts=args.ckpt, mindir=args.mindir,
+                           ref_dir=args.ref, shard=shard)
+    if shard is not None:
+        print(f"{shard}: predicted {len(result['cases'])} of the {len(result['all_cases'])} cases of fold "
+              f"{args.fold}; the merge (--merge_shards) writes {args.output}/summary.json")
+        return
+    print_summary(args.fold, result, args.output)
+
+
+def merge_model_evaluation(args) -> None:
+    if args.output is None:
+        raise UserError("--merge_shards needs --output, the folder the sharded run wrote")
+    from src.infer.evaluate import merge_evaluation
+
+    summary = merge_evaluation(args.output)
+    print_summary(args.fold, summary, args.output)
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
+    from src.msrun_env import is_msrun_scheduler, worker_shard
+
+    if is_msrun_scheduler():  # msrun's scheduler runs the script too; inference needs no scheduler
+        return
     args = build_parser().parse_args(argv)
+    shard = worker_shard()
     if args.pred is not None:
         if args.ckpt or args.mindir:
             raise UserError("--pred scores existing predictions; it cannot be combined with --ckpt/--mindir")
+        if shard is not None or args.merge_shards:
+            raise UserError("scoring mode (--pred) runs as one process; shard model evaluation (--ckpt/--mindir)")
         score_existing(args)
+    elif args.merge_shards:
+        merge_model_evaluation(args)
     else:
-        evaluate_model(args)
+        evaluate_model(args, shard)
 
 
 if __name__ == "__main__":

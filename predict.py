@@ -30,6 +30,12 @@ Outputs never replace inputs, and a run never replaces finished work unless told
 - A case that fails (unreadable file, an error of any type) does not stop the others: each failed case
   is listed as "failed: <case>: <reason>" at the end, DIR/failures.log holds the tracebacks, and the
   exit status is 2.
+
+Sharded: `bash scripts/run_distribute_eval.sh WORKERS predict.py <these arguments>` runs this under msrun;
+each worker predicts its share of the cases (case i of the sorted ids goes to rank i % WORKERS), with all
+the rules above, and records what it did in DIR/shards/rank_<r>.json; then the launcher runs the same
+command with --merge_shards, which sums up the run, lists every rank's failed cases (DIR/failures.log)
+and exits with status 2 if any case failed.
 """
 import argparse
 
@@ -50,19 +56,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs of another model/settings/image and files predict.py did not write "
                              "(refused otherwise); complete outputs of this model are skipped either way")
+    parser.add_argument("--merge_shards", action="store_true",
+                        help="after a sharded run (scripts/run_distribute_eval.sh runs this): sum up every "
+                             "worker's share in --output and report all failed cases")
     add_config_arguments(parser)
     return parser
 
 
+def print_run(predicted: int, skipped: int, output) -> None:
+    skipped = f" ({skipped} complete case(s) skipped)" if skipped else ""
+    print(f"wrote {predicted} prediction(s), report(s) and overlay(s) to {output}{skipped}")
+
+
 @exit_on_user_error
 def main(argv=None) -> None:
+    from src.msrun_env import is_msrun_scheduler, worker_shard
+
+    if is_msrun_scheduler():  # msrun's scheduler runs the script too; inference needs no scheduler
+        return
     args = build_parser().parse_args(argv)
+    if args.merge_shards:
+        from src.infer.predict_cases import merge_predictions
+
+        print_run(*merge_predictions(args.output), args.output)
+        return
     cfg = config_from_args(args)
+    shard = worker_shard()
     from src.infer.predict_cases import predict_files
 
-    run = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir, overwrite=args.overwrite)
-    skipped = f" ({run.skipped} complete case(s) skipped)" if run.skipped else ""
-    print(f"wrote {len(run.reports)} prediction(s), report(s) and overlay(s) to {args.output}{skipped}")
+    run = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir, overwrite=args.overwrite,
+                        shard=shard)
+    if shard is not None:
+        failed = f", {len(run.failures)} failed" if run.failures else ""
+        print(f"{shard}: predicted {len(run.reports)} case(s){failed}; the merge (--merge_shards) sums up the run")
+        return
+    print_run(len(run.reports), run.skipped, args.output)
 
 
 if __name__ == "__main__":

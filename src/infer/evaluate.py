@@ -25,6 +25,9 @@ from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, co
                                    spec_summary)
 from src.metrics.kits import case_scores
 from src.metrics.report import find_references, write_metrics_csv, write_summary_json
+from src.msrun_env import Shard
+from src.sharding import (cases_of_rank, gather_partials, remove_partials, rows_in_case_order, same_in_every_partial,
+                          start_partial, write_partial)
 
 ProbabilityFn = Callable[[str, np.ndarray, dict], np.ndarray]
 
@@ -130,17 +133,83 @@ def start_results(out_dir, case_ids: Sequence[str]) -> None:
 
 def _score(case_id: str, label: np.ndarray, ref_path: Path, meta: ImageMeta) -> dict:
     reference = load_label(ref_path, like=meta)
-    return {"caseID": case_id, **case_scores(label, reference, meta.spacing)}
+    # plain floats: a sharded run carries the rows through JSON to the merge, which must average the same numbers
+    return {"caseID": case_id, **{key: float(value) for key, value in case_scores(label, reference, meta.spacing).items()}}
+
+
+def _predict_and_save(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityFn, props: dict, metas: dict,
+                      references: dict, pred_dir: Path, spec: Optional[dict], decide_later: bool,
+                      progress: bool) -> list:
+    """Per case: probabilities, back to the original geometry, ``predictions/<case>.nii.gz``. When the
+    postprocessing is known it is applied first and the case scored (its row returned); when it is still to
+    be decided (``decide_later``) the raw prediction is saved and nothing is scored yet."""
+    rows = []
+    for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
+        data = load_case_data(pre_dir, case_id)
+        probs = probabilities(case_id, data, props[case_id])
+        del data
+        label = probabilities_to_original(probs, props[case_id])
+        del probs
+        if not decide_later:
+            label = apply_postprocessing(label, spec, metas[case_id].spacing)
+            rows.append(_score(case_id, label, references[case_id], metas[case_id]))
+        save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
+    return rows
+
+
+def _decide_apply_and_score(case_ids: Sequence[str], pre_dir, out_dir: Path, props: dict, metas: dict,
+                            references: dict, foreground: Sequence[int], model_paths: Sequence,
+                            training_case_ids: Sequence[str]):
+    """``postprocess: auto`` without a stored decision, once every case's raw prediction is saved: decide on
+    all of them (as nnU-Net decides on its whole cross-validation), store the decision, apply it to the saved
+    predictions and score them. Returns (spec, where it came from, rows in ``case_ids`` order)."""
+    pred_dir = out_dir / "predictions"
+    floors = component_floor_ml((load_case_data(pre_dir, c, "seg") for c in training_case_ids),
+                                load_plan(pre_dir)["target_spacing"], foreground)
+    spec = decide_postprocessing(
+        ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]),
+          metas[c].spacing) for c in case_ids), foreground, floors)
+    # bound to the model files by their sha256: a retrained checkpoint cannot inherit it
+    save_postprocessing(spec, out_dir / POSTPROCESSING_FILE, models=model_paths)
+    model_folders = {Path(p).resolve().parent for p in model_paths}
+    if len(model_folders) == 1:
+        save_postprocessing(spec, next(iter(model_folders)) / POSTPROCESSING_FILE, models=model_paths)
+    rows = []
+    for case_id in case_ids:
+        raw = load_label(pred_dir / f"{case_id}.nii.gz", like=metas[case_id])
+        label = apply_postprocessing(raw, spec, metas[case_id].spacing)
+        if label is not raw:
+            save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
+        rows.append(_score(case_id, label, references[case_id], metas[case_id]))
+    return spec, f"decided on these {len(case_ids)} cases", rows
+
+
+def _write_results(out_dir: Path, rows: list, case_ids: Sequence[str], spec: Optional[dict], spec_source: str,
+                   info: dict, seconds: float) -> dict:
+    write_metrics_csv(rows, out_dir / "metrics.csv")
+    atomic_write_json(out_dir / "eval_info.json", {
+        **info,
+        "cases": list(case_ids),
+        "postprocessing": spec_summary(spec),
+        "postprocessing_spec": spec,
+        "postprocessing_source": spec_source,
+        "seconds": round(seconds, 1),
+    })
+    # the commit record, last: present only beside the predictions, metrics and info of this run
+    return write_summary_json(rows, out_dir / "summary.json")
 
 
 def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityFn, out_dir, postprocess: str,
                    model_paths: Sequence, labels: Dict[str, int], ref_dir=None, progress: bool = True,
                    info: Optional[dict] = None, exported_postprocessing: Optional[dict] = None,
-                   training_case_ids: Sequence[str] = ()) -> dict:
+                   training_case_ids: Sequence[str] = (), shard: Optional[Shard] = None) -> dict:
     """Predict, restore, postprocess, write and score ``case_ids``; returns the summary.
 
     A postprocessing decided here also weighs the minimum component volumes learnt from the
-    references of ``training_case_ids`` (none given: that step is not a candidate)."""
+    references of ``training_case_ids`` (none given: that step is not a candidate).
+    With ``shard`` (one rank of a sharded run) only that rank's ``cases_of_rank`` are predicted and
+    written, its rows go to its partial file and the partial record is returned; ``merge_evaluation``
+    then decides the postprocessing (if still to decide) and writes the results from all ranks."""
     out_dir = Path(out_dir)
     pred_dir = out_dir / "predictions"
     references = check_evaluation_output(out_dir, pre_dir, case_ids, ref_dir, model_paths)
@@ -149,52 +218,62 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
     spec, spec_source = resolve_postprocessing(postprocess, model_paths, foreground, exported_postprocessing)
     decide_here = postprocess == "auto" and spec is None
     metas = {case_id: ImageMeta.from_json(props[case_id]["image_meta"]) for case_id in case_ids}
-    rows = []
     started = time.time()
     start_results(out_dir, case_ids)
-    for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
-        data = load_case_data(pre_dir, case_id)
-        probs = probabilities(case_id, data, props[case_id])
-        del data
-        label = probabilities_to_original(probs, props[case_id])
-        del probs
-        if not decide_here:
-            label = apply_postprocessing(label, spec, metas[case_id].spacing)
-            rows.append(_score(case_id, label, references[case_id], metas[case_id]))
-        save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
+    if shard is None:  # a single process owns the folder: shares a killed sharded run left are void now
+        remove_partials(out_dir)
+        mine = case_ids
+    else:
+        start_partial(out_dir, shard)
+        mine = cases_of_rank(case_ids, shard)
+    rows = _predict_and_save(mine, pre_dir, probabilities, props, metas, references, pred_dir, spec, decide_here,
+                             progress)
+    if shard is not None:
+        # everything the merge needs, resolved, so it runs without the model or the command line
+        context = {"pre_dir": str(Path(pre_dir).resolve()), "references": {c: str(p.resolve()) for c, p in
+                                                                           references.items()},
+                   "model_paths": [str(Path(p).resolve()) for p in model_paths], "foreground": foreground,
+                   "decide_here": decide_here, "spec": spec, "spec_source": spec_source, "info": info or {},
+                   "training_case_ids": list(training_case_ids)}
+        path = write_partial(out_dir, shard, case_ids, {"rows": rows, "started": started, "context": context})
+        return read_json(path, "partial result")
     if decide_here:
-        floors = component_floor_ml((load_case_data(pre_dir, c, "seg") for c in training_case_ids),
-                                    load_plan(pre_dir)["target_spacing"], foreground)
-        spec = decide_postprocessing(
-            ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]),
-              metas[c].spacing) for c in case_ids), foreground, floors)
-        spec_source = f"decided on these {len(case_ids)} cases"
-        # bound to the model files by their sha256: a retrained checkpoint cannot inherit it
-        save_postprocessing(spec, out_dir / POSTPROCESSING_FILE, models=model_paths)
-        model_folders = {Path(p).resolve().parent for p in model_paths}
-        if len(model_folders) == 1:
-            save_postprocessing(spec, next(iter(model_folders)) / POSTPROCESSING_FILE, models=model_paths)
-        for case_id in case_ids:
-            raw = load_label(pred_dir / f"{case_id}.nii.gz", like=metas[case_id])
-            label = apply_postprocessing(raw, spec, metas[case_id].spacing)
-            if label is not raw:
-                save_prediction(label, props[case_id], pred_dir / f"{case_id}.nii.gz")
-            rows.append(_score(case_id, label, references[case_id], metas[case_id]))
-    write_metrics_csv(rows, out_dir / "metrics.csv")
-    atomic_write_json(out_dir / "eval_info.json", {
-        **(info or {}),
-        "cases": list(case_ids),
-        "postprocessing": spec_summary(spec),
-        "postprocessing_spec": spec,
-        "postprocessing_source": spec_source,
-        "seconds": round(time.time() - started, 1),
-    })
-    # the commit record, last: present only beside the predictions, metrics and info of this run
-    return write_summary_json(rows, out_dir / "summary.json")
+        spec, spec_source, rows = _decide_apply_and_score(case_ids, pre_dir, out_dir, props, metas, references,
+                                                          foreground, model_paths, training_case_ids)
+    return _write_results(out_dir, rows, case_ids, spec, spec_source, info or {}, time.time() - started)
 
 
-def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=None, progress: bool = True) -> dict:
-    """eval.py with a model: the fold's validation cases through ``load_predictor``."""
+def merge_evaluation(out_dir) -> dict:
+    """After every rank of a sharded ``evaluate_cases`` finished: the results a single process writes, from
+    the ranks' partial files (``gather_partials``) - with ``postprocess: auto`` and no stored decision, the
+    decision over all the cases, its application and the scores; otherwise the ranks' rows in case order.
+    Removes the partials after summary.json (the commit record) is written; returns the summary."""
+    out_dir = Path(out_dir)
+    partials = gather_partials(out_dir)
+    case_ids = partials[0]["all_cases"]
+    context = same_in_every_partial(partials, "context")
+    started = min(float(partial["started"]) for partial in partials)
+    info = dict(context["info"], shards=len(partials))
+    if context["decide_here"]:
+        pre_dir = Path(context["pre_dir"])
+        props = {case_id: load_case_properties(pre_dir, case_id) for case_id in case_ids}
+        metas = {case_id: ImageMeta.from_json(props[case_id]["image_meta"]) for case_id in case_ids}
+        references = {case_id: Path(path) for case_id, path in context["references"].items()}
+        spec, spec_source, rows = _decide_apply_and_score(case_ids, pre_dir, out_dir, props, metas, references,
+                                                          context["foreground"], context["model_paths"],
+                                                          context["training_case_ids"])
+    else:
+        spec, spec_source = context["spec"], context["spec_source"]
+        rows = rows_in_case_order(partials, case_ids)
+    summary = _write_results(out_dir, rows, case_ids, spec, spec_source, info, time.time() - started)
+    remove_partials(out_dir)
+    return summary
+
+
+def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=None, progress: bool = True,
+                  shard: Optional[Shard] = None) -> dict:
+    """eval.py with a model: the fold's validation cases through ``load_predictor`` (with ``shard``, this
+    rank's share of them; see ``evaluate_cases``)."""
     from src.infer.predictor import load_predictor
 
     plan = load_plan(pre_dir)
@@ -211,4 +290,4 @@ def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=
     return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, model_paths,
                           predictor.labels, ref_dir=ref_dir, progress=progress, info=info,
                           exported_postprocessing=predictor.exported_postprocessing,
-                          training_case_ids=fold_cases(pre_dir, plan, fold)[0])
+                          training_case_ids=fold_cases(pre_dir, plan, fold)[0], shard=shard)

@@ -7,11 +7,16 @@ the plan's spacing), sliding-window probabilities (mirroring and fold ensembling
 to the input geometry, postprocessing per the config, and ``save_case`` (label, overlay, report last).
 A case that fails for any reason (a bad file, a ValueError, MemoryError, ...) is reported and the others
 still finish; the run then ends with a UserError naming how many failed.
+
+Sharded (one msrun worker of ``scripts/run_distribute_eval.sh``): the checks of the output folder cover every
+case, the rest only this rank's ``cases_of_rank``; failed cases do not end the rank with an error (msrun
+would kill the other ranks) but go to its partial file, and ``merge_predictions`` reports every rank's
+failures and fails the run as a single process would.
 """
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -24,6 +29,9 @@ from src.infer.geometry import probabilities_to_original
 from src.infer.postprocess import apply_postprocessing, label_values, resolve_postprocessing, spec_summary
 from src.infer.prediction_outputs import (FAILURE_LOG, FailureLog, check_prediction_outputs, failure_reason,
                                           plan_cases, run_identity, save_case)
+from src.msrun_env import Shard
+from src.sharding import (cases_of_rank, gather_partials, remove_partials, same_in_every_partial, shards_dir,
+                          start_partial, write_partial)
 
 
 @dataclass
@@ -41,10 +49,11 @@ def load_model(cfg, ckpts, mindir, progress):
 
 
 def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None, mindir=None,
-                  overwrite: bool = False, progress: bool = True) -> PredictionRun:
+                  overwrite: bool = False, progress: bool = True, shard: Optional[Shard] = None) -> PredictionRun:
     """Predict every image under ``input_path`` (file or folder in any supported layout) into
-    ``output_dir``. Raises UserError before any compute for an output problem or outputs it must not
-    replace (see ``src.infer.prediction_outputs``), and after the loop if some cases failed."""
+    ``output_dir`` (with ``shard``, this rank's share of them). Raises UserError before any compute for an
+    output problem or outputs it must not replace (see ``src.infer.prediction_outputs``), and after the loop
+    if some cases failed (a shard records them in its partial file instead)."""
     if bool(ckpts) == (mindir is not None):
         raise UserError("give either checkpoint(s) or a MindIR file")
     cases = find_cases(input_path)
@@ -52,16 +61,37 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
     targets = check_prediction_outputs(cases, output_dir)
     model_paths = list(ckpts) if ckpts else [mindir]
     identity = run_identity(cfg, model_paths)
+    all_ids = [case.case_id for case in cases]
+    if shard is not None:  # only this rank's cases are classified: reading another rank's outputs is its work
+        mine = set(cases_of_rank(all_ids, shard))
+        cases, targets = [c for c in cases if c.case_id in mine], [t for t in targets if t.case_id in mine]
     todo, skipped = plan_cases(cases, targets, identity, overwrite)
     remove_stale_temporaries(output_dir)
     run = PredictionRun(skipped=skipped)
-    log = FailureLog(output_dir)
+    if shard is None:
+        remove_partials(output_dir)  # a single process takes the folder over: a killed sharded run's shares are void
+        log = FailureLog(output_dir)
+    else:
+        start_partial(output_dir, shard)
+        log = FailureLog(output_dir, shards_dir(output_dir) / f"failures_rank_{shard.rank}.log")
     if skipped:
         print(f"skipped {skipped} of {len(cases)} case(s): already predicted in {output_dir} by this model "
               f"and settings", file=sys.stderr)
-    if not todo:
-        log.clear_old()
+    if todo:
+        _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run, log)
+    if shard is not None:
+        write_partial(output_dir, shard, all_ids, {
+            "identity": identity, "predicted": [report["case_id"] for report in run.reports],
+            "skipped": run.skipped, "failures": run.failures, "failure_log": log.entries})
         return run
+    if run.failures:
+        raise_failures(run.failures, len(cases), output_dir)
+    log.clear_old()
+    return run
+
+
+def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run: PredictionRun,
+                  log: FailureLog) -> None:
     predictor = load_model(cfg, ckpts, mindir, progress)
     spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
                                           predictor.exported_postprocessing)
@@ -82,10 +112,29 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
             continue
         run.reports.append(report)
         tqdm.write(report_line(report))
-    if run.failures:
-        for case_id, reason in sorted(run.failures.items()):
-            print(f"failed: {case_id}: {reason}", file=sys.stderr)
-        raise UserError(f"{len(run.failures)} of {len(cases)} case(s) failed (listed above; details in "
-                        f"{output_dir / FAILURE_LOG}); the others are in {output_dir}")
-    log.clear_old()
-    return run
+
+
+def raise_failures(failures: Dict[str, str], total: int, output_dir: Path) -> None:
+    for case_id, reason in sorted(failures.items()):
+        print(f"failed: {case_id}: {reason}", file=sys.stderr)
+    raise UserError(f"{len(failures)} of {total} case(s) failed (listed above; details in "
+                    f"{output_dir / FAILURE_LOG}); the others are in {output_dir}")
+
+
+def merge_predictions(output_dir) -> Tuple[int, int]:
+    """After every rank of a sharded ``predict_files`` finished: (cases predicted, complete cases skipped) over
+    all ranks. Every rank's failures go to ``OUT/failures.log`` and end the run with the single-process
+    error; without failures an old log of ours is removed. The partials are removed either way."""
+    output_dir = Path(output_dir)
+    partials = gather_partials(output_dir)
+    same_in_every_partial(partials, "identity")
+    failures = {case_id: reason for partial in partials for case_id, reason in partial["failures"].items()}
+    log = FailureLog(output_dir)
+    if failures:
+        log.extend([entry for partial in partials for entry in partial["failure_log"]])
+    else:
+        log.clear_old()
+    remove_partials(output_dir)
+    if failures:
+        raise_failures(failures, len(partials[0]["all_cases"]), output_dir)
+    return sum(len(partial["predicted"]) for partial in partials), sum(partial["skipped"] for partial in partials)

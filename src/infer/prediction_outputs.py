@@ -187,16 +187,21 @@ def failure_reason(err: BaseException) -> str:
 
 class FailureLog:
     """``OUT/failures.log``: each failed case's reason and traceback, rewritten (atomically) after every
-    failure so a killed run keeps it; a run without failures removes an old log of ours."""
+    failure so a killed run keeps it; a run without failures removes an old log of ours. One rank of a
+    sharded run keeps its own log elsewhere (``path``); the merge writes ``OUT/failures.log`` from all."""
 
-    def __init__(self, output_dir):
-        self.path = Path(output_dir) / FAILURE_LOG
+    def __init__(self, output_dir, path=None):
+        self.path = Path(output_dir) / FAILURE_LOG if path is None else Path(path)
         self.entries: List[str] = []
 
     def add(self, case_id: str, err: BaseException) -> None:
         trace = "" if isinstance(err, UserError) else \
             "".join(traceback.format_exception(type(err), err, err.__traceback__))
-        self.entries.append(f"== {case_id}: {failure_reason(err)}\n{trace}")
+        self.extend([f"== {case_id}: {failure_reason(err)}\n{trace}"])
+
+    def extend(self, entries: Sequence[str]) -> None:
+        """Append entries made by ``add`` (here or in another process) and rewrite the log."""
+        self.entries.extend(entries)
         atomic_write_text(self.path, FAILURE_LOG_HEADER + "\n\n" + "\n".join(self.entries))
 
     def clear_old(self) -> None:
