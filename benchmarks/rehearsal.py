@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", default="0", help="fold to train (0.. or all)")
     parser.add_argument("--tta_mirror", choices=("true", "false"), default=None,
                         help="mirroring at prediction (default: the config's; it multiplies the time by 8)")
+    parser.add_argument("--untrained", action="store_true",
+                        help="export and predict the planned network with random weights (predict_case's checkpoint) "
+                             "instead of the trained one, for a machine where training cannot run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic training cases")
     parser.add_argument("--max_rss_gb", type=float, default=12.0,
                         help="stop a step whose process tree's memory passes this")
@@ -238,10 +241,24 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
 
 # ---------------------------------------------------------------- the rehearsal
 
+def step_config(args, overrides):
+    """The config every step sees: the yaml, ``--device_target CPU`` and the overrides."""
+    from src.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_config_arguments(parser)
+    return config_from_args(parser.parse_args(["--config", args.config, "--device_target", "CPU", *overrides]))
+
+
+def checkpoint_path(args, work: Path) -> Path:
+    return work / ("untrained" if args.untrained else f"runs/fold_{args.fold}") / "checkpoint_best.ckpt"
+
+
 def step_commands(args, overrides, work: Path) -> dict:
     py, cfg = sys.executable, args.config
     common = ["--device_target", "CPU", *overrides]
-    ckpt = work / "runs" / f"fold_{args.fold}" / "checkpoint_best.ckpt"
+    ckpt = checkpoint_path(args, work)
     return {
         "preprocess": [py, ROOT / "prepare.py", "preprocess", "--raw", work / "raw", "--out", work / "pre",
                        "--config", cfg, *common],
@@ -276,15 +293,13 @@ def machine() -> dict:
 
 
 def rehearse(args, overrides, work: Path, say=print) -> dict:
-    from src.config import load_config
-
-    cfg = load_config(args.config, {"device_target": "CPU"})
+    cfg = step_config(args, overrides)
     steps = args.steps or default_steps(cfg.network)
     commands = step_commands(args, overrides, work)
     result = {"config": Path(args.config).stem, "dataset": cfg.dataset, "network": cfg.network,
               "overrides": overrides, "train_cases": args.train_cases, "rows": args.rows,
-              "train_slices": args.train_slices, "fold": args.fold, "machine": machine(), "steps": {},
-              "predict": {}}
+              "train_slices": args.train_slices, "fold": args.fold, "untrained": args.untrained,
+              "machine": machine(), "steps": {}, "predict": {}}
     if "preprocess" in steps:
         start = time.perf_counter()
         shape = (args.train_slices, args.rows, args.rows)
@@ -293,14 +308,18 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
         result["data_seconds"] = round(time.perf_counter() - start, 1)
     failed = None
     for step in [s for s in STEPS if s in steps and s != "predict"]:
+        if step == "export" and args.untrained and not failed:
+            write_untrained(cfg, work, checkpoint_path(args, work))
         if failed:
             result["steps"][step] = {"ok": False, "error": f"not run: {failed} failed"}
             continue
         say(f"{step}: {' '.join(map(str, commands[step]))}")
         result["steps"][step] = outcome = run_step(commands[step], work / "logs" / step, args.max_rss_gb, args.min_free_gb)
         say(f"{step}: {summary(outcome)}")
-        failed = None if outcome["ok"] else step
+        failed = None if outcome["ok"] or (step == "train" and args.untrained) else step
     if "predict" in steps:
+        if args.untrained and not failed and not checkpoint_path(args, work).is_file():
+            write_untrained(cfg, work, checkpoint_path(args, work))
         plan = json.loads((work / "pre" / "plans.json").read_text()) if (work / "pre" / "plans.json").is_file() else None
         for slices in args.slices:
             key = str(slices)
@@ -326,6 +345,13 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
         result["plan"]["stages"] = len(plan.get("strides", []))
     result["ok"] = all(o.get("ok") for o in [*result["steps"].values(), *result["predict"].values()])
     return result
+
+
+def write_untrained(cfg, work: Path, ckpt: Path) -> None:
+    from benchmarks.predict_case import write_random_checkpoint
+
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    write_random_checkpoint(cfg, json.loads(plan_file(work).read_text()), ckpt)
 
 
 def plan_file(work: Path) -> Path:

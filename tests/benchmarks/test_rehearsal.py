@@ -47,6 +47,9 @@ def test_every_step_runs_on_cpu_with_the_overrides(tmp_path):
     assert "--tta_mirror" not in commands["predict"]
     args, _ = rehearsal.parse_args(["--tta_mirror", "false"])
     assert rehearsal.step_commands(args, [], tmp_path)["predict"][-2:] == ["--tta_mirror", "false"]
+    args, _ = rehearsal.parse_args(["--untrained"])
+    for name in ("export", "predict"):
+        assert tmp_path / "untrained" / "checkpoint_best.ckpt" in rehearsal.step_commands(args, [], tmp_path)[name]
 
 
 def test_rescaled_affine_keeps_the_volume_edges():
