@@ -16,7 +16,7 @@
 # whether all ranks hold identical weights.
 # The arguments are checked before anything starts (CFG a file, DATA a preprocessed folder with plans.json,
 # WORKERS a positive integer, RANK_TABLE_FILE a file, NNODES a positive integer, 0 <= NODE_RANK < NNODES,
-# MASTER_ADDR set when NNODES > 1): one "error:" line and exit status 2.
+# MASTER_ADDR set when NNODES > 1 without a rank table): one "error:" line and exit status 2.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: bash $0 CFG DATA OUT WORKERS [RANK_TABLE_FILE] [train.py args]" >&2
@@ -42,9 +42,6 @@ NNODES=$((10#$NNODES))
 case "$NODE_RANK" in ''|*[!0-9]*) fail "NODE_RANK must be an integer from 0 to NNODES-1, got '$NODE_RANK'" ;; esac
 NODE_RANK=$((10#$NODE_RANK))
 [ "$NODE_RANK" -lt "$NNODES" ] || fail "NODE_RANK must be an integer from 0 to NNODES-1 ($((NNODES - 1))), got $NODE_RANK"
-if [ "$NNODES" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
-  fail "NNODES=$NNODES needs MASTER_ADDR, the address of node 0 (NODE_RANK=0) that every node can reach"
-fi
 WORLD=$((NNODES * WORKERS))
 # read by train.py: msrun also starts a scheduler on a node r > 0 that shares node 0's host, which must step aside
 export NODE_RANK
@@ -53,6 +50,10 @@ if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
   [ -f "$1" ] || fail "rank table file not found: $1"
   RANK_TABLE=$(realpath "$1")
   shift
+fi
+# msrun's workers find each other through node 0; a rank table lists every server's devices instead
+if [ "$NNODES" -gt 1 ] && [ -z "$RANK_TABLE" ] && [ -z "${MASTER_ADDR:-}" ]; then
+  fail "NNODES=$NNODES needs MASTER_ADDR, the address of node 0 (NODE_RANK=0) that every node can reach"
 fi
 
 VENV_BIN="$ROOT/.venv/bin"
