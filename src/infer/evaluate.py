@@ -6,6 +6,11 @@ Ascend 310 postprocess.py (stitched offline results) share everything after the 
 Postprocessing with ``auto`` and no stored decision: the decision is made on these cases (as
 nnU-Net decides on its cross-validation predictions), stored as ``postprocessing.json`` in the
 output folder and next to a single model, applied, and the post-processed predictions are scored.
+
+Sharded (``shard``: one msrun worker of ``scripts/run_distribute_eval.sh``): each rank predicts its
+``cases_of_rank`` and writes their predictions (raw when the decision is still to be made) and rows to its
+partial file; ``merge_evaluation`` then makes the decision on all the cases, or orders the rows, and writes
+the same ``metrics.csv`` / ``summary.json`` / ``postprocessing.json`` a single process does.
 """
 import time
 from pathlib import Path
