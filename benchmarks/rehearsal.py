@@ -299,6 +299,7 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
     result = {"config": Path(args.config).stem, "dataset": cfg.dataset, "network": cfg.network,
               "overrides": overrides, "train_cases": args.train_cases, "rows": args.rows,
               "train_slices": args.train_slices, "fold": args.fold, "untrained": args.untrained,
+              "tta_mirror": cfg.tta_mirror if args.tta_mirror is None else args.tta_mirror == "true",
               "machine": machine(), "steps": {}, "predict": {}}
     if "preprocess" in steps:
         start = time.perf_counter()
@@ -332,7 +333,7 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
             command = commands["predict"] + ["--input", case.image, "--output", folder / "out"]
             say(f"predict {slices} slices: {' '.join(map(str, command))}")
             outcome = run_step(command, work / "logs" / f"predict_{slices}", args.max_rss_gb, args.min_free_gb)
-            outcome["shape"] = [slices, args.rows, args.rows]
+            outcome["shape"], outcome["spacing_mm"] = [slices, args.rows, args.rows], [round(x, 5) for x in spacing]
             if plan:
                 outcome["windows"] = sweep_windows(slices, args.rows, args.slice_mm, plan, cfg.step_size)
             result["predict"][key] = outcome

@@ -136,7 +136,7 @@ def test_a_failing_step_is_reported_in_the_json_and_the_exit_status(tmp_path):
     assert result["steps"] == {} and not result["ok"]
     entry = result["predict"]["6"]
     assert not entry["ok"] and entry["returncode"] != 0 and "checkpoint_best.ckpt" in entry["error"]
-    assert entry["shape"] == [6, 32, 32] and "predict.py" in entry["command"]
+    assert entry["shape"] == [6, 32, 32] and entry["spacing_mm"] == [3.0, 12.5, 12.5] and "predict.py" in entry["command"]
     assert result["machine"]["cpus"] >= 1 and isinstance(result["machine"]["avx2"], bool)
 
 
