@@ -4,6 +4,8 @@
 # an independent synthetic test set (another seed, never seen in training or model selection) -> report folder.
 # Usage: bash scripts/run_demo.sh [OUT_DIR] [extra train.py args]
 # Environment: DEMO_CASES (20), DEMO_TEST_CASES (10), DEMO_SEED (0; the test set uses DEMO_SEED + 1).
+# Training is a budget of minutes (config/demo.yaml: train_minutes): its first epoch is timed and the
+# epochs that fit are chosen, logged in train/fold_0/training_log.txt and printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-demo_output}
@@ -16,8 +18,8 @@ SEED=${DEMO_SEED:-0}
 TEST_SEED=$(( SEED + 1 ))
 export DEVICE_TARGET=CPU
 
-step() { printf '\n== %s\n' "$*"; }
 start=$(date +%s)
+step() { printf '\n== %s  [%d s into the demo]\n' "$*" $(( $(date +%s) - start )); }
 rm -rf "$OUT.partial"
 mkdir -p "$OUT.partial"
 W="$OUT.partial"
@@ -43,4 +45,6 @@ $PY -m scripts.make_report --work "$W" --report "$W/report" --seconds $(( $(date
 
 rm -rf "$OUT"
 mv "$W" "$OUT"
+# the epoch count the training budget chose (and a warning if the budget held less than one epoch)
+sed -n 's/^[^ ]* [^ ]*  \(\(warning: \)\{0,1\}train_minutes .*\)$/training: \1/p' "$OUT/train/fold_0/training_log.txt"
 echo "demo finished in $(( $(date +%s) - start )) s; report: $OUT/report/report.md"

@@ -57,6 +57,8 @@ class Config:
     # optimisation
     batch_size: int = 2
     epochs: int = 1000
+    # minutes of training wall time: the first epoch is measured and ``epochs`` lowered to what fits
+    train_minutes: Optional[float] = None
     iters_per_epoch: int = 250
     val_iters: int = 50
     optimizer: str = "sgd"
@@ -168,6 +170,9 @@ def _validated(cfg: Config) -> Config:
             raise UserError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
     if cfg.image_budget_voxels is not None and cfg.image_budget_voxels < 1:
         raise UserError(f"config key 'image_budget_voxels' must be at least 1, got {cfg.image_budget_voxels}")
+    if cfg.train_minutes is not None and not 0 < cfg.train_minutes < float("inf"):
+        raise UserError(f"config key 'train_minutes' must be a positive number of minutes or null, "
+                        f"got {cfg.train_minutes}")
     if cfg.num_workers < 0 or cfg.val_iters < 0:
         raise UserError("config keys 'num_workers' and 'val_iters' must not be negative")
     if not 0.0 <= cfg.oversample_foreground <= 1.0:

@@ -51,6 +51,10 @@ def test_null_override_clears_an_optional_list():
     ("device_target: TPU\n", "must be one of"),
     ("patch_size: [32, 64]\n", "needs 3 values"),
     ("image_budget_voxels: 0\n", "image_budget_voxels"),
+    ("train_minutes: 0\n", "'train_minutes' must be a positive number"),
+    ("train_minutes: -2.5\n", "'train_minutes' must be a positive number"),
+    ("train_minutes: .inf\n", "'train_minutes' must be a positive number"),
+    ("train_minutes: soon\n", "expects a number"),
     ("deep_supervision: maybe\n", "true or false"),
     ("- just\n- a list\n", "mapping"),
     ("epochs: [1\n", "not valid yaml"),
@@ -76,3 +80,15 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_replace_validates():
     with pytest.raises(UserError):
         Config().replace(batch_size=0)
+
+
+def test_train_minutes_is_off_by_default_and_a_number_of_minutes_when_set(tmp_path):
+    assert Config().train_minutes is None
+    assert load_config(CONFIG_DIR / "kits19_bdci.yaml").train_minutes is None
+    path = tmp_path / "budget.yaml"
+    path.write_text("train_minutes: 9\n")
+    assert load_config(path).train_minutes == 9.0
+    assert load_config(path, {"train_minutes": "null"}).train_minutes is None
+    # the demo's length is a budget of minutes; epochs only caps it
+    demo = load_config(CONFIG_DIR / "demo.yaml")
+    assert demo.train_minutes is not None and demo.train_minutes > 0

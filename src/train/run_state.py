@@ -1,7 +1,8 @@
 """What a training run reads before it starts and carries between epochs (no MindSpore here).
 
 - the topology check between a checkpoint's plan and the data's;
-- the run state that goes into every checkpoint: finished epochs, EMA bookkeeping, history, RNG state;
+- the run state that goes into every checkpoint: finished epochs, EMA bookkeeping, history, RNG state,
+  and the epoch count a ``train_minutes`` budget chose (kept by ``--resume``);
 - the human-readable log (stdout and ``training_log.txt``), whose lines every checkpoint also records so
   that a resumed run can make the file agree with the checkpoint it continues from.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from src.data.preprocessed import TOPOLOGY_KEYS
 from src.errors import UserError
 from src.train.curves import empty_history
+from src.train.schedule import BudgetChoice
 
 
 def check_same_topology(plan: dict, checkpoint_plan: dict, path) -> None:
@@ -49,17 +51,20 @@ class RunState:
     best_ema: float | None = None
     best_epoch: int | None = None
     history: dict = field(default_factory=empty_history)
+    budget: BudgetChoice | None = None  # None: no train_minutes, or not chosen yet
 
     def to_json(self) -> dict:
         return {"epoch": self.epoch, "ema": self.ema, "best_ema": self.best_ema, "best_epoch": self.best_epoch,
-                "history": self.history}
+                "history": self.history, "budget": None if self.budget is None else self.budget.to_json()}
 
     @classmethod
     def from_json(cls, data: dict) -> "RunState":
         history = empty_history()
         history.update({key: list(values) for key, values in data.get("history", {}).items()})
+        budget = data.get("budget")  # absent from checkpoints written before train_minutes existed
         return cls(epoch=int(data["epoch"]), ema=data.get("ema"), best_ema=data.get("best_ema"),
-                   best_epoch=data.get("best_epoch"), history=history)
+                   best_epoch=data.get("best_epoch"), history=history,
+                   budget=None if budget is None else BudgetChoice.from_json(budget))
 
     def record_epoch(self, train_loss, val_loss, pseudo_dice, lr, seconds) -> bool:
         """Append one finished epoch; True when it set a new best EMA (recorded in ``history['ema_dice']``)."""

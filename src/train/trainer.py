@@ -6,6 +6,12 @@ of the validation cases, its EMA updated, and the epoch committed (``run_folder.
 checkpoint holds the weights, the optimizer state (momentum, LR, loss scale), the epoch count and the
 RNG state, a run resumed from epoch k ends with the same weights as one that never stopped.
 
+With ``train_minutes`` set, the run's length is a time budget: the first epoch times its steps (the first
+training step and the first validation batch, which compile their graphs, are left out), the epochs that
+fit the budget are chosen before the second epoch sets its learning rate (``schedule.epochs_within_budget``;
+the first epoch's rate is the base rate whatever the count), logged, and recorded in every checkpoint, so
+``--resume`` keeps the count and the run is the same as one configured with that many epochs.
+
 Finished work is never destroyed: a new run refuses a fold folder that holds a run (finished or not)
 unless ``resume`` continues it or ``overwrite`` deletes it (checkpoints, log, progress, postprocessing
 decision, copies) first; leftovers of killed writers are removed at start.
@@ -44,17 +50,20 @@ from src.models.transfer import transferable_parameters
 from src.train.checkpoint import load_checkpoint_file, network_weights, restore_parameters, split_checkpoint
 from src.train.curves import plot_progress
 from src.train.device import setup_device
-from src.train.distributed import ParallelInfo, init_data_parallel, weights_identical_across_ranks
+from src.train.distributed import ParallelInfo, all_gather_rows, init_data_parallel, weights_identical_across_ranks
 from src.data.preprocessed import fold_cases, load_plan, parse_fold
 from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TRANSFER_REPORT, check_run_folder,
                                   commit_epoch, log_lines, open_resume_point, prepare_fold_folder,
                                   write_or_stop)
 from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
-from src.train.schedule import poly_lr
+from src.train.schedule import epochs_within_budget, poly_lr
 from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema
 
 __all__ = ["BEST", "LATEST", "LOG", "PROGRESS", "TRANSFER_REPORT", "build_optimizer", "train_fold"]
+
+# The clock of the train_minutes budget (tests replace it; the epoch lines' times use time.time)
+clock = time.monotonic
 
 
 def build_optimizer(cfg, network, lr: float):
@@ -110,14 +119,64 @@ def _resume(train_cell, fold_dir: Path, plan: dict, info: ParallelInfo, log: Tra
 
 
 class _Batches:
-    """The next ``count`` batches (tuples of Tensors) of a running dataset iterator."""
+    """The next ``count`` batches (tuples of Tensors) of a running dataset iterator.
+
+    ``durations`` gets, per batch, the seconds from asking for it to asking for the next one: fetching
+    the batch and everything its consumer did with it (a training step, a validation step).
+    """
 
     def __init__(self, iterator, count: int):
         self.iterator = iterator
         self.count = count
+        self.durations = []
 
     def __iter__(self):
-        return itertools.islice(self.iterator, self.count)
+        started = clock()
+        for batch in itertools.islice(self.iterator, self.count):
+            yield batch
+            now = clock()
+            self.durations.append(now - started)
+            started = now
+
+
+def steady_seconds(durations) -> float:
+    """Mean seconds per batch once the graph is compiled: the first batch (compilation, the loader's
+    start-up) is left out unless it is the only one."""
+    later = list(durations[1:]) or list(durations)
+    return float(np.mean(later)) if later else 0.0
+
+
+def _choose_epochs(cfg, train_batches: _Batches, val_batches, spent_seconds: float, info: ParallelInfo):
+    """The epochs of ``cfg.train_minutes``, chosen at the end of the first epoch from its measured steps."""
+    epoch_seconds = steady_seconds(train_batches.durations) * cfg.iters_per_epoch
+    if val_batches is not None:
+        epoch_seconds += steady_seconds(val_batches.durations) * cfg.val_iters
+    # every rank must stop after the same epoch: all of them choose from the slowest rank's figures
+    epoch_seconds, spent_seconds = (float(v) for v in all_gather_rows([epoch_seconds, spent_seconds], info).max(0))
+    # a clock too coarse to see an epoch must not divide by zero
+    return epochs_within_budget(cfg.train_minutes, max(epoch_seconds, 1e-3), cfg.epochs, spent_seconds,
+                                finished_epochs=1)
+
+
+def _planned_epochs(cfg, state: RunState, log) -> tuple:
+    """``(epochs the poly schedule runs over, whether this run's first epoch must choose them)``."""
+    choice = state.budget
+    if choice is not None:
+        epochs = min(choice.epochs, cfg.epochs)
+        if epochs < choice.epochs:
+            log(f"note: epochs {cfg.epochs} caps the {choice.epochs} epochs train_minutes {choice.train_minutes:g} "
+                f"chose; the LR schedule now differs from the uninterrupted run's")
+        else:
+            log(f"train_minutes: keeping the {epochs} epochs chosen in the first epoch (recorded in the checkpoint; "
+                f"not measured again)")
+        return epochs, False
+    if cfg.train_minutes is None:
+        return cfg.epochs, False
+    if state.epoch > 0:
+        log(f"note: train_minutes {cfg.train_minutes:g} ignored: the resumed run chose no epoch count in its first "
+            f"epoch, so its LR schedule runs over the configured {cfg.epochs} epochs")
+        return cfg.epochs, False
+    return cfg.epochs, True
 
 
 def _batch_iterator(dataset):
@@ -149,6 +208,7 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     Returns the run summary: fold folder, finished epochs, best EMA and its epoch, last pseudo-Dice,
     and whether all ranks ended with identical weights.
     """
+    run_started = clock()
     pre_dir = Path(pre_dir)
     fold = parse_fold(fold)
     plan = plan_for_config(load_plan(pre_dir), cfg.target_spacing, cfg.patch_size, cfg.base_features,
@@ -196,11 +256,16 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     num_params = sum(int(p.size) for p in network.trainable_params())
     log(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation cases, network {cfg.network} "
         f"with {num_params} parameters, patch {plan['patch_size']}, batch {cfg.batch_size} per rank")
-    log(f"device {device}, amp {amp_level}, world size {info.world}, {cfg.epochs} epochs x "
+    epochs, choose_epochs = _planned_epochs(cfg, state, log)
+    length = (f"at most {epochs} epochs (train_minutes {cfg.train_minutes:g} chooses after epoch 1)"
+              if choose_epochs else f"{epochs} epochs")
+    log(f"device {device}, amp {amp_level}, world size {info.world}, {length} x "
         f"{cfg.iters_per_epoch} iterations, val {cfg.val_iters} batches, {kernels}")
 
-    last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, int(stop_after_epoch))
-    remaining = max(last_epoch - state.epoch, 0)
+    def last_epoch():
+        return epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
+
+    remaining = max(last_epoch() - state.epoch, 0)
     train_batches = val_batches = None
     if remaining:
         shard = {"epoch": state.epoch, "rank": info.rank, "world": info.world, "num_epochs": remaining}
@@ -208,20 +273,29 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
         if cfg.val_iters > 0 and val_ids:
             val_batches = _batch_iterator(build_val_dataset(cfg, plan, pre_dir, val_ids, **shard))
     last_dice = None
-    for epoch in range(state.epoch, last_epoch):
+    while state.epoch < last_epoch():
+        epoch = state.epoch
         started = time.time()
-        lr = poly_lr(cfg.lr, epoch, cfg.epochs, cfg.poly_exponent)
+        # with a choice still to make (epoch 0) this is the base rate whatever the choice will be
+        lr = poly_lr(cfg.lr, epoch, epochs, cfg.poly_exponent)
         set_learning_rate(optimizer, lr)
-        train_loss = _train_epoch(train_cell, _Batches(train_batches, cfg.iters_per_epoch), epoch, cfg.epochs,
-                                  info.is_main)
+        epoch_train = _Batches(train_batches, cfg.iters_per_epoch)
+        train_loss = _train_epoch(train_cell, epoch_train, epoch, epochs, info.is_main)
         val = {"loss": None, "dice": [], "pseudo_dice": None}
+        epoch_val = None
         if val_batches is not None:
-            val = run_validation(val_step, _Batches(val_batches, cfg.val_iters), val_step.num_counts, info)
+            epoch_val = _Batches(val_batches, cfg.val_iters)
+            val = run_validation(val_step, epoch_val, val_step.num_counts, info)
+        if choose_epochs:
+            state.budget = _choose_epochs(cfg, epoch_train, epoch_val, clock() - run_started, info)
+            epochs, choose_epochs = state.budget.epochs, False
+            for line in state.budget.lines():
+                log.stage(line)  # recorded in this epoch's checkpoint, like the epoch line
         state.ema = update_ema(state.ema, val["pseudo_dice"], cfg.ema_alpha)
         seconds = time.time() - started
         is_best = state.record_epoch(train_loss, val["loss"], val["pseudo_dice"], lr, seconds)
         last_dice = val["pseudo_dice"]
-        line = epoch_line(state.epoch, cfg.epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
+        line = epoch_line(state.epoch, epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
                           is_best)
         if amp_level == "O2":
             line += f"  loss_scale {loss_scale_of(train_cell):g}"
@@ -234,8 +308,10 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     identical = weights_identical_across_ranks(network, info)
     if info.distributed:
         log(f"world size {info.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")
-    log(f"finished {state.epoch}/{cfg.epochs} epochs; best EMA pseudo-Dice "
-        f"{'n/a' if state.best_ema is None else f'{state.best_ema:.4f}'} at epoch {state.best_epoch}")
-    return {"fold_dir": str(fold_dir), "epochs_completed": state.epoch, "best_ema": state.best_ema,
+    best = "n/a" if state.best_ema is None else f"{state.best_ema:.4f}"
+    log(f"finished {state.epoch}/{epochs} epochs (this session {(clock() - run_started) / 60:.1f} min); "
+        f"best EMA pseudo-Dice {best} at epoch {state.best_epoch}")
+    return {"fold_dir": str(fold_dir), "epochs_completed": state.epoch, "epochs": epochs,
+            "budget": None if state.budget is None else state.budget.to_json(), "best_ema": state.best_ema,
             "best_epoch": state.best_epoch, "last_pseudo_dice": last_dice, "history": state.history,
             "world": info.world, "weights_identical": identical}

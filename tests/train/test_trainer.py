@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,9 +10,10 @@ import mindspore as ms
 
 from src.errors import UserError
 from src.train.checkpoint import read_training_checkpoint
+from src.train import trainer
 from src.train.run_state import RunState, epoch_line
 from src.train.device import setup_device
-from src.train.schedule import poly_lr
+from src.train.schedule import epochs_within_budget, poly_lr
 from src.train.trainer import BEST, LATEST, LOG, PROGRESS, TRANSFER_REPORT, train_fold
 from tests.data.preprocessed_fixture import make_preprocessed_folder
 from tests.train.tiny_training import ROOT, TINY_STRIDES, tiny_config
@@ -182,3 +184,93 @@ def test_float16_loss_scale_path_runs_and_resumes_exactly(tiny_data, tmp_path):
         np.testing.assert_allclose(resumed[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert "loss_scale" in (tmp_path / "straight" / "fold_0" / LOG).read_text()
     assert straight["epochs_completed"] == 2
+
+
+# ---------------------------------------------------------------- train_minutes
+
+class TenSecondClock:
+    """Each reading is 10 s after the previous one: every batch the first epoch times takes 10 s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 10.0
+        return self.now
+
+
+# With the clock above, 2 iterations and 1 validation batch per epoch: an epoch is measured at
+# 2 x 10 + 1 x 10 = 30 s, and 60 s have gone by at the end of epoch 1 (six readings: the run's start,
+# three per batch loop's start and batches, less the start itself). 1.75 minutes = 105 s then hold
+# 1 + floor(45 / 30) = 2 of the 3 configured epochs.
+BUDGET = dict(epochs=3, train_minutes=1.75)
+
+
+def _log_text(out):
+    return (out / "fold_0" / LOG).read_text()
+
+
+def test_train_minutes_chooses_the_epochs_and_the_run_equals_one_configured_with_them(tiny_data, straight_run,
+                                                                                      tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "clock", TenSecondClock())
+    result = train_fold(tiny_config(**BUDGET), tiny_data, 0, tmp_path / "budget")
+    assert result["epochs"] == 2 and result["epochs_completed"] == 2
+    _, meta = read_training_checkpoint(tmp_path / "budget" / "fold_0" / LATEST)
+    budget = meta["state"]["budget"]
+    assert budget == epochs_within_budget(1.75, 30.0, cap=3, spent_seconds=60.0, finished_epochs=1).to_json()
+    log = _log_text(tmp_path / "budget")
+    assert "train_minutes 1.75: epoch 30.0 s measured" in log
+    assert "2 of 3 epochs fit; the poly LR schedule runs over 2" in log
+    assert "at most 3 epochs (train_minutes 1.75 chooses after epoch 1)" in log
+    assert "epoch 1/2  train_loss" in log and "epoch 2/2  train_loss" in log
+    # the choice is made before epoch 2 sets its rate, so the schedule is the 2-epoch one from epoch 0 on
+    history = meta["state"]["history"]
+    assert history["lr"] == pytest.approx([poly_lr(0.01, e, 2, 0.9) for e in range(2)])
+    # ... and the run is the run configured with epochs: 2 (the straight run), weight for weight
+    straight_weights = _network_weights(straight_run[1] / "fold_0" / LATEST)
+    budget_weights = _network_weights(tmp_path / "budget" / "fold_0" / LATEST)
+    for name, value in straight_weights.items():
+        np.testing.assert_allclose(budget_weights[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_resume_keeps_the_recorded_epoch_count(tiny_data, straight_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "clock", TenSecondClock())
+    train_fold(tiny_config(**BUDGET), tiny_data, 0, tmp_path / "run", stop_after_epoch=1)
+    _, meta = read_training_checkpoint(tmp_path / "run" / "fold_0" / LATEST)
+    assert meta["state"]["epoch"] == 1 and meta["state"]["budget"]["epochs"] == 2
+    # the resumed session would fit all 3 epochs in its budget (a quieter machine, a larger budget),
+    # but the run keeps the count its first epoch chose
+    monkeypatch.setattr(trainer, "clock", time.monotonic)
+    result = train_fold(tiny_config(epochs=3, train_minutes=1000), tiny_data, 0, tmp_path / "run", resume=True)
+    assert result["epochs"] == 2 and result["epochs_completed"] == 2
+    log = _log_text(tmp_path / "run")
+    assert "train_minutes: keeping the 2 epochs chosen in the first epoch" in log
+    assert log.count("epochs fit; the poly LR schedule runs over") == 1
+    straight_weights = _network_weights(straight_run[1] / "fold_0" / LATEST)
+    resumed_weights = _network_weights(tmp_path / "run" / "fold_0" / LATEST)
+    for name, value in straight_weights.items():
+        np.testing.assert_allclose(resumed_weights[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_steady_seconds_leave_the_compiling_first_batch_out():
+    assert trainer.steady_seconds([40.0, 2.0, 4.0]) == pytest.approx(3.0)
+    assert trainer.steady_seconds([7.0]) == 7.0
+    assert trainer.steady_seconds([]) == 0.0
+
+
+def test_planned_epochs_on_start_and_on_resume():
+    lines = []
+    recorded = epochs_within_budget(9, 5.0, cap=120, spent_seconds=30.0, finished_epochs=1)  # 103 epochs
+    assert trainer._planned_epochs(tiny_config(epochs=120, train_minutes=9), RunState(), lines.append) == (120, True)
+    assert trainer._planned_epochs(tiny_config(epochs=120), RunState(), lines.append) == (120, False)
+    assert lines == []
+    # resumed: the recorded count, whatever the budget says now; --epochs below it still caps it
+    resumed = RunState(epoch=5, budget=recorded)
+    assert trainer._planned_epochs(tiny_config(epochs=120, train_minutes=2), resumed, lines.append) == (103, False)
+    assert "keeping the 103 epochs" in lines[-1]
+    assert trainer._planned_epochs(tiny_config(epochs=50, train_minutes=9), resumed, lines.append) == (50, False)
+    assert lines[-1].startswith("note: epochs 50 caps the 103 epochs train_minutes 9 chose")
+    # a run that started without a budget cannot choose one later: its epoch 1 already used the full schedule
+    assert trainer._planned_epochs(tiny_config(epochs=120, train_minutes=9), RunState(epoch=5),
+                                   lines.append) == (120, False)
+    assert lines[-1].startswith("note: train_minutes 9 ignored")
