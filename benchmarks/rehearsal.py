@@ -3,8 +3,8 @@ predict, each as the user runs it, with wall time and peak memory per step.
 
     python -m benchmarks.rehearsal --config config/kits19_bdci.yaml [--slices 100 300 1000]
         [--train_slices 100] [--train_cases 2] [--rows 512] [--steps preprocess train export predict]
-        [--fold 0] [--slice_mm 3] [--tta_mirror true|false] [--max_rss_gb 12] [--keep DIR] [--json]
-        [--key value ...]
+        [--fold 0] [--slice_mm 3] [--tta_mirror true|false] [--untrained] [--max_rss_gb 12]
+        [--min_free_gb 1] [--keep DIR] [--json] [--key value ...]
 
 Data: ``--train_cases`` synthetic phantoms (``src.data.synthetic``, kidneys and tumours) in the config's
 dataset layout (kits19, kits21 or MOTS), each rendered at the generator's native size and written again
