@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,16 +10,9 @@ from src.infer.export import export_network
 from src.infer.offline import stitched_logits
 from src.infer.predictor import load_predictor
 from tests.infer.tiny_model import make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(relative):
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_three_steps_match_eval(tmp_path, capsys, restore_mode):

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,9 @@ from src.files import file_digest
 from src.infer.export import export_network, export_target
 from src.infer.predictor import load_predictor
 from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_export_target_suffix():

@@ -7,7 +7,6 @@ existed before unchanged, and no temporary left behind. The kills at every write
 (tests/data, tests/train, tests/infer); this file is about what a user can hand over.
 """
 import hashlib
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -17,19 +16,12 @@ import numpy as np
 import pytest
 
 from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: none\nnum_workers: 1\n" \
          "epochs: 1\niters_per_epoch: 1\nval_iters: 1\nbatch_size: 2\nbase_features: 4\nmax_features: 8\n" \
          "max_stages: 2\ntarget_spacing: [3.0, 1.5, 1.5]\npatch_size: [8, 16, 16]\nnum_folds: 2\n"
-
-
-def load_script(relative):
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(f"fault_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

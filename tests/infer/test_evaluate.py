@@ -1,5 +1,4 @@
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ from src.errors import UserError
 from src.infer.evaluate import evaluate_cases, reference_label_paths
 from src.infer.postprocess import largest_component
 from tests.infer.tiny_model import make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,13 +98,6 @@ def test_training_references_give_the_volume_floor_candidates(dataset, tmp_path)
         smallest = min(np.sum(largest_component(np.load(pre / f"{c}.npz")["seg"] == int(value)))
                        for c in ("case_00001", "case_00002"))
         assert spec["candidate_min_component_ml"][value] == pytest.approx(0.5 * smallest * voxel_ml)
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_eval_command_with_checkpoint_mindir_and_scoring(dataset, tmp_path, capsys, restore_mode):

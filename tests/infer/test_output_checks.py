@@ -2,7 +2,6 @@
 with one error line, and nothing that existed before is changed."""
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -17,15 +16,9 @@ from src.infer.evaluate import evaluate_cases
 from src.files import commit as real_commit
 from tests.infer.test_evaluate import oracle
 from tests.infer.tiny_model import make_tiny_dataset, write_tiny_checkpoint
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"checks_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -8,15 +7,9 @@ import numpy as np
 import pytest
 
 from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_predict_folder_and_single_file(tmp_path, capsys, restore_mode):

@@ -1,6 +1,5 @@
 """predict.py over an output folder that already holds work: skip what this model finished, refuse what it
 must not replace, survive kills at every write and bad cases of any kind."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from src.infer.predict_cases import predict_files
 from src.infer.prediction_outputs import (COMPLETE, FAILURE_LOG, INCOMPLETE, NEW, case_targets, classify_case,
                                           run_identity)
 from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
+from tests.entry_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = tiny_config(tta_mirror=False, postprocess="none")
@@ -150,9 +150,7 @@ def test_one_bad_case_of_any_kind_does_not_stop_the_others(models, tmp_path, mon
     monkeypatch.setattr(predict_cases, "preprocess_image_for_inference", preprocess)
     config = tmp_path / "cfg.yaml"
     config.write_text("device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: none\n")
-    spec = importlib.util.spec_from_file_location("resume_predict", ROOT / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
+    predict = load_script("predict")
     argv = ["--config", str(config), "--ckpt", str(ckpt), "--input", str(inputs), "--output", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
         predict.main(argv)

@@ -1,7 +1,6 @@
 """Starting a run in a fold folder: an existing run is refused without --resume/--overwrite, --overwrite
 leaves nothing of the old run, leftovers of killed writers go; one epoch's writes and their failures."""
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from src.train.run_state import RunState, TrainingLog
 from src.train.trainer import train_fold
 from tests.data.preprocessed_fixture import make_preprocessed_folder
 from tests.train.tiny_training import ROOT, TINY_STRIDES, tiny_config
+from tests.entry_scripts import load_script
 
 setup_device("CPU", mode="pynative")
 
@@ -86,9 +86,7 @@ def test_any_file_of_a_run_counts_as_a_run(tmp_path, name):
 def test_train_py_refuses_in_one_error_line(tiny_data, tmp_path, capsys):
     fold_dir = old_run(tmp_path / "fold_0")
     before = folder_digests(fold_dir)
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train")
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--config", str(ROOT / "config" / "demo.yaml"), "--data", str(tiny_data), "--fold", "0",
                      "--output", str(tmp_path), "--device_target", "CPU", "--target_spacing", "null"])
