@@ -187,6 +187,15 @@ def proc_kb(path: str, *keys: str) -> int:
         return 0
 
 
+def has_exec(pid: int, command) -> bool:
+    """True once process ``pid`` runs ``command`` (its argv), i.e. has left the forked copy of its parent."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return False
+    return [a.decode(errors="replace") for a in argv] == [str(c) for c in command]
+
+
 def descendants_private_kb(root: int) -> int:
     """Memory of the descendants of ``root`` that they share with no one: pages forked copy-on-write from
     ``root`` and libraries are already in ``root``'s resident set."""
@@ -195,12 +204,17 @@ def descendants_private_kb(root: int) -> int:
 
 
 def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, interval: float = 0.5) -> dict:
-    """Run ``command``; its wall time, its own peak RSS (wait4) and its process tree's peak PSS."""
+    """Run ``command``; its wall time, its own peak RSS and its process tree's peak PSS.
+
+    Linux carries the parent's high-water mark into a child across fork and exec, so wait4's ``ru_maxrss``
+    is the child's own peak only when it exceeds this process's own peak at the launch; otherwise the
+    child's peak is the largest ``VmHWM`` (its high-water mark since exec) seen while it ran."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout.txt", "w") as out, open(log_dir / "stderr.txt", "w") as err:
         start, own_cpu = time.perf_counter(), time.process_time()
+        inherited_kb = proc_kb("/proc/self/status", "VmHWM:")
         child = subprocess.Popen([str(c) for c in command], stdout=out, stderr=err, start_new_session=True)
-        peak_tree_kb, workers_kb, stopped, sample = 0, 0, False, 0
+        peak_tree_kb, workers_kb, stopped, sample, own_hwm_kb = 0, 0, False, 0, 0
         try:
             while True:
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -209,6 +223,8 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
                 if sample % WORKER_EVERY == 0:
                     workers_kb = descendants_private_kb(child.pid)
                 sample += 1
+                if has_exec(child.pid, command):  # before exec the child's memory is a copy of ours
+                    own_hwm_kb = max(own_hwm_kb, proc_kb(f"/proc/{child.pid}/status", "VmHWM:"))
                 now_kb = proc_kb(f"/proc/{child.pid}/status", "VmRSS:") + workers_kb
                 peak_tree_kb = max(peak_tree_kb, now_kb)
                 available_gb = proc_kb("/proc/meminfo", "MemAvailable:") * 1024 / GB
@@ -225,8 +241,9 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
         seconds = time.perf_counter() - start
     stderr = (log_dir / "stderr.txt").read_text(errors="replace").strip().splitlines()
     stdout = (log_dir / "stdout.txt").read_text(errors="replace").strip().splitlines()
+    peak_kb = usage.ru_maxrss if usage.ru_maxrss > inherited_kb else own_hwm_kb
     result = {"ok": child.returncode == 0 and not stopped, "returncode": child.returncode,
-              "seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss * 1024 / GB, 3),
+              "seconds": round(seconds, 1), "peak_rss_gb": round(max(peak_kb, own_hwm_kb) * 1024 / GB, 3),
               "peak_tree_gb": round(peak_tree_kb * 1024 / GB, 3),
               "monitor_cpu_s": round(time.process_time() - own_cpu, 2),
               "command": " ".join(str(c) for c in command)}
