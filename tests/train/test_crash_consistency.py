@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import mindspore as ms
 
 import src.files
 from src.errors import UserError
@@ -29,8 +28,7 @@ from src.train.checkpoint import read_training_checkpoint
 from src.train.device import setup_device
 from src.train.run_folder import BEST, LATEST, LOG, PREVIOUS
 from src.train.trainer import train_fold
-from tests.data.preprocessed_fixture import make_preprocessed_folder
-from tests.train.tiny_training import TINY_STRIDES, tiny_config
+from tests.train.tiny_training import tiny_config
 
 setup_device("CPU", mode="pynative")
 
@@ -47,13 +45,6 @@ def scripted_ema(ema, value, alpha):
 
 def config():
     return tiny_config(epochs=EPOCHS, iters_per_epoch=1, val_iters=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_execution_mode():
-    previous = ms.get_context("mode")
-    yield
-    ms.set_context(mode=previous)
 
 
 @pytest.fixture(autouse=True)
@@ -100,13 +91,6 @@ class KillPoints:
         with open(torn / LOG, "a", encoding="utf-8") as handle:
             handle.write(text[: len(text) // 2])
         self.real_append(path, text)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pre")
-    make_preprocessed_folder(folder, patch_size=(16, 16, 16), strides=TINY_STRIDES)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DYNAMIC_HEAD = ["controller.bias", "controller.weight", "head_features.bias", "head_features.weight"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def restore_execution_mode():
-    # train_fold switches to graph mode; later test modules expect the default
-    previous = ms.get_context("mode")
-    yield
-    ms.set_context(mode=previous)
-
-
 class FixedLogits(nn.Cell):
     """A stand-in network: returns the given logits, shifted by the task id so a dropped task shows."""
 

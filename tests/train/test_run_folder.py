@@ -19,25 +19,10 @@ from src.train.run_folder import (BEST, LATEST, LOG, PREVIOUS, PROGRESS, RUN_FIL
                                   check_run_folder, commit_epoch, reconcile_log)
 from src.train.run_state import RunState, TrainingLog
 from src.train.trainer import train_fold
-from tests.data.preprocessed_fixture import make_preprocessed_folder
-from tests.train.tiny_training import ROOT, TINY_STRIDES, tiny_config
+from tests.train.tiny_training import ROOT, tiny_config
 from tests.entry_scripts import load_script
 
 setup_device("CPU", mode="pynative")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_execution_mode():
-    previous = ms.get_context("mode")
-    yield
-    ms.set_context(mode=previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pre")
-    make_preprocessed_folder(folder, patch_size=(16, 16, 16), strides=TINY_STRIDES)
-    return folder
 
 
 def folder_digests(folder):

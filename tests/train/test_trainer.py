@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import mindspore as ms
 
 from src.errors import UserError
 from src.train.checkpoint import read_training_checkpoint
@@ -21,21 +20,6 @@ from tests.train.tiny_training import ROOT, TINY_STRIDES, tiny_config
 # MindSpore fixes the device when the first kernel runs; pytest imports every test module before running
 # any test, so choosing it here keeps train_fold's own setup_device call valid in a whole-suite run.
 setup_device("CPU", mode="pynative")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def restore_execution_mode():
-    # train_fold switches to graph mode; later test modules expect the default
-    previous = ms.get_context("mode")
-    yield
-    ms.set_context(mode=previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pre")
-    make_preprocessed_folder(folder, patch_size=(16, 16, 16), strides=TINY_STRIDES)
-    return folder
 
 
 @pytest.fixture(scope="module")
