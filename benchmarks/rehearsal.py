@@ -46,6 +46,7 @@ from pathlib import Path
 
 import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
 from benchmarks.preprocess_case import write_kits_case
+from src.files import atomic_produce
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("preprocess", "train", "export", "predict")
@@ -138,9 +139,7 @@ def resize_case(image_path: Path, label_path: Path, shape) -> None:
         out.header.set_xyzt_units("mm", "sec")
         out.set_qform(affine, code=1)
         out.set_sform(affine, code=1)
-        partial = path.with_name(path.name + ".partial.nii.gz")
-        nib.save(out, str(partial))
-        os.replace(partial, path)
+        atomic_produce(path, lambda tmp, image=out: nib.save(image, str(tmp)), suffix=".nii.gz")
 
 
 def write_training_cases(raw: Path, fmt: str, cases: int, shape, seed: int) -> list:

@@ -2,7 +2,8 @@
 
 - Every output is written to ``<name>.tmp-<pid><suffix>`` in its own folder and renamed over the target
   by :func:`commit`, so a reader (or a run killed at any instant) sees the old file or the new one, never a
-  half-written one. Tests inject a kill by replacing :func:`commit` (see ``tests/fault_injection.py``).
+  half-written one. Tests inject a kill by replacing :func:`commit` (``tests/test_files.py`` and the
+  kill-at-every-write tests of each stage).
 - Leftovers of killed runs (temporaries whose process is gone) are removed by :func:`remove_stale_temporaries`.
 - Derived files (a postprocessing decision, an export sidecar) name the exact model they belong to by
   :func:`file_digest`, and are refused for any other.

@@ -92,6 +92,10 @@ def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir) -> List[Cas
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
         raise UserError(f"--output {output_dir}: writing {clashes[0]} would replace an input file{more}; "
                         f"choose another output folder")
+    log = FailureLog(output_dir)
+    if log.path.is_file() and not log.is_ours():
+        raise UserError(f"{log.path} was not written by predict.py, which keeps its failures there; move it or "
+                        f"choose another output folder")
     folders = [path for path in files if path.is_dir()]
     if folders:
         more = f" (and {len(folders) - 1} more)" if len(folders) > 1 else ""
@@ -204,11 +208,13 @@ class FailureLog:
         self.entries.extend(entries)
         atomic_write_text(self.path, FAILURE_LOG_HEADER + "\n\n" + "\n".join(self.entries))
 
-    def clear_old(self) -> None:
+    def is_ours(self) -> bool:
         try:
-            with open(self.path) as handle:
-                ours = handle.readline().rstrip("\n") == FAILURE_LOG_HEADER
+            with open(self.path, errors="replace") as handle:
+                return handle.readline().rstrip("\n") == FAILURE_LOG_HEADER
         except OSError:
-            return
-        if ours:
+            return False
+
+    def clear_old(self) -> None:
+        if self.is_ours():
             self.path.unlink()

@@ -102,6 +102,12 @@ def predict_folder_where_a_report_goes(ws, tmp, monkeypatch):
     return (*_predict(ws, ws / "raw", tmp / "out"), "case_00003_report.json")
 
 
+def predict_over_a_foreign_failures_log(ws, tmp, monkeypatch):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "failures.log").write_text("a user's notes")
+    return (*_predict(ws, ws / "raw", tmp / "out"), "failures.log")
+
+
 def predict_output_is_a_file(ws, tmp, monkeypatch):
     (tmp / "taken").write_text("a user's file")
     return (*_predict(ws, ws / "raw", tmp / "taken"), "taken")
@@ -177,7 +183,8 @@ ROWS = [
     predict_into_the_input_folder, predict_single_file_into_its_folder, predict_into_the_input_file_itself,
     predict_nnunet_names_into_their_folder, predict_into_a_case_folder_of_the_input, predict_into_a_read_only_folder,
     predict_folder_where_a_label_goes,
-    predict_folder_where_a_report_goes, predict_output_is_a_file, predict_output_under_a_file,
+    predict_folder_where_a_report_goes, predict_over_a_foreign_failures_log, predict_output_is_a_file,
+    predict_output_under_a_file,
     eval_into_the_data_folder, eval_predictions_into_the_reference_folder, eval_into_the_reference_folder,
     eval_output_is_a_file, eval_folder_where_the_summary_goes,
     score_out_under_a_file, score_out_is_a_folder, score_out_is_a_prediction,
