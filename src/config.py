@@ -26,8 +26,10 @@ CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "amp_level": ("auto", "O0", "O2"),
     "postprocess": ("none", "auto", "lcc"),
+    "locate": ("off", "auto", "windows", "crop"),
+    "inference_precision": ("auto", "fp32", "bf16"),
 }
-LIST_LENGTHS = {"target_spacing": 3, "patch_size": 3, "clip_window": 2, "hec_weights": 2}
+LIST_LENGTHS = {"target_spacing": 3, "patch_size": 3, "clip_window": 2, "hec_weights": 2, "locator_patch_size": 3}
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,18 @@ class Config:
     tta_mirror: bool = True
     sw_batch_size: int = 2
     postprocess: str = "auto"
+    # locate, then segment (src/infer/locate.py): a first pass trained by train.py when locator_iters > 0
+    # and stored in the checkpoint; auto uses it when the model carries one (windows mode)
+    locate: str = "auto"
+    locate_margin_mm: float = 20.0
+    locate_threshold: float = 0.5
+    locate_include: float = 0.1
+    locate_max_unsure: float = 0.5
+    locator_iters: int = 0
+    locator_spacing_mm: float = 8.0
+    locator_patch_size: List[int] = field(default_factory=lambda: [32, 48, 48])
+    # bf16 convolutions where the CPU has AVX512-BF16 or AMX (src/cpu_precision.py); never elsewhere
+    inference_precision: str = "auto"
 
     def replace(self, **changes) -> "Config":
         return _validated(dataclasses.replace(self, **changes))
@@ -181,6 +195,14 @@ def _validated(cfg: Config) -> Config:
         raise UserError("config key 'step_size' must lie in (0, 1]")
     if cfg.lr <= 0:
         raise UserError("config key 'lr' must be positive")
+    if cfg.locate_margin_mm < 0 or cfg.locator_iters < 0 or cfg.locator_spacing_mm <= 0:
+        raise UserError("config keys 'locate_margin_mm' and 'locator_iters' must not be negative, "
+                        "'locator_spacing_mm' must be positive")
+    if not 0.0 < cfg.locate_include <= cfg.locate_threshold <= 1.0 or not 0.0 <= cfg.locate_max_unsure <= 1.0:
+        raise UserError("config keys need 0 < locate_include <= locate_threshold <= 1 and "
+                        "0 <= locate_max_unsure <= 1")
+    if any(p % 8 for p in cfg.locator_patch_size):
+        raise UserError("config key 'locator_patch_size' must be a multiple of 8 per axis (3 poolings)")
     return cfg
 
 

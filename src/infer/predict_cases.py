@@ -26,6 +26,7 @@ from src.errors import UserError
 from src.files import remove_stale_temporaries
 from src.infer.case_report import report_line
 from src.infer.geometry import probabilities_to_original
+from src.infer import stage_times
 from src.infer.postprocess import apply_postprocessing, label_values, resolve_postprocessing, spec_summary
 from src.infer.prediction_outputs import (FAILURE_LOG, FailureLog, check_prediction_outputs, failure_reason,
                                           plan_cases, run_identity, save_case)
@@ -92,19 +93,15 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
 
 def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run: PredictionRun,
                   log: FailureLog) -> None:
-    predictor = load_model(cfg, ckpts, mindir, progress)
+    with stage_times.case_record("(model)"), stage_times.stage("model load"):
+        predictor = load_model(cfg, ckpts, mindir, progress)
     spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
                                           predictor.exported_postprocessing)
     print(f"{len(todo)} case(s) to predict; postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
     for case, target in tqdm(todo, desc="cases", unit="case", disable=not progress):
         try:
-            image, meta = load_image(case.image)
-            data, props = preprocess_image_for_inference(image, meta, predictor.plan)
-            probs = predictor.predict_preprocessed(data)
-            del data
-            label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing)
-            del probs
-            report = save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec))
+            with stage_times.case_record(case.case_id):
+                report = _predict_case(predictor, spec, case, target, identity)
         except Exception as err:  # noqa: BLE001  one bad case must not cost the others; it is named below
             run.failures[case.case_id] = failure_reason(err)
             log.add(case.case_id, err)
@@ -112,6 +109,23 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
             continue
         run.reports.append(report)
         tqdm.write(report_line(report))
+
+
+def _predict_case(predictor, spec, case, target, identity) -> dict:
+    stage = stage_times.stage
+    with stage("read"):
+        image, meta = load_image(case.image)
+    with stage("resample in"):
+        data, props = preprocess_image_for_inference(image, meta, predictor.plan)
+    with stage("network"):
+        probs = predictor.predict_preprocessed(data)
+    del data
+    with stage("back to original + argmax"):
+        label = probabilities_to_original(probs, props)
+    del probs
+    with stage("postprocess"):
+        label = apply_postprocessing(label, spec, meta.spacing)
+    return save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec))
 
 
 def raise_failures(failures: Dict[str, str], total: int, output_dir: Path) -> None:

@@ -25,14 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from src.config import Config
 from src.data.io import CaseFiles, save_label
 from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
                        overlapping_inputs)
 from src.infer.postprocess import postprocessing_candidates
+from src.infer.stage_times import stage
 from src.infer.predictor import mindir_sidecar
 
 PRODUCER = "predict.py"
+LOCATE_KEYS = ("locate", "locate_margin_mm", "locate_threshold", "locate_include", "locate_max_unsure")
+DEFAULTS = Config()
 COMPLETE, INCOMPLETE = "complete", "incomplete"
 NEW, OTHER, FOREIGN = "new", "other", "foreign"
 FAILURE_LOG = "failures.log"
@@ -66,6 +70,9 @@ def run_identity(cfg, model_paths: Sequence) -> dict:
     Reads only file bytes, so it is known before any model loads (and fails on a missing model file)."""
     settings = {"tta_mirror": bool(cfg.tta_mirror), "step_size": float(cfg.step_size),
                 "postprocess": str(cfg.postprocess)}
+    locate = {key: getattr(cfg, key) for key in LOCATE_KEYS}
+    if cfg.locate != "off" and locate != {key: getattr(DEFAULTS, key) for key in LOCATE_KEYS}:
+        settings["locate"] = locate  # only when not the defaults, so that earlier runs keep their identity
     if cfg.postprocess == "auto":  # the decision files auto may read, a MindIR sidecar's exported one included
         decisions = list(postprocessing_candidates(model_paths)) + [mindir_sidecar(path) for path in model_paths]
         settings["postprocessing_files"] = sorted(file_digest(path) for path in decisions if path.is_file())
@@ -175,10 +182,12 @@ def save_case(target: CaseTargets, case: CaseFiles, image, label, meta, labels: 
               "image_digest": file_digest(case.image)}
     # the old report goes first: from here until the new report lands, the case reads as incomplete
     atomic_write_json(target.report, record)
-    save_label(label, meta, target.label)
+    with stage("write label NIfTI"):
+        save_label(label, meta, target.label)
     record.update(status=COMPLETE, label_digest=file_digest(target.label), postprocessing=postprocessing)
-    return write_case_outputs(case.case_id, image, label, meta, labels, target.report, target.overlay,
-                              provenance=record)
+    with stage("report + overlay"):
+        return write_case_outputs(case.case_id, image, label, meta, labels, target.report, target.overlay,
+                                  provenance=record)
 
 
 def failure_reason(err: BaseException) -> str:

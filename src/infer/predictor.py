@@ -17,6 +17,8 @@ from src.config import Config, config_from_dict
 from src.errors import UserError
 from src.files import file_digest, read_json
 from src.infer.geometry import probabilities_to_original
+from src.infer.locate import region_logits
+from src.infer.stage_times import stage
 from src.infer.sliding_window import NetFn, sliding_window_logits
 
 # What must agree between models of an ensemble, and between a model and a preprocessed folder.
@@ -85,6 +87,7 @@ class Predictor:
         self.progress = progress
         # the fold's postprocessing decision export.py stored with a MindIR (None for checkpoints)
         self.exported_postprocessing = exported_postprocessing
+        self.locator = None  # the first pass of src.infer.locate, set by locate_model.attach_locator
 
     @property
     def num_classes(self) -> int:
@@ -109,10 +112,23 @@ class Predictor:
         expected_channels = int(self.plan.get("num_channels", 1))
         if data.ndim != 4 or data.shape[0] != expected_channels:
             raise UserError(f"expected preprocessed data ({expected_channels}, d0, d1, d2), got {data.shape}")
+        region = None
+        if self.locator is not None:
+            with stage("locate"):
+                region = self.locator.region(data, self.plan["target_spacing"])
         total = None
         for i, net_fn in enumerate(self.net_fns):
             description = f"model {i + 1}/{len(self.net_fns)}" if len(self.net_fns) > 1 else "windows"
-            probs = softmax_inplace(self.predict_logits(net_fn, data, description))
+            with stage("windows"):
+                if region is None:
+                    logits = self.predict_logits(net_fn, data, description)
+                else:
+                    logits = region_logits(data, net_fn, region, self.locator.settings, self.patch_size,
+                                           self.num_classes, self.step_size, self.batch_size, self.mirror,
+                                           self.progress, description)
+            with stage("softmax"):
+                probs = softmax_inplace(logits)
+            del logits
             if total is None:
                 total = probs
             else:
@@ -232,8 +248,13 @@ def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, p
         net_fns, model_plan, sources = _checkpoint_models(ckpts, cfg, device)
     if plan is not None:
         check_plans_agree(plan, model_plan, "the preprocessed data's plans.json", sources[0])
-    return Predictor(net_fns, model_plan, sources, step_size=cfg.step_size, batch_size=cfg.sw_batch_size,
-                     mirror=cfg.tta_mirror, progress=progress, exported_postprocessing=exported_postprocessing)
+    predictor = Predictor(net_fns, model_plan, sources, step_size=cfg.step_size, batch_size=cfg.sw_batch_size,
+                          mirror=cfg.tta_mirror, progress=progress, exported_postprocessing=exported_postprocessing)
+    from src.infer.locate_model import attach_locator
+
+    attach_locator(predictor, cfg, ckpts=ckpts, mindir=mindir,
+                   sidecar=read_mindir_sidecar(mindir) if mindir is not None else None)
+    return predictor
 
 
 def _checkpoint_models(ckpts: Sequence, cfg: Config, device: str):

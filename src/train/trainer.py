@@ -305,6 +305,10 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
             commit_epoch(fold_dir, train_cell, _checkpoint_meta(cfg, plan, fold, state, info, lr, log),
                          write_best=is_best or state.best_ema is None, log=log)
 
+    if cfg.locator_iters > 0 and info.is_main and state.epoch >= epochs:
+        from src.train.locator_training import train_and_attach  # the first pass of src/infer/locate.py
+
+        train_and_attach(cfg, plan, pre_dir, train_ids, fold_dir, log)
     identical = weights_identical_across_ranks(network, info)
     if info.distributed:
         log(f"world size {info.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")

@@ -1,0 +1,148 @@
+"""The locator (the first pass of ``src.infer.locate``): trained by train.py after the main network, stored
+in the main network's checkpoint so that it travels with the model.
+
+It is a small plain U-Net (4 stages, 8-64 features, 2 classes: background / kidney-or-tumour) on the
+preprocessed volumes averaged over blocks of about ``locator_spacing_mm`` (``locate.block_reduce``, the same
+function the predictor uses), with foreground = any labelled voxel in the block. ``locator_iters`` steps of
+Dice + CE, AdamW, batches of 2 random coarse patches of ``locator_patch_size`` (half centred on foreground,
+random flips). Its weights join the checkpoint as ``locator.<name>`` entries and its plan as the meta's
+``locator`` key; the main network ignores both (it loads its own names only).
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from mindspore import nn
+
+from src.infer.locate import block_reduce, coarse_factors
+
+PREFIX = "locator."
+FEATURES = (8, 16, 32, 64)
+LR = 3e-3
+
+
+def locator_plan(cfg, plan: dict) -> dict:
+    """What rebuilds the locator and its coarse grid: features, kernels, strides, patch, block factors."""
+    stages = len(FEATURES)
+    return {"features": list(FEATURES), "conv_kernel_sizes": [[3, 3, 3]] * stages,
+            "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1), "patch_size": [int(p) for p in cfg.locator_patch_size],
+            "factors": list(coarse_factors(plan["target_spacing"], cfg.locator_spacing_mm)),
+            "spacing_mm": float(cfg.locator_spacing_mm), "num_classes": 2,
+            "num_channels": int(plan.get("num_channels", 1))}
+
+
+def build_locator_network(lplan: dict):
+    from src.models.unet3d import PlainUNet3D
+
+    return PlainUNet3D(int(lplan["num_channels"]), 2, [int(f) for f in lplan["features"]],
+                       lplan["conv_kernel_sizes"], lplan["strides"], downsample="conv", deep_supervision=False)
+
+
+def coarse_cases(pre_dir, case_ids, plan: dict, factors) -> list:
+    """(coarse data (C, ...), coarse foreground (...) int32 0/1) per case."""
+    from src.data.preprocessed import plan_identity
+    from src.data.sampler import load_case
+
+    cases = []
+    for case_id in case_ids:
+        case = load_case(pre_dir, case_id, plan_identity(plan))
+        data = block_reduce(np.asarray(case.data, dtype=np.float32), factors, "mean")
+        seg = block_reduce(np.asarray(case.seg)[None].astype(np.int8), factors, "max")[0]
+        cases.append((data, (seg > 0).astype(np.int32)))
+    return cases
+
+
+def sample_batch(cases: list, patch, batch: int, rng: np.random.Generator):
+    """(data (B, C, *patch) float32, target (B, 1, *patch) int32): random crops (zero/background padded),
+    every second one centred on a foreground voxel when the case has one; random flips."""
+    patch = [int(p) for p in patch]
+    channels = cases[0][0].shape[0]
+    data = np.zeros((batch, channels, *patch), dtype=np.float32)
+    target = np.zeros((batch, 1, *patch), dtype=np.int32)
+    for b in range(batch):
+        volume, seg = cases[int(rng.integers(len(cases)))]
+        shape = seg.shape
+        foreground = np.argwhere(seg > 0) if b % 2 == 1 else None
+        if foreground is not None and len(foreground):
+            centre = foreground[int(rng.integers(len(foreground)))]
+        else:
+            centre = [int(rng.integers(s)) for s in shape]
+        lo = [int(c) - p // 2 for c, p in zip(centre, patch)]
+        src = tuple(slice(max(l, 0), min(l + p, s)) for l, p, s in zip(lo, patch, shape))
+        dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
+        data[(b, slice(None)) + dst] = volume[(slice(None),) + src]
+        target[(b, 0) + dst] = seg[src]
+        for axis in range(3):
+            if rng.random() < 0.5:
+                data[b] = np.flip(data[b], axis=axis + 1)
+                target[b] = np.flip(target[b], axis=axis + 1)
+    return data, target
+
+
+def train_locator(cfg, plan: dict, pre_dir, case_ids, log=print):
+    """(trained locator network, its plan, {"iters", "seconds", "last_loss"})."""
+    import mindspore as ms
+
+    from src.losses import DiceCELoss
+    from src.models.cpu_kernels import select_cpu_kernels
+    from src.train.train_cell import build_train_cell
+
+    lplan = locator_plan(cfg, plan)
+    started = time.time()
+    cases = coarse_cases(pre_dir, case_ids, plan, lplan["factors"])
+    ms.set_seed(cfg.seed + 1)
+    network = build_locator_network(lplan)
+    select_cpu_kernels(network)
+    optimizer = nn.AdamWeightDecay(network.trainable_params(), learning_rate=LR, weight_decay=3e-5)
+    loss_fn = _SingleOutputLoss(DiceCELoss(2))
+    train_cell = build_train_cell(network, loss_fn, optimizer, 12.0, "O0")
+    train_cell.set_train(True)
+    rng = np.random.default_rng(cfg.seed + 1)
+    loss = float("nan")
+    for step in range(int(cfg.locator_iters)):
+        data, target = sample_batch(cases, lplan["patch_size"], 2, rng)
+        loss = float(train_cell(ms.Tensor(data), ms.Tensor(target)).asnumpy())
+        if (step + 1) % 100 == 0 or step + 1 == cfg.locator_iters:
+            log(f"locator: step {step + 1}/{cfg.locator_iters} loss {loss:.4f}")
+    network.set_train(False)
+    return network, lplan, {"iters": int(cfg.locator_iters), "seconds": round(time.time() - started, 1),
+                            "last_loss": loss}
+
+
+class _SingleOutputLoss(nn.Cell):
+    """The training cell hands the loss a tuple of targets; the locator has one output and one target."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def construct(self, logits, targets):
+        return self.inner(logits, targets[0])
+
+
+def attach_locator(ckpt_path, network, lplan: dict) -> None:
+    """Rewrite the training checkpoint ``ckpt_path`` (atomically) with the locator's weights and plan added."""
+    import mindspore as ms
+
+    from src.files import atomic_produce
+    from src.train.checkpoint import META_KEY, load_checkpoint_file, split_checkpoint
+
+    path = Path(ckpt_path)
+    params, meta = split_checkpoint(load_checkpoint_file(path), path)
+    entries = [{"name": name, "data": value} for name, value in params.items() if not name.startswith(PREFIX)]
+    entries += [{"name": PREFIX + p.name, "data": p} for p in network.get_parameters()]
+    meta = dict(meta or {}, locator=lplan)
+    atomic_produce(path, lambda tmp: ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}),
+                   suffix=".ckpt")
+
+
+def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print) -> dict:
+    """train.py's hook: train the locator on the fold's training cases and add it to the fold's checkpoints."""
+    network, lplan, stats = train_locator(cfg, plan, pre_dir, case_ids, log)
+    for name in ("checkpoint_best.ckpt", "checkpoint_latest.ckpt"):
+        if (Path(fold_dir) / name).is_file():
+            attach_locator(Path(fold_dir) / name, network, lplan)
+    log(f"locator: {stats['iters']} steps in {stats['seconds']} s, last loss {stats['last_loss']:.4f}, "
+        f"coarse blocks {lplan['factors']}, patch {lplan['patch_size']}; stored in the fold's checkpoints")
+    return stats
