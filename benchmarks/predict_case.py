@@ -11,9 +11,27 @@ peak resident memory is read with ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` after
 early if it passes ``--max_rss_gb``, default 12, so a runaway run cannot exhaust a shared machine). Random
 weights make the label map noisy, which is the harder case for postprocessing and the report.
 The last line printed is one JSON object.
+
+Per stage: predict.py runs with ``KITSEG_STAGE_TIMES=1`` and the case's stage seconds
+(``src/infer/stage_times.py``: read, resample in, locate, windows, softmax, back to original + argmax,
+postprocess, write label NIfTI, report + overlay, and the model load) go into ``stages``; ``stages_other`` is
+the rest of the process (interpreter start, imports, output checks).
+
+Locate, then segment (``--locate windows|crop``, or ``auto`` when the model carries a locator): the random
+full-resolution network is kept, but the first pass must be a trained one, so the untimed set-up trains the
+locator (``--locator_iters`` steps, ``src/train/locator_training.py``) on ``--locator_cases`` synthetic
+phantoms of other sizes and noise, preprocessed with the case's plan, and stores it in the checkpoint.
+
+``--reference`` runs nnU-Net v2's own ``nnUNetPredictor`` (``benchmarks/predict_case_nnunet.py``) on the same
+case as a whole process right after ours: the same plan (spacing, intensity, patch, window step 0.5, Gaussian,
+mirroring per ``--tta_mirror``) and the same network topology (PlainConvUNet, strided-convolution downsampling:
+the BDCI config's max pooling costs the same convolutions), random weights, 2 threads. It runs in the benchmark
+venv ``--reference_python`` (default ``.venv-bench/bin/python``, created from requirements-bench.txt when
+missing). Reported: its seconds, peak memory, its stages, and ``ratio`` = ours / nnU-Net's.
 """
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -22,7 +40,9 @@ import time
 from pathlib import Path
 
 import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from benchmarks.preprocess_case import KITS19_LABELS, foreground_intensity, write_kits_case
+from benchmarks.preprocess_case import KITS19_LABELS, foreground_intensity, machine_description, write_kits_case
+from src import cpu_precision
+from src.infer import stage_times
 from src.config import load_config
 from src.data.planning import plan_experiment
 from src.infer.sliding_window import window_layout
@@ -43,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop predict.py when its resident memory passes this (protects a shared machine)")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--locate", default=None, choices=("off", "auto", "windows", "crop"),
+                        help="locate, then segment (default: the config's)")
+    parser.add_argument("--locator_iters", type=int, default=300, help="locator training steps in the set-up")
+    parser.add_argument("--locator_cases", type=int, default=4, help="synthetic training cases for the locator")
+    parser.add_argument("--reference", action="store_true", help="also run nnU-Net v2's nnUNetPredictor")
+    parser.add_argument("--reference_python", default=os.environ.get("KITSEG_REFERENCE_PYTHON"),
+                        help="Python of the benchmark venv (default .venv-bench/bin/python, created when missing)")
     return parser
 
 
@@ -97,13 +124,22 @@ def run(args, work: Path) -> dict:
     ckpt = work / "model" / "checkpoint_best.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     write_random_checkpoint(cfg, plan, ckpt)
+    locate = args.locate or cfg.locate
+    locator = None
+    if locate != "off" and args.locator_iters > 0:
+        from benchmarks.predict_case_setup import add_trained_locator
+
+        locator = add_trained_locator(cfg, plan, ckpt, work / "locator_data", shape, args.locator_iters,
+                                      args.locator_cases)
     resampled = [round(s * sp / t) for s, sp, t in zip(shape, SPACING, plan["target_spacing"])]
     windows = len(window_layout(resampled, plan["patch_size"], cfg.step_size).starts)
     sw_batch = args.sw_batch_size or cfg.sw_batch_size
 
     command = [sys.executable, str(ROOT / "predict.py"), "--config", args.config, "--ckpt", str(ckpt),
                "--input", str(work / "raw"), "--output", str(work / "out"), "--device_target", "CPU",
-               "--tta_mirror", args.tta_mirror, "--sw_batch_size", str(sw_batch)]
+               "--tta_mirror", args.tta_mirror, "--sw_batch_size", str(sw_batch), "--locate", locate,
+               "--overwrite"]
+    os.environ[stage_times.ENV] = "1"  # predict.py prints its stage seconds
     start = time.perf_counter()
     returncode, stopped, stdout, stderr = run_with_memory_cap(command, work / "predict_log", args.max_rss_gb)
     seconds = time.perf_counter() - start
@@ -114,7 +150,7 @@ def run(args, work: Path) -> dict:
         raise SystemExit(f"predict.py failed ({returncode}):\n{stderr[-3000:]}")
     report_path = work / "out" / f"{case.case_id}_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    return {
+    result = {
         "config": Path(args.config).name,
         "shape": list(shape),
         "spacing_mm": list(SPACING),
@@ -130,7 +166,34 @@ def run(args, work: Path) -> dict:
         "seconds": round(seconds, 1),
         "predicted_kidney_ml": round(report["volumes_ml"]["kidney"]["total"], 1) if report else None,
         "last_stdout_line": stdout.strip().splitlines()[-1] if stdout.strip() else "",
+        "locate": locate,
+        "locator": locator,
+        **stage_split(stderr, seconds),
+        "machine": machine_description(),
+        "cpu_flags": sorted(cpu_precision.relevant_flags()),
+        "inference_precision": cpu_precision.choose_precision(cfg.inference_precision),
     }
+    if args.reference:
+        from benchmarks.predict_case_setup import run_reference
+
+        result["reference"] = run_reference(args, cfg, plan, case, work, peak_kb)
+        result["ratio"] = round(result["seconds"] / result["reference"]["seconds"], 3)
+        result["ratio_windows_stage"] = round(result["stages"].get("windows", float("nan")) /
+                                              result["reference"]["stages"]["network (sliding window)"], 3)
+    return result
+
+
+def stage_split(stderr: str, seconds: float) -> dict:
+    """The case's stage seconds (exclusive of nested stages), the model load, and what is left."""
+    records = stage_times.parse_lines(stderr)
+    stages, counts = {}, {}
+    for record in records:
+        parents = record.get("parents", {})
+        for name, value in record["seconds"].items():
+            nested = sum(v for n, v in record["seconds"].items() if parents.get(n) == name)
+            stages[name] = round(max(stages.get(name, 0.0) + value - nested, 0.0), 3)
+        counts.update(record.get("counts", {}))
+    return {"stages": stages, "stages_other": round(seconds - sum(stages.values()), 3), "window_counts": counts}
 
 
 def main(argv=None) -> None:
@@ -146,7 +209,14 @@ def main(argv=None) -> None:
         state = "" if result["completed"] else " (stopped at the memory cap)"
         print(f"predict.py on {result['shape']} voxels: peak RSS {result['peak_rss_gb']} GB "
               f"({result['peak_rss_gib']} GiB){state}, {result['seconds']} s, {result['windows']} windows of "
-              f"{result['patch_size']}")
+              f"{result['patch_size']}, locate {result['locate']} {result['window_counts']}")
+        print("  stages: " + ", ".join(f"{k} {v} s" for k, v in result["stages"].items())
+              + f", other {result['stages_other']} s")
+        if "reference" in result:
+            ref = result["reference"]
+            print(f"nnU-Net v2 nnUNetPredictor: {ref['seconds']} s, peak RSS {ref['peak_rss_gb']} GB; "
+                  f"ratio ours / nnU-Net {result['ratio']}")
+            print("  stages: " + ", ".join(f"{k} {v} s" for k, v in ref["stages"].items()))
     print(json.dumps(result))
 
 

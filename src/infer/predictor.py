@@ -241,6 +241,10 @@ def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, p
     if bool(ckpts) == (mindir is not None):
         raise UserError("give either checkpoint(s) or a MindIR file")
     device = setup_device(cfg.device_target, mode="graph")
+    if device == "CPU":  # bf16 convolutions only where the CPU has them (before the first oneDNN primitive)
+        from src.cpu_precision import apply_precision
+
+        apply_precision(cfg.inference_precision)
     exported_postprocessing = None
     if mindir is not None:
         net_fns, model_plan, sources, exported_postprocessing = _mindir_models(mindir)

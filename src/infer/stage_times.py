@@ -96,9 +96,10 @@ def parse_lines(text: str) -> List[dict]:
     """The records printed in ``text`` (a predict.py stderr), in order."""
     records = []
     for line in text.splitlines():
-        if line.startswith(LINE_PREFIX) and ": " in line:
+        at = line.find(LINE_PREFIX)  # progress bars may share the line (carriage returns, no newline)
+        if at >= 0 and ": {" in line[at:]:
             try:
-                records.append(json.loads(line.split(": ", 1)[1]))
+                records.append(json.loads(line[at:].split(": ", 1)[1]))
             except ValueError:
                 continue
     return records

@@ -82,15 +82,23 @@ def sample_batch(cases: list, patch, batch: int, rng: np.random.Generator):
 
 def train_locator(cfg, plan: dict, pre_dir, case_ids, log=print):
     """(trained locator network, its plan, {"iters", "seconds", "last_loss"})."""
+    lplan = locator_plan(cfg, plan)
+    started = time.time()
+    cases = coarse_cases(pre_dir, case_ids, plan, lplan["factors"])
+    network, stats = train_locator_on(cfg, lplan, cases, log)
+    stats["seconds"] = round(time.time() - started, 1)
+    return network, lplan, stats
+
+
+def train_locator_on(cfg, lplan: dict, cases: list, log=print):
+    """(trained locator network, stats) from coarse (data, foreground) pairs (``coarse_cases``)."""
     import mindspore as ms
 
     from src.losses import DiceCELoss
     from src.models.cpu_kernels import select_cpu_kernels
     from src.train.train_cell import build_train_cell
 
-    lplan = locator_plan(cfg, plan)
     started = time.time()
-    cases = coarse_cases(pre_dir, case_ids, plan, lplan["factors"])
     ms.set_seed(cfg.seed + 1)
     network = build_locator_network(lplan)
     select_cpu_kernels(network)
@@ -106,8 +114,7 @@ def train_locator(cfg, plan: dict, pre_dir, case_ids, log=print):
         if (step + 1) % 100 == 0 or step + 1 == cfg.locator_iters:
             log(f"locator: step {step + 1}/{cfg.locator_iters} loss {loss:.4f}")
     network.set_train(False)
-    return network, lplan, {"iters": int(cfg.locator_iters), "seconds": round(time.time() - started, 1),
-                            "last_loss": loss}
+    return network, {"iters": int(cfg.locator_iters), "seconds": round(time.time() - started, 1), "last_loss": loss}
 
 
 class _SingleOutputLoss(nn.Cell):
