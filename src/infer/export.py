@@ -112,5 +112,9 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
     atomic_write_json(sidecar, info)
     atomic_produce(target, lambda tmp: ms.export(network, example, file_name=str(tmp), file_format=file_format),
                    suffix=target.suffix)
-    atomic_write_json(sidecar, {**info, "status": SIDECAR_COMPLETE, "model_digest": file_digest(target)})
+    from src.infer.locate_model import export_locator
+
+    locator = export_locator(ckpt, target, file_format)  # the first pass (src/infer/locate.py) travels too
+    atomic_write_json(sidecar, {**info, "status": SIDECAR_COMPLETE, "model_digest": file_digest(target),
+                                "locator": locator})
     return target, sidecar

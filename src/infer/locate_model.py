@@ -71,3 +71,36 @@ def attach_locator(predictor, cfg, ckpts: Optional[Sequence] = None, mindir=None
         predictor.locator = checkpoint_locator(ckpts[0], settings)
     if predictor.locator is None and cfg.locate in ("windows", "crop"):
         raise UserError(f"--locate {cfg.locate}: the model carries no locator (train with --locator_iters N)")
+
+
+def locator_file(target) -> Path:
+    """``<name>.locator.mindir`` next to ``<name>.mindir``."""
+    target = Path(target)
+    return target.with_name(f"{target.stem}.locator{target.suffix}")
+
+
+def export_locator(ckpt, target, file_format: str) -> Optional[dict]:
+    """Export the checkpoint's locator next to the model file ``target`` (MindSpore's own kernels, batch 1);
+    the sidecar entry naming it, or None when the checkpoint carries none (or the format is not MindIR)."""
+    import mindspore as ms
+    import numpy as np
+
+    from src.files import atomic_produce
+    from src.train.checkpoint import read_training_checkpoint, restore_parameters
+    from src.train.locator_training import build_locator_network
+
+    params, meta = read_training_checkpoint(ckpt)
+    lplan = meta.get("locator")
+    if not lplan or str(file_format).upper() != "MINDIR":
+        return None
+    network = build_locator_network(lplan)
+    weights = {name[len(PREFIX):]: ms.Parameter(value.data, name=name[len(PREFIX):])
+               for name, value in params.items() if name.startswith(PREFIX)}
+    restore_parameters(network, weights, f"{ckpt} (locator)")
+    network.set_train(False)
+    example = ms.Tensor(np.zeros([1, int(lplan["num_channels"])] + [int(p) for p in lplan["patch_size"]],
+                                 dtype=np.float32))
+    path = locator_file(target)
+    atomic_produce(path, lambda tmp: ms.export(network, example, file_name=str(tmp), file_format="MINDIR"),
+                   suffix=path.suffix)
+    return {"file": path.name, "sha256": file_digest(path), "plan": lplan}

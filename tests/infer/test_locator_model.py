@@ -54,3 +54,32 @@ def test_trained_locator_is_stored_in_the_checkpoint_and_loaded_back(tmp_path, r
 def test_locate_off_loads_nothing():
     assert settings_for(tiny_config(locate="off")) is None
     assert settings_for(tiny_config()) == LocateSettings(mode="windows")
+
+
+@pytest.mark.slow
+def test_the_locator_travels_with_a_mindir_export_and_predicts_as_the_checkpoint(tmp_path, restore_mode):  # noqa: F811
+    from src.infer.export import export_network
+    from src.infer.predictor import load_predictor, read_mindir_sidecar
+    from src.train.device import setup_device
+
+    setup_device("CPU", mode="graph")
+    cfg = tiny_config(locator_iters=2, locator_patch_size=[8, 16, 16], locator_spacing_mm=3.0, locate="crop",
+                      locate_threshold=0.5, locate_include=0.5, locate_max_unsure=1.0)
+    ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
+    lplan = locator_plan(cfg, tiny_plan())
+    network, _ = train_locator_on(cfg, lplan, coarse_volumes(), log=lambda _: None)
+    attach_locator(ckpt, network, lplan)
+    model, _ = export_network(cfg, ckpt, tmp_path / "export" / "tiny", "MINDIR")
+    entry = read_mindir_sidecar(model)["locator"]
+    assert entry["file"] == "tiny.locator.mindir" and (model.parent / entry["file"]).is_file()
+    volume = np.random.default_rng(3).normal(size=(1, 16, 32, 32)).astype(np.float32)
+    from_ckpt = load_predictor(cfg, ckpts=[ckpt], progress=False)
+    from_mindir = load_predictor(cfg, mindir=model, progress=False)
+    assert from_ckpt.locator is not None and from_mindir.locator is not None
+    np.testing.assert_allclose(from_mindir.locator.foreground(volume), from_ckpt.locator.foreground(volume),
+                               rtol=1e-4, atol=1e-5)
+    (model.parent / entry["file"]).write_bytes(b"changed")
+    from src.errors import UserError
+
+    with pytest.raises(UserError, match="locator file"):
+        load_predictor(cfg, mindir=model, progress=False)
