@@ -71,7 +71,7 @@ def run_identity(cfg, model_paths: Sequence) -> dict:
     settings = {"tta_mirror": bool(cfg.tta_mirror), "step_size": float(cfg.step_size),
                 "postprocess": str(cfg.postprocess)}
     locate = {key: getattr(cfg, key) for key in LOCATE_KEYS}
-    if cfg.locate != "off" and locate != {key: getattr(DEFAULTS, key) for key in LOCATE_KEYS}:
+    if locate != {key: getattr(DEFAULTS, key) for key in LOCATE_KEYS}:
         settings["locate"] = locate  # only when not the defaults, so that earlier runs keep their identity
     if cfg.postprocess == "auto":  # the decision files auto may read, a MindIR sidecar's exported one included
         decisions = list(postprocessing_candidates(model_paths)) + [mindir_sidecar(path) for path in model_paths]

@@ -132,3 +132,17 @@ def test_locator_finds_a_bright_object_through_its_coarse_network():
     region = locator.region(data, (1.0, 1.0, 1.0))
     assert region.boxes == (((4, 8), (20, 26), (2, 6)),)
     assert window_layout(SHAPE, PATCH, 0.5).starts  # sanity: the full layout exists
+
+
+def test_locate_settings_join_the_run_identity_only_when_not_the_defaults(tmp_path):
+    from src.config import Config
+    from src.infer.prediction_outputs import run_identity
+
+    model = tmp_path / "m.ckpt"
+    model.write_bytes(b"weights")
+    default = run_identity(Config(postprocess="none"), [model])
+    assert "locate" not in default["settings"]
+    crop = run_identity(Config(postprocess="none", locate="crop"), [model])
+    off = run_identity(Config(postprocess="none", locate="off"), [model])
+    wider = run_identity(Config(postprocess="none", locate_margin_mm=40.0), [model])
+    assert len({str(default), str(crop), str(off), str(wider)}) == 4
