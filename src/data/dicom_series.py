@@ -5,8 +5,9 @@ holding several is refused unless ``--series UID`` names one), that it is CT, an
 voxels are then read by SimpleITK's ImageSeriesReader in that order, as float32, so each file's own
 RescaleSlope/RescaleIntercept turn its stored values into HU.
 
-Slice order: head first (slice 0 the most superior), the order of the KiTS files and the phantom. The
-affine is built from the headers, not taken from ITK: ITK sets the slice direction to the image-plane
+Array order: (slice, row, column), head first (slice 0 the most superior): the axis order and slice
+order of the KiTS files (converted from DICOM that way) and the phantom, which the models are planned
+on; a dcm2niix NIfTI of the same series would store (column, row, slice) instead. The affine is built from the headers, not taken from ITK: ITK sets the slice direction to the image-plane
 normal whatever order the files come in, which would place a head-first stack upside down.
 
 Refused, with one line naming the folder and what is wrong (the array would otherwise be placed or

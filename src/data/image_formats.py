@@ -1,14 +1,15 @@
 """Images that are not NIfTI (NRRD and MHA files, DICOM series) in the project's NIfTI conventions.
 
-Every reader here hands back what ``src.data.io`` hands back for a NIfTI file: the voxels in the order a
-NIfTI conversion of the file would store them, and an ``ImageMeta`` whose affine maps those array indices
-to RAS+ millimetres (nibabel's convention) and whose header is a NIfTI-1 header carrying that affine, so a
+Every reader here hands back what ``src.data.io`` hands back for a NIfTI file: the voxels in an array
+whose axes are the file's storage axes, and an ``ImageMeta`` whose affine maps those array indices to RAS+
+millimetres (nibabel's convention) and whose header is a NIfTI-1 header carrying that affine, so a
 prediction is written back onto the input's grid by ``save_label`` exactly as for a NIfTI input.
 
-ITK (SimpleITK) indexes an image (i, j, k) = (column, row, slice) with LPS+ physical points
-``origin + direction @ (spacing * index)``; ``sitk.GetArrayFromImage`` returns the voxels as (k, j, i).
-That array order is the one ITK's own NIfTI writer stores, and the one of the KiTS files (slice, row,
-column), so array axis a is ITK axis 2 - a, and RAS+ is LPS+ with x and y negated.
+ITK (SimpleITK) indexes an image (i, j, k) in storage order (i fastest) with LPS+ physical points
+``origin + direction @ (spacing * index)``; nibabel's array of a NIfTI file is indexed in the same
+storage order (ITK reads a NIfTI's dim1 as i). ``sitk.GetArrayFromImage`` returns (k, j, i), so the array
+here is its transpose: an NRRD converted from a KiTS NIfTI file reads as (slice, row, column) like the
+NIfTI does, array axis a is ITK axis a, and RAS+ is LPS+ with x and y negated.
 
 Only single-file formats are read (``.nrrd``, ``.mha``): a detached header (``.nhdr``, ``.mhd``) would
 leave its voxels out of the input's sha256 that predict.py's resume rule relies on.
@@ -58,19 +59,18 @@ def meta_from_affine(affine, shape, source) -> ImageMeta:
 
 
 def affine_from_itk(spacing, origin, direction) -> np.ndarray:
-    """RAS+ affine of the (k, j, i) array of an ITK image with these (i, j, k) spacing, origin, direction."""
+    """RAS+ affine of the (i, j, k) array of an ITK image with this spacing, origin and direction."""
     direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    columns = LPS_TO_RAS @ direction @ np.diag(np.asarray(spacing, dtype=np.float64))
     affine = np.eye(4)
-    affine[:3, :3] = columns[:, ::-1]  # array axis a is ITK axis 2 - a
+    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(np.asarray(spacing, dtype=np.float64))
     affine[:3, 3] = LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
     return affine
 
 
 def itk_geometry(affine) -> Tuple[tuple, tuple, tuple]:
-    """(spacing, origin, direction) for SimpleITK of the (k, j, i) array that ``affine`` places."""
+    """(spacing, origin, direction) for SimpleITK of the (i, j, k) array that ``affine`` places."""
     affine = np.asarray(affine, dtype=np.float64)
-    columns = (LPS_TO_RAS @ affine[:3, :3])[:, ::-1]
+    columns = LPS_TO_RAS @ affine[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)
     direction = columns / spacing
     origin = LPS_TO_RAS @ affine[:3, 3]
@@ -79,7 +79,7 @@ def itk_geometry(affine) -> Tuple[tuple, tuple, tuple]:
 
 
 def load_itk_image(path) -> Tuple[np.ndarray, ImageMeta]:
-    """Read a 3D scalar NRRD or MHA file: (float32 array in NIfTI array order, ImageMeta). Refuses with one
+    """Read a 3D scalar NRRD or MHA file: (float32 array in storage order (i, j, k), ImageMeta). Refuses with one
     line what it cannot place: not 3D, several components, non-positive or non-finite spacing, axes that
     are (nearly) parallel, NaN or infinite voxels."""
     import SimpleITK as sitk
@@ -109,7 +109,7 @@ def load_itk_image(path) -> Tuple[np.ndarray, ImageMeta]:
             < MIN_AXIS_INDEPENDENCE:
         raise UserError(f"image {path} has a degenerate direction matrix {image.GetDirection()}: its voxel axes "
                         f"are (nearly) parallel")
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)
     if not np.isfinite(array).all():
         raise UserError(f"image {path} contains NaN or infinite values")
     return array, meta_from_affine(affine, array.shape, path)
@@ -125,7 +125,7 @@ def save_label_itk(array, meta: ImageMeta, path) -> None:
         raise ValueError(f"label shape {array.shape} does not match the image shape {meta.shape}")
     if array.size and (array.min() < 0 or array.max() > 255):
         raise ValueError(f"label values must fit uint8, got {array.min()}..{array.max()}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.uint8))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0), dtype=np.uint8))
     spacing, origin, direction = itk_geometry(meta.affine)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)

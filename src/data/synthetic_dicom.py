@@ -46,7 +46,7 @@ def write_ct_series(folder, image_hu: np.ndarray, spacing: Sequence[float], *, s
                     gantry_tilt_deg: float = 0.0, slopes: Optional[Sequence[float]] = None,
                     intercept: float = -1024.0, skip_slices: Sequence[int] = (), shuffle: bool = True,
                     series_description: str = "synthetic phantom CT", patient_id: str = "PHANTOM0",
-                    study_uid: Optional[str] = None) -> list[Path]:
+                    study_uid: Optional[str] = None, prefix: str = "IM") -> list[Path]:
     """Write ``image_hu`` (slice, row, column; HU) with ``spacing`` (slice, row, column mm) as a CT series
     in ``folder``; returns the written files.
 
@@ -55,7 +55,8 @@ def write_ct_series(folder, image_hu: np.ndarray, spacing: Sequence[float], *, s
     left-right axis while the positions still step along the table, as a tilted gantry does.
     ``slopes`` gives each slice its own RescaleSlope (stored values change, HU stay the same);
     ``skip_slices`` leaves those slices out; ``shuffle`` names the files in an order unrelated to
-    their positions, so readers must sort by position.
+    their positions, so readers must sort by position; ``prefix`` starts the file names (two series in one
+    folder need two).
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -114,7 +115,7 @@ def write_ct_series(folder, image_hu: np.ndarray, spacing: Sequence[float], *, s
         ds.PixelData = stored.tobytes()
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        path = folder / f"IM{int(order[k]):05d}.dcm"
+        path = folder / f"{prefix}{int(order[k]):05d}.dcm"
         atomic_write_bytes(path, buffer.getvalue())
         written.append(path)
     return written
