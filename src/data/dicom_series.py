@@ -7,8 +7,9 @@ RescaleSlope/RescaleIntercept turn its stored values into HU.
 
 Array order: (slice, row, column), head first (slice 0 the most superior): the axis order and slice
 order of the KiTS files (converted from DICOM that way) and the phantom, which the models are planned
-on; a dcm2niix NIfTI of the same series would store (column, row, slice) instead. The affine is built from the headers, not taken from ITK: ITK sets the slice direction to the image-plane
-normal whatever order the files come in, which would place a head-first stack upside down.
+on; a dcm2niix NIfTI of the same series would store (column, row, slice) instead. The affine is built
+from the headers, not taken from ITK: ITK sets the slice direction to the image-plane normal whatever
+order the files come in, which would place a head-first stack upside down.
 
 Refused, with one line naming the folder and what is wrong (the array would otherwise be placed or
 scaled wrongly):
@@ -79,12 +80,21 @@ class Series:
     shape: Tuple[int, int, int]
 
 
+_SCANS: Dict[tuple, dict] = {}  # a run reads one folder's headers several times (check, digest, load, SEG)
+
+
 def _headers(folder: Path) -> Dict[str, List[Tuple[Path, object]]]:
     """SeriesInstanceUID -> [(file, header)] of the image files in ``folder`` (other DICOM files, such as a
-    DICOMDIR or a structured report, have no pixel rows and are left out)."""
+    DICOMDIR or a structured report, have no pixel rows and are left out). Remembered while no file of the
+    folder changes (name, inode, size and modification time)."""
     pydicom = require_pydicom(f"reading the DICOM folder {folder}")
+    paths = sorted(p for p in folder.iterdir() if is_dicom_file(p))
+    stats = [p.stat() for p in paths]
+    key = (str(folder.resolve()),) + tuple((p.name, s.st_ino, s.st_size, s.st_mtime_ns) for p, s in zip(paths, stats))
+    if key in _SCANS:
+        return _SCANS[key]
     groups: Dict[str, List[Tuple[Path, object]]] = {}
-    for path in sorted(p for p in folder.iterdir() if is_dicom_file(p)):
+    for path in paths:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as err:  # pydicom raises many types for a truncated or corrupt file
@@ -92,6 +102,9 @@ def _headers(folder: Path) -> Dict[str, List[Tuple[Path, object]]]:
         if "Rows" not in header or "SeriesInstanceUID" not in header:
             continue
         groups.setdefault(str(header.SeriesInstanceUID), []).append((path, header))
+    if len(_SCANS) >= 4:
+        _SCANS.clear()
+    _SCANS[key] = groups
     return groups
 
 

@@ -125,7 +125,8 @@ def model_description(plan: dict, model_paths) -> dict:
     return {"files": [f"{Path(path).name} ({file_digest(path)[:19]}...)" for path in model_paths],
             "network": f"kitseg U-Net, features {plan.get('features')}",
             "trained for": f"{plan.get('dataset', '?')} labels {plan.get('labels')}",
-            "target spacing (mm)": str(plan.get("target_spacing")), "patch size": str(plan.get("patch_size"))}
+            "target spacing (mm)": " x ".join(f"{float(s):.3g}" for s in plan.get("target_spacing", [])),
+            "patch size": " x ".join(str(n) for n in plan.get("patch_size", []))}
 
 
 def raise_failures(failures: Dict[str, str], total: int, output_dir: Path) -> None:

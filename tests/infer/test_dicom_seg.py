@@ -43,8 +43,9 @@ def test_segmentation_reads_back_voxel_for_voxel_and_references_the_series(serie
     assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} == \
         {s.SOPInstanceUID for s in sources}
     coded = [(s.SegmentLabel, s.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
-              s.SegmentedPropertyTypeCodeSequence[0].CodeValue, s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
-              s.SegmentAlgorithmType) for s in seg.SegmentSequence]
+              s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+              s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator, s.SegmentAlgorithmType)
+             for s in seg.SegmentSequence]
     assert coded == [("kidney", "91723000", "64033007", "SCT", "AUTOMATIC"),
                      ("tumor", "49755003", "108369006", "SCT", "AUTOMATIC"),
                      ("cyst", "49755003", "367643001", "SCT", "AUTOMATIC")]
