@@ -109,12 +109,11 @@ def predict(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr("src.infer.prediction_outputs.write_label", spy)
 
-    def run(folder, output_format, *extra):
-        out = tmp_path / output_format
+    def run(folder, output_format, expect="wrote 1 prediction(s)", into=None):
+        out = tmp_path / (into or output_format)
         load_script("predict").main(["--config", str(tmp_path / "cfg.yaml"), "--ckpt", str(tmp_path / "model.ckpt"),
-                                     "--input", str(folder), "--output", str(out), "--output_format", output_format,
-                                     *extra])
-        assert "wrote 1 prediction(s)" in capsys.readouterr().out
+                                     "--input", str(folder), "--output", str(out), "--output_format", output_format])
+        assert expect in capsys.readouterr().out
         return out, written
     return run
 
@@ -154,3 +153,28 @@ def test_the_real_network_predicts_a_series_to_dicom_seg(series, tmp_path, capsy
     labels = {"background": 0, "kidney": 1, "tumor": 2}
     np.testing.assert_array_equal(read_dicom_seg(tmp_path / "dicom_seg" / "ct_seg.dcm", folder, None, labels),
                                   load_image(tmp_path / "nifti" / "ct.nii.gz")[0])
+
+
+
+def test_a_rerun_skips_the_finished_series_and_notices_a_changed_slice(series, predict, tmp_path, capsys):
+    """The series' files are the input's identity: the same series is skipped, a changed slice makes it
+    another input (refused without --overwrite), and so does another output format into the same folder."""
+    import shutil
+
+    folder = shutil.copytree(series[0], tmp_path / "ct")
+    out, _ = predict(folder, "dicom_seg")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    predict(folder, "dicom_seg", expect="wrote 0 prediction(s), report(s), report page(s) and overlay(s) to "
+                                        f"{out} (1 complete case(s) skipped)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    changed = sorted(folder.iterdir())[2]
+    header = pydicom.dcmread(changed)
+    header.WindowWidth = 350  # any byte of any slice
+    header.save_as(changed)
+    with pytest.raises(SystemExit):
+        predict(folder, "dicom_seg")
+    assert "predicted from another version of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict(folder, "nrrd", into="dicom_seg")
+    assert "predicted with other settings (output_format)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
