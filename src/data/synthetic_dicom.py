@@ -106,7 +106,8 @@ def write_ct_series(folder, image_hu: np.ndarray, spacing: Sequence[float], *, s
         ds.PixelSpacing = [float(spacing[1]), float(spacing[2])]  # row spacing, column spacing
         ds.SliceThickness = float(spacing[0])
         ds.GantryDetectorTilt = float(gantry_tilt_deg)
-        ds.KVP, ds.PositionReferenceIndicator = 120, ""
+        ds.KVP, ds.PositionReferenceIndicator, ds.AcquisitionNumber, ds.BodyPartExamined = 120, "", 1, "ABDOMEN"
+        ds.PatientPosition = "FFS" if normal[2] < 0 else "HFS"  # feet or head first, supine
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = rows, columns
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
