@@ -137,7 +137,7 @@ def choose_series(folder, series: Optional[str] = None) -> Tuple[str, list]:
 def _floats(header, keyword: str, count: int, name: str) -> np.ndarray:
     value = header.get(keyword)
     try:
-        values = np.asarray([float(v) for v in value], dtype=np.float64)
+        values = np.asarray([float(v) for v in (value if count > 1 else [value])], dtype=np.float64)
     except (TypeError, ValueError):
         values = np.empty(0)
     if values.shape != (count,) or not np.isfinite(values).all():
@@ -151,6 +151,8 @@ def check_series(folder, uid: str, items: list) -> Series:
     modalities = sorted({str(header.get("Modality", "") or "none") for _, header in items})
     if modalities != ["CT"]:
         raise UserError(f"{name} is {'/'.join(modalities)}, not CT; the model segments CT only")
+    if any(int(header.get("NumberOfFrames", 1) or 1) > 1 for _, header in items):
+        raise UserError(f"{name} is a multi-frame (enhanced) image; only series of single-frame images are read")
     if len(items) < 2:
         raise UserError(f"{name} has {len(items)} image; a volume needs at least 2")
     sizes = {(int(header.Rows), int(header.Columns)) for _, header in items}
@@ -169,7 +171,8 @@ def check_series(folder, uid: str, items: list) -> Series:
             or abs(np.linalg.norm(normal) - 1) > 1e-3:
         raise UserError(f"{name} has an ImageOrientationPatient that is not two perpendicular unit vectors "
                         f"{tuple(orientations[0])}")
-    tilts = {float(h.get("GantryDetectorTilt", 0) or 0) for _, h in items}
+    tilts = {float(_floats(h, "GantryDetectorTilt", 1, name)[0]) if h.get("GantryDetectorTilt") not in (None, "")
+             else 0.0 for _, h in items}
     if any(abs(t) > 1e-6 for t in tilts):
         raise UserError(f"{name} was acquired with a gantry tilt of {max(tilts, key=abs):g} degrees; "
                         f"resample it to an untilted stack first")
