@@ -181,3 +181,25 @@ def test_a_single_dicom_file_points_to_its_folder(phantom, tmp_path):
     files = write_ct_series(tmp_path / "ct", image, SPACING)
     with pytest.raises(UserError, match="a DICOM series is given as its folder"):
         find_cases(files[0])
+
+
+def test_prepare_synth_dicom_is_the_kits19_phantom_of_the_same_seed(tmp_path, capsys):
+    from src.data.synthetic import write_synthetic_dataset
+    from tests.entry_scripts import load_script
+
+    load_script("prepare").main(["synth", "--format", "dicom", "--cases", "1", "--out", str(tmp_path / "dicom"),
+                                 "--seed", "49"])  # seed 49: a small case (40 x 101 x 101)
+    assert "wrote 1 synthetic CT DICOM series" in capsys.readouterr().out
+    write_synthetic_dataset(tmp_path / "kits19", "kits19", 1, 49, progress=False)
+    (case,) = find_cases(tmp_path / "dicom" / "case_00000")
+    array, meta = load_image(case.image, case.series)
+    expected, expected_meta = load_image(tmp_path / "kits19" / "case_00000" / "imaging.nii.gz")
+    np.testing.assert_array_equal(array, expected)
+    np.testing.assert_allclose(np.array(meta.affine)[:3, :3], np.array(expected_meta.affine)[:3, :3], atol=1e-6)
+    assert pydicom.dcmread(read_series(case.image).files[0]).PatientName == "SYNTHETIC^PHANTOM"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(SystemExit):
+        load_script("prepare").main(["synth", "--format", "dicom", "--cases", "1", "--out", str(tmp_path / "mine")])
+    assert "not an earlier synthetic DICOM folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
