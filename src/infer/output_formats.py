@@ -16,7 +16,7 @@ from typing import Dict, Sequence
 from src.data.io import CaseFiles, ImageMeta, save_label
 from src.errors import UserError
 
-LABEL_SUFFIXES = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom_seg": "_seg.dcm"}
+LABEL_SUFFIXES = {"nifti": ".nii.gz", "dicom_seg": "_seg.dcm", "nrrd": ".nrrd"}
 OUTPUT_FORMATS = tuple(LABEL_SUFFIXES)
 
 
