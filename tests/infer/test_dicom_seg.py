@@ -178,3 +178,26 @@ def test_a_rerun_skips_the_finished_series_and_notices_a_changed_slice(series, p
         predict(folder, "nrrd", into="dicom_seg")
     assert "predicted with other settings (output_format)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_nrrd_input_predicts_onto_its_own_grid(series, predict, tmp_path):
+    """NRRD in (here: the series converted by ITK), NIfTI and NRRD out, both on the NRRD's grid."""
+    import SimpleITK as sitk
+
+    from src.data.image_formats import save_label_itk
+
+    image, meta = load_image(series[0])
+    (tmp_path / "scans").mkdir()
+    save_label_itk(np.zeros(image.shape, np.uint8), meta, tmp_path / "grid.nrrd")  # the series' grid, in ITK terms
+    grid = sitk.ReadImage(str(tmp_path / "grid.nrrd"))
+    ct = sitk.GetImageFromArray(image.transpose(2, 1, 0))
+    ct.CopyInformation(grid)
+    sitk.WriteImage(ct, str(tmp_path / "scans" / "patient.nrrd"))
+    out, written = predict(tmp_path / "scans" / "patient.nrrd", "nifti")
+    label, label_meta = load_image(out / "patient.nii.gz")
+    np.testing.assert_array_equal(label, written["patient.nii.gz"])
+    np.testing.assert_allclose(label_meta.affine, meta.affine, atol=1e-4)
+    out, _ = predict(tmp_path / "scans", "nrrd")
+    label, label_meta = load_image(out / "patient.nrrd")
+    np.testing.assert_array_equal(label, written["patient.nii.gz"])
+    np.testing.assert_allclose(label_meta.affine, meta.affine, atol=1e-9)
