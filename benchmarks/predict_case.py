@@ -14,7 +14,7 @@ The last line printed is one JSON object.
 
 Per stage: predict.py runs with ``KITSEG_STAGE_TIMES=1`` and the case's stage seconds
 (``src/infer/stage_times.py``: read, resample in, locate, windows, softmax, back to original + argmax,
-postprocess, write label NIfTI, report + overlay, and the model load) go into ``stages``; ``stages_other`` is
+postprocess, write labels, report + overlay + page, and the model load) go into ``stages``; ``stages_other`` is
 the rest of the process (interpreter start, imports, output checks).
 
 Locate, then segment (``--locate windows|crop``, or ``auto`` when the model carries a locator): the random

@@ -14,12 +14,11 @@ def test_stages_nest_sum_and_print_when_asked(monkeypatch, capsys):
             stage_times.count("windows run", 3)
         with stage_times.stage("windows"):  # a second visit adds up
             time.sleep(0.01)
-    assert record.seconds["network"] >= record.seconds["windows"] - 0.011
+    assert record.seconds["windows"] >= 0.03 and record.seconds["network"] >= 0.02  # both visits add up
     assert record.parents == {"windows": "network", "network": None}
     assert record.counts == {"windows run": 3}
-    exclusive = record.exclusive()
-    assert exclusive["network"] >= 0 and abs(exclusive["network"] + record.seconds["windows"]
-                                             - record.seconds["network"] - 0.0) < 0.02
+    assert record.exclusive() == {"windows": record.seconds["windows"],
+                                  "network": max(record.seconds["network"] - record.seconds["windows"], 0.0)}
     err = capsys.readouterr().err
     parsed = stage_times.parse_lines("\rwindows: 90%|#########\r" + err)
     assert parsed[0]["case"] == "case_1" and set(parsed[0]["seconds"]) == {"network", "windows"}
