@@ -8,8 +8,8 @@ from src.errors import UserError
 from src.files import file_digest
 from src.infer.export import export_network, export_target
 from src.infer.predictor import load_predictor
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 

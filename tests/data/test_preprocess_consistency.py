@@ -6,8 +6,6 @@ completes; after each, the folder is read the way training and evaluation read i
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from src.data.preprocessed import fold_validation_cases, load_plan, load_splits,
 from src.data.sampler import load_case
 from src.errors import UserError
 from tests.data.test_io import write_kits_case
+from tests.helpers import dead_pid
 
 OLD_SPACING = [2.5, 1.6, 1.6]
 NEW_SPACING = [2.0, 1.2, 1.2]
@@ -146,10 +145,8 @@ def test_a_mixed_folder_is_refused_by_every_reader(monkeypatch, tmp_path, raw, r
 def test_temporaries_of_killed_runs_are_removed(tmp_path, raw):
     out = tmp_path / "pre"
     out.mkdir()
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
-    dead_pid = int(finished.stdout)
-    leftovers = [out / f"case_00000.npz.tmp-{dead_pid}", out / f"plans.json.tmp-{dead_pid}"]
+    gone = dead_pid()
+    leftovers = [out / f"case_00000.npz.tmp-{gone}", out / f"plans.json.tmp-{gone}"]
     for path in leftovers:
         path.write_bytes(b"half written")
     _preprocess(raw, out, OLD_SPACING)

@@ -1,7 +1,6 @@
 """Output problems of predict.py and eval.py are refused before any model loads (or any case is scored),
 with one error line, and nothing that existed before is changed."""
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from src.infer.evaluate import evaluate_cases
 from src.files import commit as real_commit
 from tests.infer.test_evaluate import oracle
 from tests.infer.tiny_model import make_tiny_dataset, write_tiny_checkpoint
-from tests.entry_scripts import load_script
+from tests.helpers import load_script, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +27,6 @@ def workspace(tmp_path_factory):
     write_tiny_checkpoint(root / "model" / "checkpoint_best.ckpt", plan=plan)
     (root / "cfg.yaml").write_text("device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: none\n")
     return root
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _predict(ws, input_path, output):

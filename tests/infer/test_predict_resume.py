@@ -15,8 +15,8 @@ from src.infer import predict_cases
 from src.infer.predict_cases import predict_files
 from src.infer.prediction_outputs import (COMPLETE, FAILURE_LOG, INCOMPLETE, NEW, case_targets, classify_case,
                                           run_identity)
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint, write_tiny_kits19
+from tests.helpers import load_script, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = tiny_config(tta_mirror=False, postprocess="none")
@@ -41,10 +41,6 @@ def loads(monkeypatch):
     real = predict_cases.load_model
     monkeypatch.setattr(predict_cases, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     return calls
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def states(raw, out, ckpt, cfg=CFG):
