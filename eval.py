@@ -103,13 +103,13 @@ def evaluate_model(args, shard) -> None:
     cfg = cli.load_config(args)
     from src.infer.evaluate import evaluate_fold
 
-    result = evaluate_fold(cfg, args.data, args.fold, args.output, ckpts=args.ckpt, mindir=args.mindir,
-                           ref_dir=args.ref, shard=shard)
+    evaluation = evaluate_fold(cfg, args.data, args.fold, args.output, ckpts=args.ckpt, mindir=args.mindir,
+                               ref_dir=args.ref, shard=shard)
     if shard is not None:
-        print(f"{shard}: predicted {len(result['cases'])} of the {len(result['all_cases'])} cases of fold "
+        print(f"{shard}: predicted {len(evaluation['cases'])} of the {len(evaluation['all_cases'])} cases of fold "
               f"{args.fold}; the merge (--merge_shards) writes {args.output}/summary.json")
         return
-    print_summary(args.fold, result, args.output)
+    print_summary(args.fold, evaluation, args.output)
 
 
 def run(args) -> None:
