@@ -71,9 +71,9 @@ def add_data_and_fold(parser: argparse.ArgumentParser, fold_help: str) -> None:
 
 def add_output(parser: argparse.ArgumentParser, help: str, *old_spellings: str) -> None:
     """``--output`` (required), the one spelling of what a command writes; ``old_spellings`` (``--out``,
-    ``--output_path``) are accepted too, for the commands written before the spelling was settled."""
-    also = f" (also {' or '.join(old_spellings)})" if old_spellings else ""
-    parser.add_argument("--output", *old_spellings, dest="output", required=True, help=help + also)
+    ``--output_path``) are accepted too, for the commands written before the spelling was settled (the help
+    lists them beside ``--output``)."""
+    parser.add_argument("--output", *old_spellings, dest="output", required=True, help=help)
 
 
 def add_model_files(parser: argparse.ArgumentParser) -> None:

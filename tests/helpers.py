@@ -1,5 +1,6 @@
 """Helpers several test modules share (fixtures are in tests/conftest.py): entry scripts loaded as modules,
-folder snapshots, a pid no process has, a free port, MindSpore's execution mode kept."""
+folder snapshots, kills injected at a write, a pid no process has, a free port, MindSpore's execution mode
+kept."""
 import contextlib
 import hashlib
 import importlib.util
@@ -25,6 +26,33 @@ def snapshot(folder: Path) -> dict:
     was written, replaced or removed."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+class Killed(BaseException):
+    """A kill at a write: not an Exception, so no handler of the code under test swallows it."""
+
+
+@contextlib.contextmanager
+def killed_at_commit(kill_at: int):
+    """Inside the block, the ``kill_at``-th call of ``src.files.commit`` (the one rename every output goes
+    through) raises Killed instead of renaming (0: none does); yields the list of the paths commit was
+    called for, in order. The real commit is back after the block whatever happened."""
+    import src.files
+
+    real_commit = src.files.commit
+    attempted = []
+
+    def commit(tmp, path):
+        attempted.append(Path(path))
+        if len(attempted) == kill_at:
+            raise Killed(str(path))
+        real_commit(tmp, path)
+
+    src.files.commit = commit
+    try:
+        yield attempted
+    finally:
+        src.files.commit = real_commit
 
 
 def dead_pid() -> int:

@@ -5,11 +5,7 @@ import pytest
 
 from src import files
 from src.errors import UserError
-from tests.helpers import dead_pid
-
-
-class Killed(BaseException):
-    """A kill at a write: not an Exception, so no handler in the code under test can swallow it."""
+from tests.helpers import Killed, dead_pid
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
