@@ -1,6 +1,6 @@
 """Data preparation: synthetic datasets and nnU-Net-style planning + preprocessing.
 
-    python prepare.py synth --format kits19|kits21|mots --cases N --output RAW [--seed S]
+    python prepare.py synth --format kits19|kits21|mots|dicom --cases N --output RAW [--seed S]
     python prepare.py preprocess --raw RAW --output PRE --config CFG [--workers N] [--key value ...]
 
 (--out is --output's older spelling and still accepted.)
@@ -14,7 +14,9 @@ def build_parser():
     commands = cli.add_commands(parser)
 
     synth = cli.add_command(commands, "synth", "write synthetic (phantom) cases in a dataset's on-disk layout")
-    synth.add_argument("--format", required=True, choices=("kits19", "kits21", "mots"))
+    synth.add_argument("--format", required=True, choices=("kits19", "kits21", "mots", "dicom"),
+                       help="dicom: one CT series folder per case (the KiTS19 phantoms of this seed; needs "
+                            "requirements-dicom.txt)")
     synth.add_argument("--cases", type=int, required=True, help="number of cases")
     cli.add_output(synth, "output folder (created)", "--out")
     synth.add_argument("--seed", type=int, default=0)
@@ -33,6 +35,13 @@ def write_synthetic(args) -> None:
 
     if args.cases < 1:
         raise UserError("--cases must be at least 1")
+    if args.format == "dicom":
+        from src.data.synthetic_dicom import write_synthetic_dicom
+
+        case_ids = write_synthetic_dicom(args.output, args.cases, args.seed)
+        print(f"wrote {len(case_ids)} synthetic CT DICOM series to {args.output}/<case> (the kits19 phantoms of "
+              f"seed {args.seed})")
+        return
     case_ids = write_synthetic_dataset(args.output, args.format, args.cases, args.seed)
     print(f"wrote {len(case_ids)} synthetic {args.format} cases to {args.output}")
 
