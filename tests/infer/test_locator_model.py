@@ -6,7 +6,7 @@ import pytest
 from src.infer.locate import LocateSettings
 from src.infer.locate_model import checkpoint_locator, settings_for
 from src.train.locator_training import attach_locator, locator_plan, sample_batch, train_locator_on
-from tests.infer.tiny_model import restore_mode, tiny_config, tiny_plan, write_tiny_checkpoint  # noqa: F401
+from tests.infer.tiny_model import tiny_config, tiny_plan, write_tiny_checkpoint
 
 
 def coarse_volumes(count=2, shape=(12, 16, 16)):
@@ -27,7 +27,7 @@ def test_sample_batch_crops_pads_and_centres_on_foreground():
 
 
 @pytest.mark.slow
-def test_trained_locator_is_stored_in_the_checkpoint_and_loaded_back(tmp_path, restore_mode):  # noqa: F811
+def test_trained_locator_is_stored_in_the_checkpoint_and_loaded_back(tmp_path, restore_mode):
     from src.train.device import setup_device
 
     setup_device("CPU", mode="graph")
@@ -57,7 +57,7 @@ def test_locate_off_loads_nothing():
 
 
 @pytest.mark.slow
-def test_the_locator_travels_with_a_mindir_export_and_predicts_as_the_checkpoint(tmp_path, restore_mode):  # noqa: F811
+def test_the_locator_travels_with_a_mindir_export_and_predicts_as_the_checkpoint(tmp_path, restore_mode):
     from src.infer.export import export_network
     from src.infer.predictor import load_predictor, read_mindir_sidecar
     from src.train.device import setup_device
