@@ -50,7 +50,7 @@ def write_random_checkpoint(cfg, plan: dict, path: Path) -> None:
     import mindspore as ms
 
     from src.models import build_network
-    from src.train.checkpoint import save_training_checkpoint
+    from src.runtime.checkpoint import save_training_checkpoint
 
     ms.set_seed(0)
     network = build_network(cfg, plan)

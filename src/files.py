@@ -91,6 +91,23 @@ def atomic_copy(source, target) -> None:
     atomic_write(target, copy)
 
 
+def atomic_link(source, target) -> None:
+    """Make ``target`` the same file as ``source`` in one step: a hard link (no copy) committed over it, or
+    the bytes copied where the file system has no hard links. ``target`` is never half-written."""
+    source, target = Path(source), Path(target)
+    tmp = temporary_path(target)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        _discard(tmp)
+        atomic_copy(source, target)
+        return
+    try:
+        commit(tmp, target)
+    finally:
+        _discard(tmp)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 

@@ -71,7 +71,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
                    overwrite: bool = False):
     """Write the model file and its sidecar; returns (model path, sidecar path)."""
     import mindspore as ms
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     file_format = str(file_format).upper()
     if file_format not in FORMATS:

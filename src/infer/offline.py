@@ -87,7 +87,7 @@ def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU"
     """Step 2 on CPU/GPU with the C++ program's file contract; returns the number of inputs run."""
     import mindspore as ms
     from mindspore import nn
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not Path(mindir).is_file():

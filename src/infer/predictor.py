@@ -184,8 +184,8 @@ def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: st
     kernels where they apply (never in a graph meant for export)."""
     from src.models import build_network
     from src.models.cpu_kernels import select_cpu_kernels
-    from src.train.checkpoint import load_network_weights
-    from src.train.train_cell import apply_amp, resolve_amp_level
+    from src.runtime.checkpoint import load_network_weights
+    from src.runtime.amp import apply_amp, resolve_amp_level
 
     if model_cfg.network == "dodnet":
         raise UserError("DoDNet is the pretraining model (task-conditioned, 2 sigmoid outputs); transfer its "
@@ -204,7 +204,7 @@ def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: st
 
 def load_checkpoint_network(path, cfg: Config, device: str, cpu_kernels: bool = True):
     """(network ready for inference, the checkpoint's plan, the config it was built with)."""
-    from src.train.checkpoint import read_checkpoint_meta
+    from src.runtime.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(path)
     if "plan" not in meta or "config" not in meta:
@@ -220,7 +220,7 @@ def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, p
 
     ``plan`` (e.g. a preprocessed folder's plans.json) is checked against the models' plans.
     """
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     if bool(ckpts) == (mindir is not None):
         raise UserError("give either checkpoint(s) or a MindIR file")

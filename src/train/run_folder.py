@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.errors import UserError
-from src.files import atomic_copy, atomic_write_text, remove_stale_temporaries
-from src.train.checkpoint import keep_previous, read_training_checkpoint, save_training_checkpoint
+from src.files import atomic_copy, atomic_link, atomic_write_text, remove_stale_temporaries
+from src.runtime.checkpoint import read_training_checkpoint, save_training_checkpoint
 from src.train.curves import plot_progress
 from src.train.run_state import TrainingLog, is_epoch_line
 
@@ -123,7 +123,7 @@ def commit_epoch(fold_dir, train_cell, meta: dict, write_best: bool, log: Traini
     latest, epoch = fold_dir / LATEST, int(meta["state"]["epoch"])
     steps = []
     if latest.is_file():
-        steps.append((PREVIOUS, lambda: keep_previous(latest, fold_dir / PREVIOUS)))
+        steps.append((PREVIOUS, lambda: atomic_link(latest, fold_dir / PREVIOUS)))
     steps.append((LATEST, lambda: save_training_checkpoint(latest, train_cell, meta)))
     if write_best:
         steps.append((BEST, lambda: atomic_copy(latest, fold_dir / BEST)))

@@ -47,9 +47,9 @@ from src.losses import build_loss
 from src.models import build_network
 from src.models.cpu_kernels import select_cpu_kernels
 from src.models.transfer import transferable_parameters
-from src.train.checkpoint import load_checkpoint_file, network_weights, restore_parameters, split_checkpoint
+from src.runtime.checkpoint import load_checkpoint_file, network_weights, restore_parameters, split_checkpoint
 from src.train.curves import plot_progress
-from src.train.device import setup_device
+from src.runtime.device import setup_device
 from src.train.distributed import ParallelInfo, all_gather_rows, init_data_parallel, weights_identical_across_ranks
 from src.data.preprocessed import fold_cases, load_plan, parse_fold
 from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TRANSFER_REPORT, check_run_folder,
@@ -57,7 +57,8 @@ from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TR
                                   write_or_stop)
 from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
 from src.train.schedule import epochs_within_budget, poly_lr
-from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
+from src.runtime.amp import apply_amp, resolve_amp_level
+from src.train.train_cell import build_train_cell, loss_scale_of, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema
 
 __all__ = ["BEST", "LATEST", "LOG", "PROGRESS", "TRANSFER_REPORT", "build_optimizer", "train_fold"]

@@ -59,7 +59,7 @@ def test_plan_mismatch_is_a_user_error():
 def test_checkpoint_predictor_reproduces_the_network(tmp_path, restore_mode):
     import mindspore as ms
     from src.models import build_network
-    from src.train.checkpoint import load_network_weights
+    from src.runtime.checkpoint import load_network_weights
 
     ckpts = [write_tiny_checkpoint(tmp_path / f"m{i}.ckpt",
                                    seed=i) for i in range(2)]

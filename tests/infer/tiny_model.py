@@ -8,7 +8,7 @@ import pytest
 
 from src.config import Config
 from src.models import build_network
-from src.train.checkpoint import save_training_checkpoint
+from src.runtime.checkpoint import save_training_checkpoint
 
 TINY_PLAN = {
     "dataset": "kits19",

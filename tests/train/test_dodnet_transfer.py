@@ -14,9 +14,9 @@ from src.data.planning import plan_for_config
 from src.losses import DeepSupervisionLoss, DoDNetLoss
 from src.models import build_network
 from src.models.dodnet import DoDNet
-from src.train.device import setup_device
+from src.runtime.device import setup_device
 from src.train.train_cell import NetworkWithLoss, build_train_cell
-from src.train.checkpoint import read_training_checkpoint
+from src.runtime.checkpoint import read_training_checkpoint
 from src.train.trainer import BEST, TRANSFER_REPORT, load_pretrained, train_fold
 from src.train.validation import PartialLabelValidationStep, build_validation_step, run_validation
 from tests.data.preprocessed_fixture import make_preprocessed_folder
