@@ -15,7 +15,8 @@ from src.data.augment import (BORDER_DATA, BORDER_SEG, build_train_transforms, d
                               downsample_seg_for_deep_supervision)
 from src.data.partial_labels import partial_targets, plan_task_channels, read_case_tasks
 from src.data.preprocessed import plan_identity
-from src.data.sampler import centred_bbox, crop_with_padding, load_case, oversample_mask, sample_patch_bbox
+from src.data.preprocessed_case import load_case
+from src.data.sampler import centred_bbox, crop_with_padding, oversample_mask, sample_patch_bbox
 from src.cpu_env import cap_workers
 from src.errors import UserError
 
@@ -48,7 +49,7 @@ class PatchBatchSource:
         self.batches_per_epoch = int(batches_per_epoch)
         self.augment = bool(augment)
         self.stream = int(stream)
-        self.plan_id = plan_id  # every case read is checked against it (sampler.load_case)
+        self.plan_id = plan_id  # every case read is checked against it (preprocessed_case.load_case)
         self._transforms = None
 
     @property

@@ -29,7 +29,7 @@ from src.data.planning import cross_validation_splits, fold_count, plan_experime
 from src.data.preprocessed import plan_identity
 from src.data.resample import (compute_new_shape, estimate_resampling_bytes, needs_separate_z, resample_image,
                                resample_segmentation)
-from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
+from src.data.preprocessed_case import PLAN_ID_MEMBER, plan_id_array
 from src.errors import UserError
 from src.files import atomic_write, atomic_write_json, check_output_dir, remove_stale_temporaries
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from src.data.preprocessed_case import load_case_properties
 from src.files import read_json
 from src.errors import UserError
 
@@ -66,10 +67,9 @@ def check_cases_match_plan(pre_dir, plan: dict) -> None:
         raise _inconsistent(pre_dir, "plans.json lists no cases")
     identity = plan_identity(plan)
     for case_id in cases:
-        case_json = Path(pre_dir) / f"{case_id}.json"
         if not (Path(pre_dir) / f"{case_id}.npz").is_file():
             raise _inconsistent(pre_dir, f"case {case_id} of plans.json has no {case_id}.npz")
-        properties = read_json(case_json, f"case file of {case_id}", f"; {RERUN_HINT}")
+        properties = load_case_properties(pre_dir, case_id, f"; {RERUN_HINT}")
         recorded = properties.get("plan_id") if isinstance(properties, dict) else None
         if recorded != identity:
             written_for = "no plan (an older version wrote it)" if recorded is None else f"plan {recorded}"

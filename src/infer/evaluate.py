@@ -23,6 +23,7 @@ from src.data.io import ImageMeta, find_cases, load_label
 from src.files import (atomic_write_json, check_not_input, check_output_dir, overlapping_inputs, read_json,
                        remove_stale_temporaries)
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
+from src.data.preprocessed_case import load_case, load_case_properties
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
 from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, component_floor_ml,
@@ -35,22 +36,6 @@ from src.sharding import (cases_of_rank, gather_partials, remove_partials, rows_
                           start_partial, write_partial)
 
 ProbabilityFn = Callable[[str, np.ndarray, dict], np.ndarray]
-
-
-def load_case_properties(pre_dir, case_id: str) -> dict:
-    return read_json(Path(pre_dir) / f"{case_id}.json", f"case file of {case_id}")
-
-
-def load_case_data(pre_dir, case_id: str, member: str = "data") -> np.ndarray:
-    """One array of a preprocessed case: ``data`` (the image) or ``seg`` (the resampled reference)."""
-    path = Path(pre_dir) / f"{case_id}.npz"
-    if not path.is_file():
-        raise UserError(f"preprocessed case not found: {path}")
-    try:
-        with np.load(path) as arrays:
-            return arrays[member]
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot read preprocessed case {path}: {err}") from None
 
 
 def reference_label_paths(case_props: Dict[str, dict], ref_dir=None) -> Dict[str, Path]:
@@ -150,7 +135,7 @@ def _predict_and_save(case_ids: Sequence[str], pre_dir, probabilities: Probabili
     be decided (``decide_later``) the raw prediction is saved and nothing is scored yet."""
     rows = []
     for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
-        data = load_case_data(pre_dir, case_id)
+        data = load_case(pre_dir, case_id).data
         probs = probabilities(case_id, data, props[case_id])
         del data
         label = probabilities_to_original(probs, props[case_id])
@@ -169,7 +154,7 @@ def _decide_apply_and_score(case_ids: Sequence[str], pre_dir, out_dir: Path, pro
     all of them (as nnU-Net decides on its whole cross-validation), store the decision, apply it to the saved
     predictions and score them. Returns (spec, where it came from, rows in ``case_ids`` order)."""
     pred_dir = out_dir / "predictions"
-    floors = component_floor_ml((load_case_data(pre_dir, c, "seg") for c in training_case_ids),
+    floors = component_floor_ml((load_case(pre_dir, c).seg for c in training_case_ids),
                                 load_plan(pre_dir)["target_spacing"], foreground)
     spec = decide_postprocessing(
         ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]),

@@ -11,7 +11,6 @@ complete sidecar with the model's sha256 - so a kill leaves the old export, the 
 readers refuse and the next export may redo. Existing files are classified before the checkpoint loads
 (``check_export_targets``).
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ from src.config import Config
 from src.files import atomic_produce, atomic_write_json, check_output_file, file_digest, remove_stale_temporaries
 from src.errors import UserError
 from src.infer.postprocess import POSTPROCESSING_FILE, load_postprocessing
-from src.infer.predictor import SIDECAR_COMPLETE, SIDECAR_PRODUCER, load_checkpoint_network, mindir_sidecar
+from src.infer.mindir import SIDECAR_COMPLETE, SIDECAR_PRODUCER, mindir_sidecar, read_own_sidecar
+from src.infer.predictor import load_checkpoint_network
 
 FORMATS = {"MINDIR": ".mindir", "AIR": ".air"}
 
@@ -30,15 +30,6 @@ def export_target(file_name, file_format: str) -> Path:
     suffix = FORMATS[file_format]
     path = Path(file_name)
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
-
-
-def _our_sidecar(path: Path):
-    """The sidecar's content if export.py wrote it, else None (missing, not JSON, someone else's)."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("producer") == SIDECAR_PRODUCER else None
 
 
 def check_export_targets(target: Path, overwrite: bool = False) -> None:
@@ -51,7 +42,7 @@ def check_export_targets(target: Path, overwrite: bool = False) -> None:
     sidecar = mindir_sidecar(target)
     for path in (target, sidecar):
         check_output_file(path, "export target")
-    info = _our_sidecar(sidecar) if sidecar.exists() else None
+    info = read_own_sidecar(sidecar) if sidecar.exists() else None
     if sidecar.exists() and info is None:
         raise UserError(f"{sidecar} exists and was not written by export.py; not replacing it (choose another "
                         f"--file_name)")

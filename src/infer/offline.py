@@ -19,8 +19,10 @@ from tqdm import tqdm
 from src.files import atomic_write_bytes, atomic_write_json, check_output_dir, read_json
 from src.errors import UserError
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
-from src.infer.evaluate import evaluate_cases, load_case_data
-from src.infer.predictor import read_mindir_sidecar, softmax_inplace
+from src.data.preprocessed_case import load_case
+from src.infer.evaluate import evaluate_cases
+from src.infer.mindir import load_mindir_graph, read_mindir_sidecar
+from src.infer.predictor import softmax_inplace
 from src.infer.sliding_window import (WindowLayout, flip_spatial, mean_over_mirrors, mirror_combinations,
                                       pad_to_patch, stitch_windows, window_layout)
 
@@ -68,7 +70,7 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
     }
     count = 0
     for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
-        data = load_case_data(pre_dir, case_id)
+        data = load_case(pre_dir, case_id).data
         layout = window_layout(data.shape[1:], patch, cfg.step_size)
         padded, _ = pad_to_patch(data, patch)
         for w, start in enumerate(layout.starts):
@@ -86,12 +88,9 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
 def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU", progress: bool = True) -> int:
     """Step 2 on CPU/GPU with the C++ program's file contract; returns the number of inputs run."""
     import mindspore as ms
-    from mindspore import nn
     from src.runtime.device import setup_device
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not Path(mindir).is_file():
-        raise UserError(f"MindIR file not found: {mindir}")
     shape = [int(s) for s in read_mindir_sidecar(mindir)["input_shape"]]
     if shape[0] != 1:
         raise UserError(f"{mindir} takes batches of {shape[0]}; the 310 flow feeds one window per file: "
@@ -103,10 +102,7 @@ def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU"
         raise UserError(f"--output {output_dir} is the --input folder; choose another folder for the results")
     check_output_dir(output_dir, "--output")
     setup_device(device_target, mode="graph")
-    try:
-        graph = nn.GraphCell(ms.load(str(mindir)))
-    except Exception as err:  # MindSpore raises RuntimeError/ValueError for damaged files
-        raise UserError(f"cannot load MindIR {mindir}: {str(err).strip().splitlines()[0]}") from None
+    graph = load_mindir_graph(mindir)
     expected = int(np.prod(shape))
     for path in tqdm(inputs, desc="inputs", unit="bin", disable=not progress):
         window = np.fromfile(path, dtype=np.float32)

@@ -30,7 +30,7 @@ from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
                        overlapping_inputs)
 from src.infer.postprocess import postprocessing_candidates
-from src.infer.predictor import mindir_sidecar
+from src.infer.mindir import mindir_sidecar
 
 PRODUCER = "predict.py"
 COMPLETE, INCOMPLETE = "complete", "incomplete"

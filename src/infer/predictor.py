@@ -15,8 +15,7 @@ import numpy as np
 
 from src.config import Config, config_from_dict
 from src.errors import UserError
-from src.files import file_digest, read_json
-from src.infer.geometry import probabilities_to_original
+from src.infer.mindir import load_mindir_graph, mindir_sidecar, read_mindir_sidecar
 from src.infer.sliding_window import NetFn, sliding_window_logits
 
 # What must agree between models of an ensemble, and between a model and a preprocessed folder.
@@ -122,9 +121,6 @@ class Predictor:
             total /= np.float32(len(self.net_fns))
         return total
 
-    def predict_case_to_original(self, probs: np.ndarray, case_props: dict) -> np.ndarray:
-        return probabilities_to_original(probs, case_props)
-
 
 def check_plans_agree(reference: dict, other: dict, reference_name: str, other_name: str) -> None:
     """UserError naming the first inference-relevant plan key on which two plans differ."""
@@ -136,40 +132,6 @@ def check_plans_agree(reference: dict, other: dict, reference_name: str, other_n
 
 def _normalized(value):
     return json.loads(json.dumps(value))
-
-
-SIDECAR_PRODUCER = "export.py"
-SIDECAR_COMPLETE = "complete"
-
-
-def mindir_sidecar(mindir) -> Path:
-    """``<name>.mindir.json`` next to ``<name>.mindir`` (``<name>.air.json`` for AIR): the plan, config, input
-    shape and the model file's sha256 export.py stored."""
-    path = Path(mindir)
-    return path.with_name(path.name + ".json")
-
-
-def read_mindir_sidecar(mindir) -> dict:
-    """The sidecar of a model file, refused unless it is complete and names this very file (its sha256)."""
-    path = mindir_sidecar(mindir)
-    if not path.is_file():
-        old_name = Path(mindir).with_suffix(".json")
-        hint = f" (exports before the sidecar was bound to its model wrote {old_name.name}: export again)" \
-            if old_name.is_file() else ""
-        raise UserError(f"{path} not found: a model file needs the sidecar export.py writes next to it "
-                        f"(plan, patch size, batch size, the model's sha256){hint}")
-    info = read_json(path, "MindIR sidecar")
-    if not isinstance(info, dict) or info.get("producer") != SIDECAR_PRODUCER:
-        raise UserError(f"{path} was not written by export.py")
-    if info.get("status") != SIDECAR_COMPLETE:
-        raise UserError(f"{path} belongs to an export that did not finish; export the model again")
-    for key in ("plan", "batch_size", "input_shape", "model_digest"):
-        if key not in info:
-            raise UserError(f"{path} lacks '{key}'")
-    if info["model_digest"] != file_digest(mindir):
-        raise UserError(f"{mindir} is not the model {path.name} was written for (sha256 differs); "
-                        f"export the model again")
-    return info
 
 
 def inference_config(model_config: dict, user_cfg: Config) -> Config:
@@ -248,21 +210,11 @@ def _checkpoint_models(ckpts: Sequence, cfg: Config, device: str):
 
 
 def _mindir_models(mindir):
-    import mindspore as ms
-    from mindspore import nn
-
-    path = Path(mindir)
-    if not path.is_file():
-        raise UserError(f"MindIR file not found: {path}")
-    info = read_mindir_sidecar(path)
-    try:
-        graph = ms.load(str(path))
-    except Exception as err:  # MindSpore raises RuntimeError/ValueError for damaged files
-        raise UserError(f"cannot load MindIR {path}: {str(err).strip().splitlines()[0] if str(err).strip() else err}") \
-            from None
-    model_plan = info["plan"]
-    input_shape = [int(s) for s in info["input_shape"]]
+    sidecar = read_mindir_sidecar(mindir)
+    graph = load_mindir_graph(mindir)
+    model_plan = sidecar["plan"]
+    input_shape = [int(s) for s in sidecar["input_shape"]]
     if input_shape[2:] != [int(p) for p in model_plan["patch_size"]]:
-        raise UserError(f"{mindir_sidecar(path)}: input shape {input_shape} does not match the plan's patch size")
-    net_fn: Callable = FixedBatchNetFn(CellNetFn(nn.GraphCell(graph)), int(info["batch_size"]))
-    return [net_fn], model_plan, [str(path)], info.get("postprocessing")
+        raise UserError(f"{mindir_sidecar(mindir)}: input shape {input_shape} does not match the plan's patch size")
+    net_fn: Callable = FixedBatchNetFn(CellNetFn(graph), int(sidecar["batch_size"]))
+    return [net_fn], model_plan, [str(mindir)], sidecar.get("postprocessing")

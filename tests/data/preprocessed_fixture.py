@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from src.data.preprocessed import plan_identity
-from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
+from src.data.preprocessed_case import PLAN_ID_MEMBER, plan_id_array
 
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 DEFAULT_SHAPES = {"case_00000": (24, 40, 40), "case_00001": (20, 36, 44), "case_00002": (28, 32, 32)}

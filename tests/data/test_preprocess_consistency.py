@@ -15,7 +15,7 @@ import pytest
 import src.files
 from src.data.preprocess import preprocess_dataset
 from src.data.preprocessed import fold_validation_cases, load_plan, load_splits, plan_identity
-from src.data.sampler import load_case
+from src.data.preprocessed_case import load_case
 from src.errors import UserError
 from tests.data.test_io import write_kits_case
 

@@ -13,7 +13,7 @@ from src.data.io import load_image
 from src.data.preprocess import preprocess_dataset, preprocess_image_for_inference
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan, plan_identity
 from src.data.resample import compute_new_shape, estimate_resampling_bytes
-from src.data.sampler import load_case
+from src.data.preprocessed_case import load_case
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original
 from tests.data.test_io import write_kits_case, write_nifti

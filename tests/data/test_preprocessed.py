@@ -5,7 +5,7 @@ import pytest
 
 from src.data.preprocessed import (fold_cases, fold_validation_cases, load_plan, load_splits, parse_fold,
                                    plan_identity)
-from src.data.sampler import load_case
+from src.data.preprocessed_case import load_case
 from src.errors import UserError
 from tests.data.preprocessed_fixture import make_preprocessed_folder, synthetic_case, write_preprocessed_case
 
