@@ -15,14 +15,20 @@ import yaml
 
 from src.errors import UserError
 from src.files import atomic_write_text
+from src.variants import LOSSES, NETWORKS, NetworkVariant, network_variant
 
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+DATASETS = ("kits19", "kits21", "mots", "msd")
+NORMALIZATIONS = ("ct", "ct_clip_scale")
+# The allowed values of every config key that takes a name; each list is defined once, here or in
+# src/variants.py, and the modules that dispatch on a key import its list.
 CHOICES = {
-    "device_target": ("CPU", "GPU", "Ascend"),
-    "dataset": ("kits19", "kits21", "mots", "msd"),
-    "normalization": ("ct", "ct_clip_scale"),
-    "network": ("plain_unet", "res_unet_aspp", "dodnet"),
+    "device_target": DEVICE_TARGETS,
+    "dataset": DATASETS,
+    "normalization": NORMALIZATIONS,
+    "network": NETWORKS,
     "downsample": ("conv", "maxpool"),
-    "loss": ("dice_ce", "dice_ce_hec", "dodnet"),
+    "loss": LOSSES,
     "optimizer": ("sgd", "adamw"),
     "amp_level": ("auto", "O0", "O2"),
     "postprocess": ("none", "auto", "lcc"),
@@ -79,6 +85,11 @@ class Config:
     tta_mirror: bool = True
     sw_batch_size: int = 2
     postprocess: str = "auto"
+
+    @property
+    def variant(self) -> NetworkVariant:
+        """What differs with ``network`` outside the network class (batches, loss, validation, prediction)."""
+        return network_variant(self.network)
 
     def replace(self, **changes) -> "Config":
         return _validated(dataclasses.replace(self, **changes))

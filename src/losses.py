@@ -11,6 +11,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.errors import UserError
+from src.variants import NETWORK_VARIANTS
 
 DICE_SMOOTH = 1e-5
 DODNET_SMOOTH = 1.0
@@ -145,24 +146,34 @@ class DoDNetLoss(nn.Cell):
 
 
 def num_deep_supervision_outputs(cfg, plan: dict) -> int:
-    if cfg.network == "dodnet" or not cfg.deep_supervision:
+    if not (cfg.variant.deep_supervision and cfg.deep_supervision):
         return 1
     return len(plan["strides"]) - 1
 
 
+# The per-resolution loss of each config ``loss``, from (config, number of classes)
+SCALE_LOSSES = {
+    "dice_ce": lambda cfg, num_classes: DiceCELoss(num_classes),
+    "dice_ce_hec": lambda cfg, num_classes: DiceCELoss(num_classes, hec_weights=list(cfg.hec_weights)),
+    "dodnet": lambda cfg, num_classes: DoDNetLoss(),
+}
+
+
+def _check_loss_fits_network(cfg) -> None:
+    variant = cfg.variant
+    if cfg.loss in variant.losses:
+        return
+    if len(variant.losses) == 1:
+        raise UserError(f"network {variant.name!r} is trained with loss {variant.losses[0]!r}, not {cfg.loss!r}")
+    owners = [v.name for v in NETWORK_VARIANTS.values() if cfg.loss in v.losses]
+    if owners:
+        raise UserError(f"loss {cfg.loss!r} needs network {' or '.join(repr(o) for o in owners)}, not {cfg.network!r}")
+    raise UserError(f"unknown loss {cfg.loss!r}; expected {', '.join(SCALE_LOSSES)}")
+
+
 def build_loss(cfg, plan: dict) -> nn.Cell:
     """The loss named by ``cfg.loss``, wrapped for deep supervision; called as loss(outputs, targets)."""
-    if cfg.loss == "dodnet":
-        if cfg.network != "dodnet":
-            raise UserError(f"loss 'dodnet' needs network 'dodnet', not {cfg.network!r}")
-        return DeepSupervisionLoss(DoDNetLoss(), [1.0])
-    if cfg.network == "dodnet":
-        raise UserError(f"network 'dodnet' is trained with loss 'dodnet', not {cfg.loss!r}")
-    if cfg.loss == "dice_ce":
-        scale_loss = DiceCELoss(int(plan["num_classes"]))
-    elif cfg.loss == "dice_ce_hec":
-        scale_loss = DiceCELoss(int(plan["num_classes"]), hec_weights=list(cfg.hec_weights))
-    else:
-        raise UserError(f"unknown loss {cfg.loss!r}; expected dice_ce, dice_ce_hec or dodnet")
+    _check_loss_fits_network(cfg)
+    scale_loss = SCALE_LOSSES[cfg.loss](cfg, int(plan["num_classes"]))
     weights = deep_supervision_weights(num_deep_supervision_outputs(cfg, plan), cfg.ds_weights)
     return DeepSupervisionLoss(scale_loss, weights)

@@ -1,10 +1,10 @@
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from mindspore import Tensor
 
+from src.config import Config
 from src.errors import UserError
 from src.losses import DeepSupervisionLoss, DiceCELoss, DoDNetLoss, build_loss, deep_supervision_weights
 
@@ -133,7 +133,7 @@ def cfg(**kw):
     base = dict(network="plain_unet", loss="dice_ce", deep_supervision=True, ds_weights=None,
                 hec_weights=[0.1, 0.3])
     base.update(kw)
-    return SimpleNamespace(**base)
+    return Config().replace(**base)
 
 
 def test_build_loss_uses_the_plan_depth_and_config():

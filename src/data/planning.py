@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.data.resample import compute_new_shape, needs_separate_z
+from src.data.resample import ANISOTROPY_THRESHOLD, compute_new_shape, needs_separate_z
+from src.config import NORMALIZATIONS
 from src.errors import UserError
 
-ANISOTROPY_THRESHOLD = 3.0
 # nnU-Net's smallest feature-map edge: an axis pools while its map is >= 2x this (3x if it pools alone).
 MIN_FEATURE_MAP_EDGE = 4
 INITIAL_PATCH_VOXELS = 256 ** 3
@@ -14,7 +14,6 @@ INITIAL_PATCH_VOXELS = 256 ** 3
 SPACING_GROWTH = 1.03
 LOWRES_MAX_AXIS_RATIO = 2.0
 SPLIT_SEED = 12345
-NORMALIZATIONS = ("ct", "ct_clip_scale")
 
 
 def plan_target_spacing(spacings, shapes_after_crop, threshold: float = ANISOTROPY_THRESHOLD) -> list[float]:

@@ -149,9 +149,8 @@ def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: st
     from src.runtime.checkpoint import load_network_weights
     from src.runtime.amp import apply_amp, resolve_amp_level
 
-    if model_cfg.network == "dodnet":
-        raise UserError("DoDNet is the pretraining model (task-conditioned, 2 sigmoid outputs); transfer its "
-                        "weights with train.py --pretrained and predict with the fine-tuned network")
+    if not model_cfg.variant.predicts:
+        raise UserError(model_cfg.variant.cannot_predict)
     network = build_network(model_cfg, plan)
     load_network_weights(network, ckpt_path)
     network.set_deep_supervision(False)

@@ -233,13 +233,12 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     forward = apply_amp(network, amp_level)
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
-    task_conditioned = cfg.network == "dodnet"  # its batches carry each sample's task id
-    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, task_conditioned)
+    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, cfg.variant.task_conditioned)
     # Validation runs the network in training mode, as nnU-Net v2 does (deep supervision on, the loss over
     # all heads): instance norm has no running statistics, so only the extra heads differ, and never
     # flipping the mode means neither compiled graph is ever rebuilt with the other mode's flags.
     train_cell.set_train(True)
-    val_step = build_validation_step(cfg.network, forward, loss_fn, plan, getattr(network, "num_outputs", 2))
+    val_step = build_validation_step(cfg.variant, forward, loss_fn, network)
 
     # the resume rewrites the log to the checkpoint's record before this session appends to it
     state = _resume(train_cell, fold_dir, plan, info, log) if resume else RunState()

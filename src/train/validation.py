@@ -14,6 +14,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.train.distributed import ParallelInfo, all_reduce_sum
+from src.variants import NetworkVariant
 
 
 class ValidationStep(nn.Cell):
@@ -70,11 +71,15 @@ class PartialLabelValidationStep(nn.Cell):
         return loss, tp, fp, fn
 
 
-def build_validation_step(network_name: str, forward_network, loss_fn, plan: dict, num_outputs: int = 2):
-    """The validation step for ``network_name``; ``num_outputs`` is DoDNet's channel count."""
-    if network_name == "dodnet":
-        return PartialLabelValidationStep(forward_network, loss_fn, num_outputs)
-    return ValidationStep(forward_network, loss_fn, int(plan["num_classes"]))
+# The step of each variant's ``validation`` kind, and the network attribute holding its count of channels
+VALIDATION_STEPS = {"softmax": (ValidationStep, "num_classes"), "sigmoid": (PartialLabelValidationStep, "num_outputs")}
+
+
+def build_validation_step(variant: NetworkVariant, forward_network, loss_fn, network):
+    """The validation step of ``variant``, counting each output channel of ``network`` (the bare network;
+    ``forward_network`` is what the step calls, e.g. its amp wrapper)."""
+    step_class, channels = VALIDATION_STEPS[variant.validation]
+    return step_class(forward_network, loss_fn, int(getattr(network, channels)))
 
 
 def dice_per_class(tp, fp, fn) -> list:
