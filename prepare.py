@@ -55,8 +55,8 @@ def main(argv=None) -> None:
         normalization=cfg.normalization, clip_window=cfg.clip_window, num_folds=cfg.num_folds,
         workers=max(1, workers), progress=True,
     )
-    print(f"preprocessed {len(plan['cases'])} cases to {args.out}: target spacing "
-          f"{plan['target_spacing']}, patch {plan['patch_size']}, {len(plan['strides'])} stages")
+    print(f"preprocessed {len(plan.cases)} cases to {args.out}: target spacing "
+          f"{plan.target_spacing}, patch {plan.patch_size}, {len(plan.strides)} stages")
 
 
 if __name__ == "__main__":

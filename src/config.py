@@ -126,6 +126,11 @@ def _coerce(key, value, tp):
     return _coerce_scalar(key, value, inner)
 
 
+# how a yaml or command-line value becomes a number: the name in the error, and which numbers convert
+# exactly (an int key takes 3 and 3.0, not 3.5; a float key takes any number)
+NUMBERS = {int: ("an integer", lambda v: float(v).is_integer()), float: ("a number", lambda v: True)}
+
+
 def _coerce_scalar(key, value, tp):
     if tp is bool:
         if isinstance(value, bool):
@@ -133,28 +138,17 @@ def _coerce_scalar(key, value, tp):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise UserError(f"config key '{key}' expects true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"config key '{key}' expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}' expects an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}' expects a number, got {value!r}")
+    if tp in NUMBERS:
+        what, exact = NUMBERS[tp]
+        if not isinstance(value, bool):
+            if isinstance(value, (int, float)) and exact(value):
+                return tp(value)
+            if isinstance(value, str):
+                try:
+                    return tp(value)
+                except ValueError:
+                    pass
+        raise UserError(f"config key '{key}' expects {what}, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

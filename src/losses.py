@@ -10,6 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.data.plan import Plan
 from src.errors import UserError
 from src.variants import NETWORK_VARIANTS
 
@@ -65,7 +66,7 @@ class DiceCELoss(nn.Cell):
 
     def construct(self, logits, target):
         # log-softmax as logits - logsumexp: on CPU the fused op's gradient runs oneDNN's reference
-        # kernel (about 8 ms per output at 2 x 3 x 32 x 48 x 48), this form's gradient is elementwise
+        # kernel, this form's gradient is elementwise (docs/PERFORMANCE.md, "Levers, one at a time")
         log_probs = logits - ops.logsumexp(logits, 1, True)
         probs = ops.exp(log_probs)
         onehot = (target == self.class_ids).astype(logits.dtype)
@@ -145,10 +146,10 @@ class DoDNetLoss(nn.Cell):
         return dice_term + bce_term
 
 
-def num_deep_supervision_outputs(cfg, plan: dict) -> int:
+def num_deep_supervision_outputs(cfg, plan: Plan) -> int:
     if not (cfg.variant.deep_supervision and cfg.deep_supervision):
         return 1
-    return len(plan["strides"]) - 1
+    return len(plan.strides) - 1
 
 
 # The per-resolution loss of each config ``loss``, from (config, number of classes)
@@ -171,9 +172,9 @@ def _check_loss_fits_network(cfg) -> None:
     raise UserError(f"unknown loss {cfg.loss!r}; expected {', '.join(SCALE_LOSSES)}")
 
 
-def build_loss(cfg, plan: dict) -> nn.Cell:
+def build_loss(cfg, plan: Plan) -> nn.Cell:
     """The loss named by ``cfg.loss``, wrapped for deep supervision; called as loss(outputs, targets)."""
     _check_loss_fits_network(cfg)
-    scale_loss = SCALE_LOSSES[cfg.loss](cfg, int(plan["num_classes"]))
+    scale_loss = SCALE_LOSSES[cfg.loss](cfg, plan.num_classes)
     weights = deep_supervision_weights(num_deep_supervision_outputs(cfg, plan), cfg.ds_weights)
     return DeepSupervisionLoss(scale_loss, weights)

@@ -5,8 +5,10 @@ import pytest
 from mindspore import Tensor
 
 from src.config import Config
+from src.data.plan import Plan
 from src.errors import UserError
 from src.losses import DeepSupervisionLoss, DiceCELoss, DoDNetLoss, build_loss, deep_supervision_weights
+from tests.data.preprocessed_fixture import make_plan
 
 
 def t32(a):
@@ -137,7 +139,7 @@ def cfg(**kw):
 
 
 def test_build_loss_uses_the_plan_depth_and_config():
-    plan = {"num_classes": 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]}
+    plan = Plan.from_json(make_plan([], strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]))
     loss = build_loss(cfg(), plan)
     np.testing.assert_allclose(loss.weights, [2 / 3, 1 / 3, 0])
     assert not loss.scale_loss.use_hec
@@ -147,4 +149,4 @@ def test_build_loss_uses_the_plan_depth_and_config():
     with pytest.raises(UserError):
         build_loss(cfg(network="dodnet"), plan)
     with pytest.raises(UserError):
-        build_loss(cfg(loss="dice_ce_hec"), {"num_classes": 2, "strides": plan["strides"]})
+        build_loss(cfg(loss="dice_ce_hec"), plan.replace(num_classes=2))

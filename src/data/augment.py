@@ -3,7 +3,7 @@
 Every transform is called as ``transform(data, seg, rng) -> (data, seg)`` with data (C, z, y, x) float32,
 seg (z, y, x) integer (-1 = outside the volume, ignored) and a ``numpy.random.Generator``; it draws its own
 probability and parameters from ``rng``, so a sample is reproducible from one seed, and it skips all work
-when it does not fire. Probabilities and ranges are nnU-Net's (shared/REFERENCE.md section 1).
+when it does not fire. Probabilities and ranges are nnU-Net v2's (``nnUNetTrainer.get_training_transforms``).
 """
 import math
 

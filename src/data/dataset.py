@@ -13,7 +13,7 @@ import numpy as np
 
 from src.data.augment import build_train_transforms, deep_supervision_strides, downsample_seg_for_deep_supervision
 from src.data.partial_labels import partial_targets, plan_task_channels, read_case_tasks
-from src.data.preprocessed import plan_identity
+from src.data.plan import Plan, plan_file
 from src.data.preprocessed_case import load_case
 from src.data.sampler import PAD_DATA, PAD_SEG, centred_bbox, crop_with_padding, oversample_mask, sample_patch_bbox
 from src.cpu_env import cap_workers
@@ -125,7 +125,7 @@ class PartialLabelBatchSource(PatchBatchSource):
     def case_arguments(cls, pre_dir, case_ids, plan) -> dict:
         """Each case's task and each task's annotated channels."""
         return {"case_tasks": read_case_tasks(pre_dir, case_ids),
-                "task_channels": plan_task_channels(plan, str(Path(pre_dir) / "plans.json"))}
+                "task_channels": plan_task_channels(plan, str(plan_file(pre_dir)))}
 
     def __getitem__(self, index):
         data, segs, task_ids = [], [], []
@@ -144,34 +144,22 @@ class PartialLabelBatchSource(PatchBatchSource):
 BATCH_SOURCES = {"patches": PatchBatchSource, "partial_labels": PartialLabelBatchSource}
 
 
-def _plan_patch_and_strides(plan: dict, cfg):
-    try:
-        patch_size = [int(p) for p in plan["patch_size"]]
-        strides = [[int(s) for s in stride] for stride in plan["strides"]]
-    except (KeyError, TypeError, ValueError):
-        raise UserError("plans.json lacks a valid 'patch_size' or 'strides'") from None
-    if len(patch_size) != 3 or not strides:
-        raise UserError(f"plans.json: patch_size {patch_size} must have 3 values and strides one per stage")
-    # a variant without deep-supervision heads (DoDNet) is supervised at full resolution only
-    deep_supervision = bool(cfg.deep_supervision) and cfg.variant.deep_supervision
-    ds_strides = deep_supervision_strides(strides, deep_supervision) or [(1, 1, 1)]
-    return patch_size, ds_strides
-
-
-def make_source(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
+def make_source(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
                 train: bool = True, num_epochs: int = 1, epoch_seed=None) -> PatchBatchSource:
     """The batch source both loaders wrap: cfg.iters_per_epoch (train) or cfg.val_iters (validation)
     batches per rank and epoch, ``world`` times that in total for the data-parallel shards."""
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in a world of {world}")
-    patch_size, ds_strides = _plan_patch_and_strides(plan, cfg)
+    # a variant without deep-supervision heads (DoDNet) is supervised at full resolution only
+    deep_supervision = bool(cfg.deep_supervision) and cfg.variant.deep_supervision
+    ds_strides = deep_supervision_strides(plan.strides, deep_supervision) or [(1, 1, 1)]
     per_rank = cfg.iters_per_epoch if train else cfg.val_iters
     source_class = BATCH_SOURCES[cfg.variant.batch_source]
     return source_class(
-        pre_dir, case_ids, patch_size, cfg.batch_size, cfg.oversample_foreground, ds_strides,
+        pre_dir, case_ids, plan.patch_size, cfg.batch_size, cfg.oversample_foreground, ds_strides,
         seed=cfg.seed if epoch_seed is None else int(epoch_seed), first_epoch=epoch, num_epochs=num_epochs,
         batches_per_epoch=per_rank * world, augment=train and cfg.augment,
-        stream=TRAIN_STREAM if train else VAL_STREAM, plan_id=plan_identity(plan),
+        stream=TRAIN_STREAM if train else VAL_STREAM, plan_id=plan.identity,
         **source_class.case_arguments(pre_dir, case_ids, plan))
 
 
@@ -187,7 +175,7 @@ def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: 
                                  num_parallel_workers=workers, python_multiprocessing=workers > 1, **shards)
 
 
-def build_train_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
+def build_train_dataset(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
                         epoch_seed=None, num_epochs: int = 1):
     """Augmented batches for epochs [epoch, epoch + num_epochs): cfg.iters_per_epoch per rank and epoch.
 
@@ -197,7 +185,7 @@ def build_train_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank
     return _to_mindspore(source, cfg.num_workers, rank, world)
 
 
-def build_val_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
+def build_val_dataset(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
                       epoch_seed=None, num_epochs: int = 1):
     """cfg.val_iters batches per rank and epoch, not augmented, with the same foreground oversampling;
     None when cfg.val_iters is 0."""
@@ -207,7 +195,7 @@ def build_val_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: 
     return _to_mindspore(source, cfg.num_workers, rank, world)
 
 
-def iterate_batches(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, train: bool = True, rank: int = 0,
+def iterate_batches(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, train: bool = True, rank: int = 0,
                     world: int = 1, num_epochs: int = 1, epoch_seed=None):
     """The same batches as the MindSpore datasets, in this process (tests, benchmarks); the rank's shard
     is every world-th batch, as MindSpore's distributed sampler deals them out."""

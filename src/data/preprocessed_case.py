@@ -88,7 +88,7 @@ def load_case(pre_dir, case_id: str, plan_id: str | None = None) -> Preprocessed
     """Open ``<case>.npz``; its members are memory-mapped when stored uncompressed (as np.savez writes),
     so a patch reads only its own voxels; a compressed npz is read whole.
 
-    With ``plan_id`` (``preprocessed.plan_identity`` of the plan in use) a case written for another plan
+    With ``plan_id`` (``Plan.identity`` of the plan in use) a case written for another plan
     is refused: a preprocessing run may replace the folder's cases while a long training reads them."""
     path = Path(pre_dir) / f"{case_id}.npz"
     if not path.is_file():

@@ -77,7 +77,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         raise UserError(f"AIR export works only on Ascend (this run uses {device}); use --file_format MINDIR")
     # MindSpore's own convolution kernels: the exported graph must run on Ascend 310 and in MindSpore Lite
     network, plan, model_cfg = load_checkpoint_network(ckpt, cfg, device, cpu_kernels=False)
-    input_shape = [int(batch_size), int(plan.get("num_channels", 1))] + [int(p) for p in plan["patch_size"]]
+    input_shape = [int(batch_size), plan.num_channels] + plan.patch_size
     example = ms.Tensor(np.zeros(input_shape, dtype=np.float32))
     output_shape = [int(s) for s in network(example).shape]
     # the fold's postprocessing decision (eval.py --postprocess auto) travels with the model
@@ -94,7 +94,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         "output_shape": output_shape,
         "output": "logits (no softmax)",
         "batch_size": int(batch_size),
-        "plan": plan,
+        "plan": plan.to_json(),
         "config": model_cfg.to_dict(),
         # refused when it was decided for another checkpoint (a retrained one, another fold)
         "postprocessing": load_postprocessing(decision, models=[ckpt]) if decision.is_file() else None,

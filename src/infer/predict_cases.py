@@ -93,7 +93,7 @@ def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None,
 def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run: PredictionRun,
                   log: FailureLog) -> None:
     predictor = load_model(cfg, ckpts, mindir, progress)
-    spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
+    spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.plan.labels),
                                           predictor.exported_postprocessing)
     print(f"{len(todo)} case(s) to predict; postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
     for case, target in tqdm(todo, desc="cases", unit="case", disable=not progress):
@@ -104,7 +104,7 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
             del data
             label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing)
             del probs
-            report = save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec))
+            report = save_case(target, case, image, label, meta, predictor.plan.labels, identity, spec_summary(spec))
         except Exception as err:  # noqa: BLE001  one bad case must not cost the others; it is named below
             run.failures[case.case_id] = failure_reason(err)
             log.add(case.case_id, err)

@@ -7,13 +7,12 @@ folds: each model's sliding-window logits are turned into softmax probabilities 
 A MindIR file needs its sidecar ``<name>.mindir.json`` (written by export.py, bound to the file by its sha256)
 for the plan and batch size.
 """
-import json
-from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from src.config import Config, config_from_dict
+from src.data.plan import Plan
 from src.errors import UserError
 from src.infer.mindir import load_mindir_graph, mindir_sidecar, read_mindir_sidecar
 from src.infer.sliding_window import NetFn, sliding_window_logits
@@ -70,7 +69,7 @@ def softmax_inplace(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Sliding-window prediction with one or several models sharing a plan."""
 
-    def __init__(self, net_fns: Sequence[NetFn], plan: dict, sources: Sequence[str], step_size: float = 0.5,
+    def __init__(self, net_fns: Sequence[NetFn], plan: Plan, sources: Sequence[str], step_size: float = 0.5,
                  batch_size: int = 2, mirror: bool = True, progress: bool = True,
                  exported_postprocessing: Optional[dict] = None):
         if not net_fns:
@@ -85,27 +84,15 @@ class Predictor:
         # the fold's postprocessing decision export.py stored with a MindIR (None for checkpoints)
         self.exported_postprocessing = exported_postprocessing
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.plan["num_classes"])
-
-    @property
-    def patch_size(self) -> List[int]:
-        return [int(p) for p in self.plan["patch_size"]]
-
-    @property
-    def labels(self) -> dict:
-        return {str(k): int(v) for k, v in self.plan["labels"].items()}
-
     def predict_logits(self, net_fn: NetFn, data: np.ndarray, description: str = "windows") -> np.ndarray:
-        return sliding_window_logits(data, net_fn, self.patch_size, self.num_classes, step_size=self.step_size,
-                                     batch_size=self.batch_size, mirror=self.mirror, progress=self.progress,
+        return sliding_window_logits(data, net_fn, self.plan.patch_size, self.plan.num_classes,
+                                     step_size=self.step_size, batch_size=self.batch_size, mirror=self.mirror, progress=self.progress,
                                      description=description)
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Class probabilities (K, ...) float32 for a preprocessed volume (C, ...): the average over
         models of the softmax of their mirrored, Gaussian-weighted sliding-window logits."""
-        expected_channels = int(self.plan.get("num_channels", 1))
+        expected_channels = self.plan.num_channels
         if data.ndim != 4 or data.shape[0] != expected_channels:
             raise UserError(f"expected preprocessed data ({expected_channels}, d0, d1, d2), got {data.shape}")
         total = None
@@ -122,16 +109,13 @@ class Predictor:
         return total
 
 
-def check_plans_agree(reference: dict, other: dict, reference_name: str, other_name: str) -> None:
+def check_plans_agree(reference: Plan, other: Plan, reference_name: str, other_name: str) -> None:
     """UserError naming the first inference-relevant plan key on which two plans differ."""
+    ours, theirs = reference.to_json(), other.to_json()
     for key in PLAN_KEYS_FOR_INFERENCE:
-        if key in reference and key in other and _normalized(reference[key]) != _normalized(other[key]):
+        if key in ours and key in theirs and ours[key] != theirs[key]:
             raise UserError(f"{other_name} does not match {reference_name}: plan key '{key}' is "
-                            f"{other[key]!r} vs {reference[key]!r}")
-
-
-def _normalized(value):
-    return json.loads(json.dumps(value))
+                            f"{theirs[key]!r} vs {ours[key]!r}")
 
 
 def inference_config(model_config: dict, user_cfg: Config) -> Config:
@@ -140,7 +124,7 @@ def inference_config(model_config: dict, user_cfg: Config) -> Config:
     return user_cfg.replace(**{key: getattr(stored, key) for key in ARCHITECTURE_KEYS})
 
 
-def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: str, cpu_kernels: bool = True):
+def build_inference_network(model_cfg: Config, plan: Plan, ckpt_path, device: str, cpu_kernels: bool = True):
     """The trained network with the checkpoint's weights, deep supervision off, in eval mode, wrapped
     for float16 on Ascend when the (resolved) amp level asks for it. ``cpu_kernels``: the compiled CPU
     kernels where they apply (never in a graph meant for export)."""
@@ -171,11 +155,12 @@ def load_checkpoint_network(path, cfg: Config, device: str, cpu_kernels: bool = 
     if "plan" not in meta or "config" not in meta:
         raise UserError(f"checkpoint {path} carries no plan/config; it was not written by train.py")
     model_cfg = inference_config(meta["config"], cfg)
-    network = build_inference_network(model_cfg, meta["plan"], path, device, cpu_kernels)
-    return network, meta["plan"], model_cfg
+    plan = Plan.from_json(meta["plan"], f"the plan of checkpoint {path}")
+    network = build_inference_network(model_cfg, plan, path, device, cpu_kernels)
+    return network, plan, model_cfg
 
 
-def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, plan: Optional[dict] = None,
+def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, plan: Optional[Plan] = None,
                    progress: bool = True) -> Predictor:
     """A Predictor over one or several checkpoints, or over a MindIR file.
 
@@ -211,9 +196,9 @@ def _checkpoint_models(ckpts: Sequence, cfg: Config, device: str):
 def _mindir_models(mindir):
     sidecar = read_mindir_sidecar(mindir)
     graph = load_mindir_graph(mindir)
-    model_plan = sidecar["plan"]
+    model_plan = Plan.from_json(sidecar["plan"], f"the plan in {mindir_sidecar(mindir)}")
     input_shape = [int(s) for s in sidecar["input_shape"]]
-    if input_shape[2:] != [int(p) for p in model_plan["patch_size"]]:
+    if input_shape[2:] != model_plan.patch_size:
         raise UserError(f"{mindir_sidecar(mindir)}: input shape {input_shape} does not match the plan's patch size")
     net_fn: Callable = FixedBatchNetFn(CellNetFn(graph), int(sidecar["batch_size"]))
     return [net_fn], model_plan, [str(mindir)], sidecar.get("postprocessing")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.errors import UserError
+from src.data.plan import PLAN_FILE
 from src.files import atomic_copy, atomic_link, atomic_write_text, remove_stale_temporaries
 from src.runtime.checkpoint import read_training_checkpoint, save_training_checkpoint
 from src.train.curves import plot_progress
@@ -42,7 +43,7 @@ LOG = "training_log.txt"
 PROGRESS = "progress.png"
 TRANSFER_REPORT = "transfer_report.json"
 CONFIG = "config.yaml"
-PLANS = "plans.json"
+PLANS = PLAN_FILE
 POSTPROCESSING = "postprocessing.json"  # eval.py's decision (src.infer.postprocess.POSTPROCESSING_FILE)
 # Everything a run leaves, in the order --overwrite deletes it: the checkpoints first, the latest before
 # the best, so an --overwrite killed half-way leaves nothing --resume would continue.

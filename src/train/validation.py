@@ -17,6 +17,16 @@ from src.train.distributed import ParallelInfo, all_reduce_sum
 from src.variants import NetworkVariant
 
 
+def confusion_counts(predicted, reference):
+    """Per channel of (B, K, ...) 0/1 masks: true positives, false positives, false negatives, summed over
+    the batch and the voxels (a plain function: graph mode compiles it inline)."""
+    axes = (0, 2, 3, 4)
+    tp = ops.reduce_sum(predicted * reference, axes)
+    fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
+    fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+    return tp, fp, fn
+
+
 class ValidationStep(nn.Cell):
     """``(data, seg_0, ...) -> (loss, tp, fp, fn)``, the counts per class (background included)."""
     first_foreground = 1
@@ -38,10 +48,7 @@ class ValidationStep(nn.Cell):
         valid = ops.cast(target >= 0, ms.float32)
         predicted = ops.cast(predicted, ms.float32) * valid
         reference = ops.cast(reference, ms.float32)
-        axes = (0, 2, 3, 4)
-        tp = ops.reduce_sum(predicted * reference, axes)
-        fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
-        fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+        tp, fp, fn = confusion_counts(predicted, reference)
         return loss, tp, fp, fn
 
 
@@ -64,10 +71,7 @@ class PartialLabelValidationStep(nn.Cell):
         # sigmoid(x) > 0.5 exactly when x > 0
         predicted = ops.cast(logits > 0, ms.float32) * valid
         reference = ops.cast(target > 0, ms.float32)
-        axes = (0, 2, 3, 4)
-        tp = ops.reduce_sum(predicted * reference, axes)
-        fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
-        fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+        tp, fp, fn = confusion_counts(predicted, reference)
         return loss, tp, fp, fn
 
 
@@ -105,7 +109,7 @@ def update_ema(ema, value, alpha: float):
     return float(alpha * ema + (1.0 - alpha) * value)
 
 
-def run_validation(step: ValidationStep, batches, num_classes: int, info: ParallelInfo = ParallelInfo()) -> dict:
+def run_validation(step: ValidationStep, batches, num_classes: int, parallel: ParallelInfo = ParallelInfo()) -> dict:
     """Evaluate ``step`` on every batch of ``batches`` (tuples of Tensors); counts are summed over ranks.
 
     Returns ``loss`` (mean over batches, None without batches), ``dice`` (per foreground class, from the
@@ -116,7 +120,7 @@ def run_validation(step: ValidationStep, batches, num_classes: int, info: Parall
     for batch in batches:
         loss, tp, fp, fn = step(*batch)
         totals += np.concatenate([[float(loss.asnumpy()), 1.0], tp.asnumpy(), fp.asnumpy(), fn.asnumpy()])
-    totals = all_reduce_sum(totals, info).astype(np.float64)
+    totals = all_reduce_sum(totals, parallel).astype(np.float64)
     loss_sum, count = totals[0], totals[1]
     tp, fp, fn = np.split(totals[2:], 3)
     dice = dice_per_class(tp[first:], fp[first:], fn[first:])

@@ -168,16 +168,16 @@ def test_sharded_evaluation_merges_to_the_single_process_results(dataset, tmp_pa
     model = tmp_path / "fold_0" / "checkpoint_best.ckpt"
     model.parent.mkdir()
     model.write_bytes(b"stands for a checkpoint: the decision is bound to its sha256")
-    settings = dict(progress=False, info={"fold": 0}, training_case_ids=["case_00001", "case_00002"])
+    settings = dict(progress=False, run_record={"fold": 0}, training_case_ids=["case_00001", "case_00002"])
     single = evaluate_cases(CASES, pre, oracle_with_speck(pre), tmp_path / "single", postprocess, [model],
-                            plan["labels"], **settings)
+                            plan.labels, **settings)
     decision = model.parent / "postprocessing.json"
     if postprocess == "auto":  # the sharded run must decide again, on all the cases, not read this one
         decided_single = decision.read_bytes()
         decision.unlink()
     sharded = tmp_path / "sharded"
     for rank in (2, 0, 1):  # ranks run concurrently: any order
-        partial = evaluate_cases(CASES, pre, oracle_with_speck(pre), sharded, postprocess, [model], plan["labels"],
+        partial = evaluate_cases(CASES, pre, oracle_with_speck(pre), sharded, postprocess, [model], plan.labels,
                                  shard=Shard(rank, 3), **settings)
         assert partial["cases"] == CASES[rank::3]
         assert not (sharded / "summary.json").exists()
