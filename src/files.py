@@ -131,6 +131,15 @@ def read_json(path, what: str = "file", hint: str = ""):
         raise UserError(f"{what} {path} is not valid JSON: {err}") from None
 
 
+def read_json_if_valid(path):
+    """A JSON file's content, or None when it is missing or not JSON: for files that may be someone else's
+    (an export's sidecar, a report, a case file), which callers then check for their own marks."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # ---------------------------------------------------------------- leftovers of killed runs
 
 def _process_alive(pid: int) -> bool:

@@ -136,3 +136,11 @@ def test_atomic_link_copies_where_hard_links_fail(tmp_path, monkeypatch):
     source.write_bytes(b"epoch 1")
     files.atomic_link(source, previous)
     assert previous.read_bytes() == b"epoch 1" and not previous.samefile(source)
+
+
+def test_read_json_if_valid_gives_none_for_missing_or_broken_files(tmp_path):
+    assert files.read_json_if_valid(tmp_path / "missing.json") is None
+    (tmp_path / "broken.json").write_text("{not json")
+    assert files.read_json_if_valid(tmp_path / "broken.json") is None
+    files.atomic_write_json(tmp_path / "ok.json", {"producer": "export.py"})
+    assert files.read_json_if_valid(tmp_path / "ok.json") == {"producer": "export.py"}

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-import json
 
 from src.cpu_env import cap_workers, memory_limit_bytes
 from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, crop_to_nonzero, map_cases,
@@ -31,7 +30,7 @@ from src.data.resample import (compute_new_shape, estimate_resampling_bytes, nee
                                resample_segmentation)
 from src.data.preprocessed_case import PLAN_ID_MEMBER, plan_id_array
 from src.errors import UserError
-from src.files import atomic_write, atomic_write_json, check_output_dir, remove_stale_temporaries
+from src.files import atomic_write, atomic_write_json, check_output_dir, read_json_if_valid, remove_stale_temporaries
 
 MAX_FOREGROUND_COORDS = 10_000
 FOREGROUND_COORD_SEED = 1234
@@ -156,10 +155,7 @@ def preprocess_case(case: CaseFiles, plan: Plan, out_dir) -> dict:
 
 def _is_case_json(path: Path) -> bool:
     """A ``<case>.json`` that preprocessing wrote (so its pair may be deleted), not another JSON file."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
+    content = read_json_if_valid(path)
     return isinstance(content, dict) and content.get("case_id") == path.stem and "shape_after_crop" in content
 
 

@@ -7,7 +7,7 @@ The predictor (eval.py, predict.py) and the Ascend 310 flow's CPU/GPU runner bot
 from pathlib import Path
 
 from src.errors import UserError
-from src.files import file_digest, read_json
+from src.files import file_digest, read_json, read_json_if_valid
 
 SIDECAR_PRODUCER = "export.py"
 SIDECAR_COMPLETE = "complete"
@@ -22,10 +22,7 @@ def mindir_sidecar(model_file) -> Path:
 
 def read_own_sidecar(path):
     """The content of ``path`` if export.py wrote it, else None (missing, not JSON, someone else's)."""
-    try:
-        sidecar = read_json(path, "MindIR sidecar")
-    except UserError:
-        return None
+    sidecar = read_json_if_valid(path)
     return sidecar if isinstance(sidecar, dict) and sidecar.get("producer") == SIDECAR_PRODUCER else None
 
 

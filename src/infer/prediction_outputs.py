@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from src.data.io import CaseFiles, save_label
 from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
-                       overlapping_inputs)
+                       overlapping_inputs, read_json_if_valid)
 from src.infer.postprocess import postprocessing_candidates
 from src.infer.mindir import mindir_sidecar
 
@@ -106,10 +106,7 @@ def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir) -> List[Cas
 
 def read_our_report(path: Path) -> Optional[dict]:
     """The report at ``path`` if predict.py wrote it (None when missing, unreadable or someone else's)."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    report = read_json_if_valid(path)
     if not isinstance(report, dict) or report.get("producer") != PRODUCER:
         return None
     return report

@@ -27,15 +27,23 @@ def confusion_counts(predicted, reference):
     return tp, fp, fn
 
 
-class ValidationStep(nn.Cell):
+class _CountingStep(nn.Cell):
+    """The network, its loss, and how many channels the step counts; subclasses say how to count them."""
+    first_foreground = 1
+
+    def __init__(self, forward_network, loss_fn, num_counts: int):
+        super().__init__(auto_prefix=False)
+        self.network = forward_network
+        self.loss_fn = loss_fn
+        self.num_counts = num_counts
+
+
+class ValidationStep(_CountingStep):
     """``(data, seg_0, ...) -> (loss, tp, fp, fn)``, the counts per class (background included)."""
     first_foreground = 1
 
     def __init__(self, forward_network, loss_fn, num_classes: int):
-        super().__init__(auto_prefix=False)
-        self.network = forward_network
-        self.loss_fn = loss_fn
-        self.num_counts = num_classes
+        super().__init__(forward_network, loss_fn, num_classes)
         self.classes = ms.Tensor(np.arange(num_classes, dtype=np.int32).reshape(1, num_classes, 1, 1, 1))
 
     def construct(self, data, *targets):
@@ -52,16 +60,10 @@ class ValidationStep(nn.Cell):
         return loss, tp, fp, fn
 
 
-class PartialLabelValidationStep(nn.Cell):
+class PartialLabelValidationStep(_CountingStep):
     """``(data, task_id, target (B, K, ...) in {0, 1, -1}) -> (loss, tp, fp, fn)`` per output channel;
     every channel is a foreground structure, and -1 voxels (unannotated channel, ignored) are not counted."""
     first_foreground = 0
-
-    def __init__(self, forward_network, loss_fn, num_outputs: int):
-        super().__init__(auto_prefix=False)
-        self.network = forward_network
-        self.loss_fn = loss_fn
-        self.num_counts = num_outputs
 
     def construct(self, data, task_id, *targets):
         logits = self.network(data, task_id)

@@ -94,7 +94,7 @@ def _hand_partials(out, cases, world, run_id="run-1", context=None):
 
 def test_merged_rows_written_by_hand_give_the_single_process_files(tmp_path):
     cases = ["c", "a", "b", "d", "e"]  # a single process takes them in this (fold) order
-    context = {"decide_here": False, "spec": None, "spec_source": "postprocess=none", "info": {"fold": 0}}
+    context = {"decide_here": False, "spec": None, "spec_source": "postprocess=none", "run_record": {"fold": 0}}
     rows = _hand_partials(tmp_path / "ev", cases, world=3, context=context)
     summary = merge_evaluation(tmp_path / "ev")
     write_metrics_csv(rows, tmp_path / "single.csv")
