@@ -10,6 +10,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from src.config import load_config
+from src.data.plan import Plan
 from src.data.planning import plan_for_config
 from src.losses import DeepSupervisionLoss, DoDNetLoss
 from src.models import build_network
@@ -120,7 +121,7 @@ def test_transfer_loads_the_pretrained_backbone_and_skips_the_dynamic_head(dodne
     kits = tmp_path / "pre_kits"
     make_preprocessed_folder(kits)
     cfg = tiny_config("kits21_transfer.yaml")
-    network = build_network(cfg, plan_for_config(json.loads((kits / "plans.json").read_text()), None, None,
+    network = build_network(cfg, plan_for_config(Plan.read(kits / "plans.json"), None, None,
                                                  cfg.base_features, cfg.max_features, cfg.max_stages))
     report = load_pretrained(network, fold_dir / BEST, tmp_path, write=True)
     assert json.loads((tmp_path / TRANSFER_REPORT).read_text()) == report
