@@ -1,6 +1,6 @@
 """Data preparation: synthetic datasets and nnU-Net-style planning + preprocessing.
 
-    python prepare.py synth --format kits19|kits21|mots --cases N --out RAW [--seed S]
+    python prepare.py synth --format kits19|kits21|mots|dicom --cases N --out RAW [--seed S]
     python prepare.py preprocess --raw RAW --out PRE --config CFG [--workers N] [--key value ...]
 """
 import argparse
@@ -15,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write synthetic (phantom) cases in a dataset's on-disk layout")
-    synth.add_argument("--format", required=True, choices=("kits19", "kits21", "mots"))
+    synth.add_argument("--format", required=True, choices=("kits19", "kits21", "mots", "dicom"),
+                       help="dicom: one CT series folder per case (the KiTS19 phantoms of this seed; needs "
+                            "requirements-dicom.txt)")
     synth.add_argument("--cases", type=int, required=True, help="number of cases")
     synth.add_argument("--out", required=True, help="output folder (created)")
     synth.add_argument("--seed", type=int, default=0)
@@ -38,6 +40,13 @@ def main(argv=None) -> None:
 
         if args.cases < 1:
             raise UserError("--cases must be at least 1")
+        if args.format == "dicom":
+            from src.data.synthetic_dicom import write_synthetic_dicom
+
+            ids = write_synthetic_dicom(args.out, args.cases, args.seed)
+            print(f"wrote {len(ids)} synthetic CT DICOM series to {args.out}/<case> (the kits19 phantoms of seed "
+                  f"{args.seed})")
+            return
         ids = write_synthetic_dataset(args.out, args.format, args.cases, args.seed)
         print(f"wrote {len(ids)} synthetic {args.format} cases to {args.out}")
         return

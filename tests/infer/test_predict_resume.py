@@ -221,7 +221,7 @@ def test_a_kill_at_every_write_leaves_each_case_old_new_or_incomplete(models, tm
             predict_files(CFG, raw, out, ckpts=[ckpt_b], progress=False)
         assert labels_and_volumes(out) == expected
         kill_at += 1
-    assert kill_at == 9  # per case: incomplete report, label, overlay, complete report
+    assert kill_at == 11  # per case: incomplete report, label, overlay, report page, complete report
 
 
 def test_leftover_temporaries_of_a_killed_run_are_removed(models, tmp_path, restore_mode):
