@@ -44,21 +44,15 @@ the rules above, and records what it did in DIR/shards/rank_<r>.json; then the l
 command with --merge_shards, which sums up the run, lists every rank's failed cases (DIR/failures.log)
 and exits with status 2 if any case failed.
 """
-import argparse
-
-import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from src.config import add_config_arguments, config_from_args
-from src.errors import exit_on_user_error
+from src import cli
 from src.infer.output_formats import OUTPUT_FORMATS
+from src.msrun_env import is_msrun_scheduler, worker_shard
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="yaml config (device, mirroring, window batch, postprocess)")
-    models = parser.add_mutually_exclusive_group(required=True)
-    models.add_argument("--ckpt", nargs="+", metavar="CKPT", help="training checkpoint(s); several are ensembled")
-    models.add_argument("--mindir", metavar="FILE",
-                        help="MindIR exported by export.py (with its sidecar NAME.mindir.json)")
+def build_parser():
+    parser = cli.new_parser(__doc__)
+    cli.add_config(parser, "device, mirroring, window batch, postprocess")
+    cli.add_model_files(parser)
     parser.add_argument("--input", required=True,
                         help="NIfTI/NRRD/MHA file, folder of cases, or a DICOM series folder")
     parser.add_argument("--output_format", default="nifti", choices=OUTPUT_FORMATS,
@@ -66,46 +60,40 @@ def build_parser() -> argparse.ArgumentParser:
                              "series) or <case>.nrrd")
     parser.add_argument("--series", metavar="UID", default=None,
                         help="SeriesInstanceUID to read when the --input DICOM folder holds several series")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace outputs of another model/settings/image and files predict.py did not write "
-                             "(refused otherwise); complete outputs of this model are skipped either way")
-    parser.add_argument("--merge_shards", action="store_true",
-                        help="after a sharded run (scripts/run_distribute_eval.sh runs this): sum up every "
-                             "worker's share in --output and report all failed cases")
-    add_config_arguments(parser)
+    cli.add_output(parser, "output folder")
+    cli.add_overwrite(parser, "replace outputs of another model/settings/image and files predict.py did not "
+                              "write (refused otherwise); complete outputs of this model are skipped either way")
+    cli.add_merge_shards(parser, "sum up every worker's share in --output and report all failed cases")
     return parser
 
 
 def print_run(predicted: int, skipped: int, output) -> None:
-    skipped = f" ({skipped} complete case(s) skipped)" if skipped else ""
-    print(f"wrote {predicted} prediction(s), report(s), report page(s) and overlay(s) to {output}{skipped}")
+    skipped_note = f" ({skipped} complete case(s) skipped)" if skipped else ""
+    print(f"wrote {predicted} prediction(s), report(s), report page(s) and overlay(s) to {output}{skipped_note}")
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    from src.msrun_env import is_msrun_scheduler, worker_shard
-
-    if is_msrun_scheduler():  # msrun's scheduler runs the script too; inference needs no scheduler
-        return
-    args = build_parser().parse_args(argv)
+def run(args) -> None:
     if args.merge_shards:
         from src.infer.predict_cases import merge_predictions
 
         print_run(*merge_predictions(args.output), args.output)
         return
-    cfg = config_from_args(args)
+    cfg = cli.load_config(args)
     shard = worker_shard()
     from src.infer.predict_cases import predict_files
 
-    run = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir, overwrite=args.overwrite,
-                        shard=shard, output_format=args.output_format, series=args.series)
+    outcome = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir,
+                            overwrite=args.overwrite, shard=shard, output_format=args.output_format,
+                            series=args.series)
     if shard is not None:
-        failed = f", {len(run.failures)} failed" if run.failures else ""
-        print(f"{shard}: predicted {len(run.reports)} case(s){failed}; the merge (--merge_shards) sums up the run")
+        failed = f", {len(outcome.failures)} failed" if outcome.failures else ""
+        print(f"{shard}: predicted {len(outcome.reports)} case(s){failed}; the merge (--merge_shards) sums up the run")
         return
-    print_run(len(run.reports), run.skipped, args.output)
+    print_run(len(outcome.reports), outcome.skipped, args.output)
 
+
+# msrun's scheduler runs the script too; inference needs no scheduler
+main = cli.entry_point(build_parser, run, step_aside=is_msrun_scheduler)
 
 if __name__ == "__main__":
     main()

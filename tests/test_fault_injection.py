@@ -6,7 +6,6 @@ section promises: exit status 2, an ``error:`` line naming the problem, no trace
 existed before unchanged, and no temporary left behind. The kills at every write are tested per stage
 (tests/data, tests/train, tests/infer); this file is about what a user can hand over.
 """
-import hashlib
 import os
 import shutil
 import sys
@@ -16,8 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint, write_tiny_kits19
+from tests.helpers import execution_mode_kept, load_script, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: none\nnum_workers: 1\n" \
@@ -28,8 +27,6 @@ CONFIG = "device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: non
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A pristine tiny project: raw KiTS19 cases, their preprocessed folder, a checkpoint, a MindIR."""
-    import mindspore as ms
-
     from src.data.preprocess import preprocess_dataset
     from src.infer.export import export_network
 
@@ -40,15 +37,9 @@ def workspace(tmp_path_factory):
                               progress=False)
     (root / "cfg.yaml").write_text(CONFIG)
     ckpt = write_tiny_checkpoint(root / "model" / "fold_0" / "checkpoint_best.ckpt", plan=plan)
-    previous = ms.get_context("mode")
-    export_network(tiny_config(), ckpt, root / "model" / "tiny", "MINDIR", batch_size=1)
-    ms.set_context(mode=previous)
+    with execution_mode_kept():
+        export_network(tiny_config(), ckpt, root / "model" / "tiny", "MINDIR", batch_size=1)
     return root
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _copy(ws, name, to):

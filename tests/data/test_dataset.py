@@ -7,7 +7,7 @@ from src.data.preprocessed_case import load_case
 from src.data.sampler import crop_with_padding, sample_patch_bbox
 from src.data.plan import Plan
 from src.errors import UserError
-from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder, preprocessed_dir  # noqa: F401
+from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder
 
 
 def config(**changes):

@@ -185,7 +185,7 @@ def test_a_single_dicom_file_points_to_its_folder(phantom, tmp_path):
 
 def test_prepare_synth_dicom_is_the_kits19_phantom_of_the_same_seed(tmp_path, capsys):
     from src.data.synthetic import write_synthetic_dataset
-    from tests.entry_scripts import load_script
+    from tests.helpers import load_script
 
     load_script("prepare").main(["synth", "--format", "dicom", "--cases", "1", "--out", str(tmp_path / "dicom"),
                                  "--seed", "49"])  # seed 49: a small case (40 x 101 x 101)

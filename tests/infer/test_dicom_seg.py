@@ -11,7 +11,7 @@ from src.data.synthetic_dicom import write_ct_series
 from src.errors import UserError
 from src.infer.dicom_seg import read_dicom_seg, write_dicom_seg
 from src.infer.output_formats import check_output_format
-from tests.infer.tiny_model import restore_mode, tiny_plan, write_tiny_checkpoint  # noqa: F401
+from tests.infer.tiny_model import tiny_plan, write_tiny_checkpoint
 
 KITS21 = {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}
 SPACING = (4.0, 5.0, 5.5)
@@ -95,7 +95,7 @@ def predict(tmp_path, monkeypatch, capsys):
     """Run predict.py on ``--input`` with the threshold network; returns the labels each run handed to its
     writer (by output format) and the output folder."""
     from src.infer import output_formats, predict_cases
-    from tests.entry_scripts import load_script
+    from tests.helpers import load_script
 
     (tmp_path / "model.ckpt").write_bytes(b"identified by its sha256 only")
     (tmp_path / "cfg.yaml").write_text("device_target: CPU\ntta_mirror: false\npostprocess: none\n")
@@ -141,7 +141,7 @@ def test_predict_writes_a_dicom_seg_that_reads_back_onto_the_series(series, pred
 
 @pytest.mark.slow
 def test_the_real_network_predicts_a_series_to_dicom_seg(series, tmp_path, capsys, restore_mode):
-    from tests.entry_scripts import load_script
+    from tests.helpers import load_script
 
     folder, _ = series
     ckpt = write_tiny_checkpoint(tmp_path / "model.ckpt")
