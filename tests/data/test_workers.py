@@ -37,8 +37,6 @@ def test_requests_above_the_usable_cpus_are_capped_with_one_note(cpus, capsys):
 
 
 def test_the_data_loader_gets_the_capped_worker_count(cpus, capsys, preprocessed_dir):
-    import json
-
     cpus(1)  # one CPU, so the loader MindSpore builds is valid on any machine
     plan = Plan.read(preprocessed_dir / "plans.json")
     cfg = Config(seed=1, batch_size=2, iters_per_epoch=1, num_workers=8, augment=False)
