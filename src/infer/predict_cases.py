@@ -102,7 +102,7 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
             data, props = preprocess_image_for_inference(image, meta, predictor.plan)
             probs = predictor.predict_preprocessed(data)
             del data
-            label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing)
+            label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing, copy=False)
             del probs
             report = save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec))
         except Exception as err:  # noqa: BLE001  one bad case must not cost the others; it is named below
