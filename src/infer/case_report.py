@@ -21,7 +21,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from src.data.io import ImageMeta, voxel_volume_ml
 from src.files import atomic_write_bytes, atomic_write_json, file_digest
-from src.infer.slabs import Components, axis_profile
+from src.infer.slabs import SLAB_VOXELS as CHUNK_VOXELS, Components, axis_profile
 
 BODY_THRESHOLD_HU = -500.0
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -30,6 +30,28 @@ SIDE_RULE = ("left/right from the image affine's left-right axis; midline = cent
              f"(voxels > {BODY_THRESHOLD_HU:g} HU) along that axis; voxels on the patient's left of it count as left")
 OUTLINE_COLOURS = {"kidney": "lime", "tumor": "red", "tumour": "red", "cyst": "deepskyblue"}
 FALLBACK_COLOURS = ("orange", "magenta", "yellow", "cyan", "white")
+
+
+def compact_ct(image: np.ndarray) -> np.ndarray:
+    """``image`` as int16 when that holds every voxel exactly (CT is stored as whole HU), else as it is.
+
+    predict.py keeps the image for the report from the sliding window to the end of the case; int16
+    halves that (0.5 GB of a 1000 x 512 x 512 case). Checked and converted a chunk at a time; the report reads
+    the same values either way (its thresholds compare exactly, the overlay slice goes back to float32).
+    """
+    if image.dtype.kind != "f" or not (image.flags.c_contiguous or image.flags.f_contiguous):
+        return image
+    info = np.iinfo(np.int16)
+    compact = np.empty_like(image, dtype=np.int16)  # same memory order, so both flatten to views
+    source, target = image.ravel(order="K"), compact.ravel(order="K")
+    for start in range(0, source.size, CHUNK_VOXELS):
+        part = source[start:start + CHUNK_VOXELS]
+        if not (info.min <= part.min() and part.max() <= info.max):  # NaN fails too
+            return image
+        target[start:start + CHUNK_VOXELS] = part
+        if not np.array_equal(target[start:start + CHUNK_VOXELS], part):  # a fraction was cut off
+            return image
+    return compact
 
 
 def lateral_axis(affine) -> Tuple[int, bool]:
@@ -180,7 +202,7 @@ def render_overlay(image: np.ndarray, label: np.ndarray, spacing: Sequence[float
                    axis: int, index: int, title: str, sides: Optional[Tuple[str, str]] = None) -> bytes:
     """PNG bytes of one axial slice, CT windowed to CT_WINDOW_HU, with an outline per foreground label
     and, when given, the patient side at the left and right image edges."""
-    ct = np.take(image, index, axis=axis)
+    ct = np.take(image, index, axis=axis).astype(np.float32)  # a compact_ct slice back to what was read
     seg = np.take(label, index, axis=axis)
     in_plane = [s for a, s in enumerate(spacing) if a != axis]
     figure = Figure(figsize=(6, 6 * ct.shape[0] * in_plane[0] / (ct.shape[1] * in_plane[1])), dpi=100)

@@ -24,7 +24,7 @@ from src.data.io import find_cases, load_image
 from src.data.preprocess import preprocess_image_for_inference
 from src.errors import UserError
 from src.files import remove_stale_temporaries
-from src.infer.case_report import report_line
+from src.infer.case_report import compact_ct, report_line
 from src.infer.geometry import probabilities_to_original
 from src.infer.postprocess import apply_postprocessing, label_values, resolve_postprocessing, spec_summary
 from src.infer.prediction_outputs import (FAILURE_LOG, FailureLog, check_prediction_outputs, failure_reason,
@@ -100,6 +100,7 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
         try:
             image, meta = load_image(case.image)
             data, props = preprocess_image_for_inference(image, meta, predictor.plan)
+            image = compact_ct(image)  # kept for the report until the case ends
             probs = predictor.predict_preprocessed(data)
             del data
             label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing, copy=False)

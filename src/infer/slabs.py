@@ -44,6 +44,15 @@ def axis_profile(volume: np.ndarray, axis: int, test: Test, rows: Optional[int] 
     return counts
 
 
+def _label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxels per label 1..count; ``np.bincount`` casts its input to int64, so a few rows at a time."""
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    rows = max(1, (1 << 20) // max(1, labels[0].size))
+    for start in range(0, labels.shape[0], rows):
+        sizes += np.bincount(labels[start:start + rows].ravel(), minlength=count + 1)
+    return sizes[1:]
+
+
 class Components:
     """Face-connected components of ``test(volume)``, labelled slab by slab and joined across slab borders.
 
@@ -59,7 +68,7 @@ class Components:
         total, previous = 0, None
         for start, stop in self.bounds:
             labels, count = ndimage.label(test(volume[start:stop]))
-            sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:])
+            sizes.append(_label_sizes(labels, count))
             if previous is not None:
                 last, last_offset = previous
                 touching = (last > 0) & (labels[0] > 0)

@@ -127,3 +127,23 @@ def test_postprocessing_in_slabs_equals_whole_volume_components(monkeypatch):
     in_place = label.copy()
     assert apply_postprocessing(in_place, spec, copy=False) is in_place  # ... and changed when asked
     np.testing.assert_array_equal(in_place, expected)
+
+
+def test_compact_ct_only_when_exact(monkeypatch):
+    from src.infer import case_report
+    from src.infer.case_report import compact_ct, render_overlay
+
+    monkeypatch.setattr(case_report, "CHUNK_VOXELS", 2 * 18 * 21)
+    label = blobs(seed=5)
+    image = np.asfortranarray(np.where(label > 0, 40.0, -1000.0).astype(np.float32))  # nibabel's layout
+    image[7, 3, 4] = 3071.0
+    compact = compact_ct(image)
+    assert compact.dtype == np.int16
+    np.testing.assert_array_equal(compact, image)
+    assert midline_position(compact, 2) == midline_position(image, 2)
+    spacing = (2.0, 1.0, 1.0)
+    assert render_overlay(compact, label, spacing, LABELS, 0, 7, "t") == render_overlay(image, label, spacing, LABELS, 0, 7, "t")
+    for bad in (0.5, 40000.0, -33000.0, np.nan):
+        other = image.copy()
+        other[20, 17, 20] = bad  # in the last chunk: every chunk is checked
+        assert compact_ct(other) is other
