@@ -9,9 +9,11 @@ whole 1, and the largest-component steps never delete a lone speck. Its removed 
 that surrounds them most (kidney around a tumour speck), so no hole is cut. Components use face
 connectivity (scipy's default structure), as nnU-Net.
 
-The decision (``decide_postprocessing``) keeps a step only if it raises the cross-validation Dice:
-step 1 if the mean over classes of the per-class mean Dice goes up, then (on top of the choices before)
-step 2 and step 3 for a class if that class's mean Dice goes up. Dice of a class absent from both
+The decision (``decide_postprocessing``) keeps a step only if it raises the cross-validation Dice and
+lowers no class's mean Dice: step 1 if the mean over classes of the per-class mean Dice goes up, then
+(on top of the choices before) step 2 and step 3 for a class if that class's mean Dice goes up. Step 1
+alone would otherwise trade a whole kidney (the two kidneys are separate components) for a false tumour
+far away whenever the tumour's gain outweighs the kidney's loss in the mean. Dice of a class absent from both
 prediction and reference counts as 1 (the KiTS21 convention), so deleting a false positive is credited.
 The decision is stored as ``postprocessing.json`` next to the checkpoints; ``cfg.postprocess``
 picks: ``none`` (never), ``lcc`` (steps 1 and 2 for every class), ``auto`` (what the file says).
@@ -118,19 +120,25 @@ def _class_dices(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> np
     return np.array([dice(pred == c, ref == c) for c in labels])
 
 
-def _lcc_of_class_dice(pred: np.ndarray, ref: np.ndarray, value: int) -> float:
-    mask = pred == value
-    return dice(largest_component(mask), ref == value)
+def _variants(pred: np.ndarray, labels: Sequence[int], floors_ml: Dict[str, float], spacing):
+    """(name, label map) of every candidate the decision scores for one case: raw, step 1, and each
+    class's step 2, step 3 and step 2+3 on top of raw or of step 1."""
+    for base, base_pred in (("raw", pred), ("fg", apply_postprocessing(pred, {"all_foreground": True}))):
+        yield base, base_pred
+        for c in labels:
+            lcc = apply_postprocessing(base_pred, {"all_foreground": False, "per_class": [c]})
+            yield f"{base}+lcc{c}", lcc
+            if str(c) in floors_ml:
+                floor = {"min_component_ml": {str(c): floors_ml[str(c)]}}
+                yield f"{base}+floor{c}", apply_postprocessing(base_pred, floor, spacing)
+                yield f"{base}+lcc{c}+floor{c}", apply_postprocessing(lcc, floor, spacing)
 
 
-def _floor_dice(pred: np.ndarray, ref: np.ndarray, value: int, floor_ml: Optional[float], spacing,
-                lcc_first: bool) -> float:
-    if floor_ml is None:
-        return float("nan")
-    if lcc_first:
-        pred = apply_postprocessing(pred, {"all_foreground": False, "per_class": [value]})
-    kept = remove_small_components(pred, value, floor_ml / voxel_volume_ml(spacing)) == value
-    return dice(kept, ref == value)
+def _helps(after: np.ndarray, before: np.ndarray, target: Optional[int] = None) -> bool:
+    """A step helps when it raises its target Dice (a class's, or the mean over classes) and lowers no
+    class's Dice: a kidney deleted to clear a false tumour is a loss whatever the mean says."""
+    gain = after[target] > before[target] if target is not None else after.mean() > before.mean()
+    return bool(gain and np.all(after >= before))
 
 
 def decide_postprocessing(cases: Iterable[Tuple[np.ndarray, np.ndarray, Sequence[float]]], labels: Sequence[int],
@@ -139,47 +147,45 @@ def decide_postprocessing(cases: Iterable[Tuple[np.ndarray, np.ndarray, Sequence
 
     ``cases`` may be a generator (one case in memory at a time); ``labels`` are the foreground values;
     ``floors_ml`` are step 3's candidate volumes per class (``component_floor_ml``), none to skip it.
-    All variants are scored in one pass, so the cases are read once. Returns the spec plus the Dice
-    figures the decision rests on.
+    Every candidate is scored for every class in one pass, so the cases are read once, and a step is
+    kept only when it raises its own Dice without lowering any class's (``_helps``). Returns the spec
+    plus the Dice figures the decision rests on.
     """
     labels = [int(v) for v in labels]
     floors_ml = {str(k): float(v) for k, v in (floors_ml or {}).items() if int(k) in labels}
-    # Dice per case and class for: raw, step 1, and step 2 or 3 of each class on top of raw or step 1
-    scores = {f"{base}{step}": [] for base in ("raw", "fg") for step in ("", "+lcc", "+floor", "+lcc+floor")}
+    scores: Dict[str, list] = {}
     count = 0
     for pred, ref, spacing in cases:
         if pred.shape != ref.shape:
             raise UserError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
         count += 1
-        for base, base_pred in (("raw", pred), ("fg", apply_postprocessing(pred, {"all_foreground": True}))):
-            scores[base].append(_class_dices(base_pred, ref, labels))
-            scores[f"{base}+lcc"].append([_lcc_of_class_dice(base_pred, ref, c) for c in labels])
-            for lcc_first in (False, True):
-                scores[f"{base}{'+lcc' if lcc_first else ''}+floor"].append([
-                    _floor_dice(base_pred, ref, c, floors_ml.get(str(c)), spacing, lcc_first) for c in labels])
+        for name, variant in _variants(pred, labels, floors_ml, spacing):
+            scores.setdefault(name, []).append(_class_dices(variant, ref, labels))
     if not count:
         raise UserError("no cases to decide postprocessing on")
     mean = {key: np.mean(np.asarray(value, dtype=np.float64), axis=0) for key, value in scores.items()}
-    use_all_fg = bool(mean["fg"].mean() > mean["raw"].mean())
+    use_all_fg = _helps(mean["fg"], mean["raw"])
     base = "fg" if use_all_fg else "raw"
-    per_class = [c for c, before, after in zip(labels, mean[base], mean[f"{base}+lcc"]) if after > before]
+    per_class = [c for i, c in enumerate(labels) if _helps(mean[f"{base}+lcc{c}"], mean[base], i)]
     # step 3 of a class is judged on top of that class's step-2 choice
     kept_floors, floor_dice = {}, {}
     for i, c in enumerate(labels):
         if str(c) not in floors_ml:
             continue
-        first = "+lcc" if c in per_class else ""
-        floor_dice[str(c)] = float(mean[f"{base}{first}+floor"][i])
-        if floor_dice[str(c)] > mean[f"{base}{first}"][i]:
+        before = f"{base}+lcc{c}" if c in per_class else base
+        after = mean[f"{before}+floor{c}" if c in per_class else f"{base}+floor{c}"]
+        floor_dice[str(c)] = float(after[i])
+        if _helps(after, mean[before], i):
             kept_floors[str(c)] = floors_ml[str(c)]
     spec = {
         "all_foreground": use_all_fg,
         "per_class": per_class,
         "min_component_ml": kept_floors,
         "cases": count,
+        "rule": "a step is kept when it raises its Dice and lowers no class's Dice",
         "dice_raw": {str(c): float(d) for c, d in zip(labels, mean["raw"])},
         "dice_all_foreground_lcc": {str(c): float(d) for c, d in zip(labels, mean["fg"])},
-        "dice_per_class_lcc": {str(c): float(d) for c, d in zip(labels, mean[f"{base}+lcc"])},
+        "dice_per_class_lcc": {str(c): float(mean[f"{base}+lcc{c}"][i]) for i, c in enumerate(labels)},
         "candidate_min_component_ml": floors_ml,
         "dice_min_component": floor_dice,
     }

@@ -68,6 +68,36 @@ def test_decision_accepts_foreground_lcc_when_there_is_one_organ():
     assert spec["all_foreground"] is True and spec["per_class"] == [] and spec["cases"] == 2
 
 
+def test_decision_never_trades_a_kidney_for_a_tumour():
+    reference = np.zeros((10, 20, 20), np.uint8)
+    reference[2:8, 2:8, 2:8] = 1            # right kidney
+    reference[3:5, 3:5, 3:5] = 2            # its tumour
+    reference[2:4, 14:16, 14:16] = 1        # a small left kidney: a component of its own
+    prediction = reference.copy()
+    prediction[8:10, 17:19, 0:1] = 2        # a 4-voxel false tumour far from both kidneys
+    spec = decide_postprocessing([(prediction, reference, MM)], labels=[1, 2])
+    raw, fg_lcc = spec["dice_raw"], spec["dice_all_foreground_lcc"]
+    # step 1 deletes the left kidney and the false tumour: the mean over classes goes up ...
+    assert fg_lcc["1"] + fg_lcc["2"] > raw["1"] + raw["2"] and fg_lcc["1"] < raw["1"]
+    # ... but the kidney loses, so it is rejected; the tumour's own LCC clears the false tumour instead
+    assert spec["all_foreground"] is False and spec["per_class"] == [2]
+    assert np.array_equal(apply_postprocessing(prediction, spec, MM), reference)
+
+
+def test_a_floor_that_lowers_another_class_is_rejected():
+    reference = np.zeros((12, 12, 12), np.uint8)
+    reference[1:11, 1:11, 1:11] = 1
+    reference[2:4, 2:4, 2:4] = 2             # two real tumours of 8 voxels: the tumour LCC would lose one
+    reference[7:9, 7:9, 7:9] = 2
+    reference[5, 5, 5] = 0                   # a vessel inside the kidney
+    prediction = reference.copy()
+    prediction[5, 5, 5] = 2                  # taken for a one-voxel tumour
+    spec = decide_postprocessing([(prediction, reference, MM)], [1, 2], floors_ml={"2": 0.0015})
+    # the floor clears the false tumour (tumour Dice 1) by relabelling it kidney: a false kidney voxel
+    assert spec["dice_min_component"]["2"] == pytest.approx(1.0) and spec["dice_raw"]["2"] < 1.0
+    assert spec["per_class"] == [] and spec["min_component_ml"] == {}
+
+
 def test_decision_rejects_mismatched_shapes_and_empty_input():
     with pytest.raises(UserError):
         decide_postprocessing([(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), MM)], [1])
