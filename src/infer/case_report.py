@@ -202,8 +202,9 @@ def render_overlay(image: np.ndarray, label: np.ndarray, spacing: Sequence[float
                    axis: int, index: int, title: str, sides: Optional[Tuple[str, str]] = None) -> bytes:
     """PNG bytes of one axial slice, CT windowed to CT_WINDOW_HU, with an outline per foreground label
     and, when given, the patient side at the left and right image edges."""
-    ct = np.take(image, index, axis=axis).astype(np.float32)  # a compact_ct slice back to what was read
-    seg = np.take(label, index, axis=axis)
+    # basic indexing, a view: np.take copies a whole Fortran-ordered (nibabel) image to C order first
+    ct = np.array(image[(slice(None),) * axis + (index,)], dtype=np.float32)  # a compact_ct slice back as read
+    seg = np.array(label[(slice(None),) * axis + (index,)])
     in_plane = [s for a, s in enumerate(spacing) if a != axis]
     figure = Figure(figsize=(6, 6 * ct.shape[0] * in_plane[0] / (ct.shape[1] * in_plane[1])), dpi=100)
     FigureCanvasAgg(figure)
