@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test test-all demo clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-dicom.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dicom.txt
 	touch $(STAMP)
 
 install: $(STAMP)

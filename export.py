@@ -14,36 +14,31 @@ model without our sidecar, a JSON of that name that is not our sidecar) is never
 instant leaves the old export, the new one, or one that readers refuse and the next export redoes.
 All of this is checked before the checkpoint loads.
 """
-import argparse
-
-import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from src.config import add_config_arguments, config_from_args
-from src.errors import exit_on_user_error
+from src import cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="yaml config (device_target, amp_level)")
+def build_parser():
+    parser = cli.new_parser(__doc__)
+    cli.add_config(parser, "device_target, amp_level")
     parser.add_argument("--ckpt", required=True, help="training checkpoint (carries plan and config)")
     parser.add_argument("--file_name", required=True, help="output file; .mindir/.air is appended if missing")
     parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=("MINDIR", "AIR"))
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier export of this name (never a file export.py did not write)")
-    add_config_arguments(parser)
+    cli.add_overwrite(parser, "replace an earlier export of this name (never a file export.py did not write)")
     return parser
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+def run(args) -> None:
+    cfg = cli.load_config(args)
     from src.infer.export import export_network
 
+    # the yaml's batch_size is the training batch: the graph takes B > 1 only when the command line asks
     batch_size = cfg.batch_size if args.cfg_batch_size is not None else 1
-    model, sidecar = export_network(cfg, args.ckpt, args.file_name, args.file_format, batch_size,
-                                    overwrite=args.overwrite)
-    print(f"exported {model} (input batch {batch_size}) and {sidecar}")
+    model_path, sidecar_path = export_network(cfg, args.ckpt, args.file_name, args.file_format, batch_size,
+                                              overwrite=args.overwrite)
+    print(f"exported {model_path} (input batch {batch_size}) and {sidecar_path}")
 
+
+main = cli.entry_point(build_parser, run)
 
 if __name__ == "__main__":
     main()

@@ -6,31 +6,23 @@ Reads BINS/windows.json (step 1) and RESULTS/<case>_<i>_0.bin (float32 logits of
 averages the flips, stitches with the same Gaussian weighting as eval.py, and writes what eval.py
 writes: EV/predictions/<case>.nii.gz, EV/metrics.csv, EV/summary.json, EV/eval_info.json.
 """
-import argparse
-
-import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from src.config import add_config_arguments, config_from_args
-from src.errors import exit_on_user_error
+from src import cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="yaml config (postprocess)")
-    parser.add_argument("--data", required=True, help="preprocessed folder (plans.json, splits.json, cases)")
-    parser.add_argument("--fold", required=True, help="the fold given to preprocess.py")
+def build_parser():
+    parser = cli.new_parser(__doc__)
+    cli.add_config(parser, "postprocess")
+    cli.add_data_and_fold(parser, "the fold given to preprocess.py")
     parser.add_argument("--pre_path", required=True, help="output folder of preprocess.py (windows.json)")
     parser.add_argument("--result_path", required=True, help="folder of <name>_0.bin results")
-    parser.add_argument("--output", required=True, help="evaluation folder")
+    cli.add_output(parser, "evaluation folder")
     parser.add_argument("--ref", help="references (KiTS case folders or flat <case>.nii.gz); default: found "
                                       "through each case's raw image path")
-    add_config_arguments(parser)
     return parser
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+def run(args) -> None:
+    cfg = cli.load_config(args)
     from src.infer.offline import evaluate_offline
 
     summary = evaluate_offline(cfg, args.data, args.fold, args.pre_path, args.result_path, args.output,
@@ -39,6 +31,8 @@ def main(argv=None) -> None:
           f"kits21 mean Dice {summary['kits21_mean_dice']:.4f} mean SD {summary['kits21_mean_sd']:.4f}; "
           f"wrote {args.output}/summary.json")
 
+
+main = cli.entry_point(build_parser, run)
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,18 @@
-"""Segment kidneys and kidney tumours in raw CT NIfTI files.
+"""Segment kidneys and kidney tumours in raw CT: NIfTI, NRRD or MHA files, or a DICOM series.
 
     python predict.py --config CFG (--ckpt CKPT [CKPT ...] | --mindir FILE) --input FILE_OR_DIR --output DIR
+                      [--output_format nifti|dicom_seg|nrrd] [--series UID]
 
-Input: one .nii/.nii.gz file or a folder (KiTS case folders, MSD imagesTr, or a flat folder of NIfTI
-files); no labels needed. Output per case: DIR/<case>.nii.gz (uint8 labels with the input's shape,
-affine and header), DIR/<case>_report.json (volumes in mL per label and side, largest tumour
-diameter in mm) and DIR/<case>_overlay.png (the axial slice with the largest tumour area, outlines
+Input: one .nii/.nii.gz/.nrrd/.mha file, a folder (KiTS case folders, MSD imagesTr, or a flat folder of
+such files), or a DICOM folder holding one CT series (--series UID picks one of several); no labels
+needed. Reading DICOM and writing DICOM-SEG need `pip install -r requirements-dicom.txt`.
+Output per case: the labels as DIR/<case>.nii.gz (uint8 with the input's shape, affine and header; a
+DICOM or NRRD input gets a header stating its own geometry), DIR/<case>.nrrd (--output_format nrrd) or
+DIR/<case>_seg.dcm (--output_format dicom_seg: a DICOM Segmentation referencing the input series, kidney
+/ tumour / cyst segments with SNOMED CT codes; DICOM input only), DIR/<case>_report.json (volumes in mL
+per label and side, largest tumour diameter in mm), DIR/<case>_report.html (one page: volumes per side,
+largest tumour diameter, axial/coronal/sagittal slices through the largest tumour with outlines, the
+model and settings) and DIR/<case>_overlay.png (the axial slice with the largest tumour area, outlines
 on the CT windowed to -160..240 HU). Several --ckpt are ensembled (softmax average).
 Left/right: the image affine's left-right axis (the column axis for KiTS files), split at the
 centroid of the body (voxels above -500 HU).
@@ -37,61 +44,56 @@ the rules above, and records what it did in DIR/shards/rank_<r>.json; then the l
 command with --merge_shards, which sums up the run, lists every rank's failed cases (DIR/failures.log)
 and exits with status 2 if any case failed.
 """
-import argparse
-
-import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from src.config import add_config_arguments, config_from_args
-from src.errors import exit_on_user_error
+from src import cli
+from src.infer.output_formats import OUTPUT_FORMATS
+from src.msrun_env import is_msrun_scheduler, worker_shard
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="yaml config (device, mirroring, window batch, postprocess)")
-    models = parser.add_mutually_exclusive_group(required=True)
-    models.add_argument("--ckpt", nargs="+", metavar="CKPT", help="training checkpoint(s); several are ensembled")
-    models.add_argument("--mindir", metavar="FILE",
-                        help="MindIR exported by export.py (with its sidecar NAME.mindir.json)")
-    parser.add_argument("--input", required=True, help="NIfTI file or folder of cases")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace outputs of another model/settings/image and files predict.py did not write "
-                             "(refused otherwise); complete outputs of this model are skipped either way")
-    parser.add_argument("--merge_shards", action="store_true",
-                        help="after a sharded run (scripts/run_distribute_eval.sh runs this): sum up every "
-                             "worker's share in --output and report all failed cases")
-    add_config_arguments(parser)
+def build_parser():
+    parser = cli.new_parser(__doc__)
+    cli.add_config(parser, "device, mirroring, window batch, postprocess")
+    cli.add_model_files(parser)
+    parser.add_argument("--input", required=True,
+                        help="NIfTI/NRRD/MHA file, folder of cases, or a DICOM series folder")
+    parser.add_argument("--output_format", default="nifti", choices=OUTPUT_FORMATS,
+                        help="labels as <case>.nii.gz (default), <case>_seg.dcm (DICOM-SEG of a DICOM input "
+                             "series) or <case>.nrrd")
+    parser.add_argument("--series", metavar="UID", default=None,
+                        help="SeriesInstanceUID to read when the --input DICOM folder holds several series")
+    cli.add_output(parser, "output folder")
+    cli.add_overwrite(parser, "replace outputs of another model/settings/image and files predict.py did not "
+                              "write (refused otherwise); complete outputs of this model are skipped either way")
+    cli.add_merge_shards(parser, "sum up every worker's share in --output and report all failed cases")
     return parser
 
 
 def print_run(predicted: int, skipped: int, output) -> None:
-    skipped = f" ({skipped} complete case(s) skipped)" if skipped else ""
-    print(f"wrote {predicted} prediction(s), report(s) and overlay(s) to {output}{skipped}")
+    skipped_note = f" ({skipped} complete case(s) skipped)" if skipped else ""
+    print(f"wrote {predicted} prediction(s), report(s), report page(s) and overlay(s) to {output}{skipped_note}")
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    from src.msrun_env import is_msrun_scheduler, worker_shard
-
-    if is_msrun_scheduler():  # msrun's scheduler runs the script too; inference needs no scheduler
-        return
-    args = build_parser().parse_args(argv)
+def run(args) -> None:
     if args.merge_shards:
         from src.infer.predict_cases import merge_predictions
 
         print_run(*merge_predictions(args.output), args.output)
         return
-    cfg = config_from_args(args)
+    cfg = cli.load_config(args)
     shard = worker_shard()
     from src.infer.predict_cases import predict_files
 
-    run = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir, overwrite=args.overwrite,
-                        shard=shard)
+    outcome = predict_files(cfg, args.input, args.output, ckpts=args.ckpt, mindir=args.mindir,
+                            overwrite=args.overwrite, shard=shard, output_format=args.output_format,
+                            series=args.series)
     if shard is not None:
-        failed = f", {len(run.failures)} failed" if run.failures else ""
-        print(f"{shard}: predicted {len(run.reports)} case(s){failed}; the merge (--merge_shards) sums up the run")
+        failed = f", {len(outcome.failures)} failed" if outcome.failures else ""
+        print(f"{shard}: predicted {len(outcome.reports)} case(s){failed}; the merge (--merge_shards) sums up the run")
         return
-    print_run(len(run.reports), run.skipped, args.output)
+    print_run(len(outcome.reports), outcome.skipped, args.output)
 
+
+# msrun's scheduler runs the script too; inference needs no scheduler
+main = cli.entry_point(build_parser, run, step_aside=is_msrun_scheduler)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,8 @@
 """Ascend 310 flow, step 1: the fold's sliding windows as raw float32 files.
 
-    python preprocess.py --config CFG --data PRE --fold F --output_path BINS
+    python preprocess.py --config CFG --data PRE --fold F --output BINS
+
+(--output_path is --output's older spelling and still accepted.)
 
 Writes BINS/00_data/<case>_<i>.bin, each one window of shape (1, C, *patch) in C order, and
 BINS/windows.json (window layout per case, flips, shapes) for step 3. With tta_mirror true every
@@ -9,33 +11,27 @@ in windows.json, identity first); with tta_mirror false i is the window index.
 Step 2: ascend310_infer (C++ on Ascend 310) or ascend310_infer/mindir_runner.py (CPU/GPU);
 step 3: postprocess.py.
 """
-import argparse
-
-import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from src.config import add_config_arguments, config_from_args
-from src.errors import exit_on_user_error
+from src import cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="yaml config (step_size, tta_mirror)")
-    parser.add_argument("--data", required=True, help="preprocessed folder (plans.json, splits.json, cases)")
-    parser.add_argument("--fold", required=True, help="fold whose validation cases are written")
-    parser.add_argument("--output_path", required=True, help="output folder (00_data/ and windows.json)")
-    add_config_arguments(parser)
+def build_parser():
+    parser = cli.new_parser(__doc__)
+    cli.add_config(parser, "step_size, tta_mirror")
+    cli.add_data_and_fold(parser, "fold whose validation cases are written")
+    cli.add_output(parser, "output folder (00_data/ and windows.json)", "--output_path")
     return parser
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+def run(args) -> None:
+    cfg = cli.load_config(args)
     from src.infer.offline import write_window_bins
 
-    info = write_window_bins(cfg, args.data, args.fold, args.output_path)
-    print(f"wrote {info['total_inputs']} window file(s) of shape {info['input_shape']} for "
-          f"{len(info['cases'])} case(s) to {args.output_path}/00_data")
+    windows = write_window_bins(cfg, args.data, args.fold, args.output)
+    print(f"wrote {windows['total_inputs']} window file(s) of shape {windows['input_shape']} for "
+          f"{len(windows['cases'])} case(s) to {args.output}/00_data")
 
+
+main = cli.entry_point(build_parser, run)
 
 if __name__ == "__main__":
     main()

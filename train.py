@@ -12,45 +12,36 @@ it, --overwrite deletes it first (checkpoints, log, progress, the postprocessing
 there, copies); without either, train.py stops with one line and touches nothing. A run killed at any
 moment, or stopped by a failed write (disk full), continues with --resume.
 """
-import argparse
-
-import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
-from src.config import add_config_arguments, config_from_args
-from src.errors import exit_on_user_error
+from src import cli
+from src.msrun_env import is_extra_scheduler
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="yaml config")
-    parser.add_argument("--data", required=True, help="preprocessed folder (plans.json, splits.json, cases)")
-    parser.add_argument("--fold", required=True, help="fold number (0..num_folds-1) or 'all' (train on every case)")
-    parser.add_argument("--output", required=True, help="output folder; the run goes to OUTPUT/fold_F")
+def build_parser():
+    parser = cli.new_parser(__doc__)
+    cli.add_config(parser, "network, schedule, augmentation, device")
+    cli.add_data_and_fold(parser, "fold number (0..num_folds-1) or 'all' (train on every case)")
+    cli.add_output(parser, "output folder; the run goes to OUTPUT/fold_F")
     parser.add_argument("--pretrained", default=None, metavar="CKPT",
                         help="initialise from the weights of CKPT whose names and shapes fit")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true",
                           help="continue the run in OUTPUT/fold_F from checkpoint_latest.ckpt exactly where it "
                                "stopped (repairs what a kill left behind)")
-    existing.add_argument("--overwrite", action="store_true",
-                          help="delete the run in OUTPUT/fold_F (checkpoints, log, progress, postprocessing "
-                               "decision) and start over; without it or --resume an existing run is refused")
-    add_config_arguments(parser)
+    cli.add_overwrite(existing, "delete the run in OUTPUT/fold_F (checkpoints, log, progress, postprocessing "
+                                "decision) and start over; without it or --resume an existing run is refused")
     return parser
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    from src.msrun_env import is_extra_scheduler
-
-    if is_extra_scheduler():  # node r > 0 sharing node 0's host: node 0's msrun runs the job's scheduler
-        return
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+def run(args) -> None:
+    cfg = cli.load_config(args)
     from src.train.trainer import train_fold
 
     train_fold(cfg, args.data, args.fold, args.output, pretrained=args.pretrained, resume=args.resume,
                overwrite=args.overwrite)
 
+
+# a scheduler msrun starts on node r > 0 sharing node 0's host steps aside: node 0's msrun runs the job's one
+main = cli.entry_point(build_parser, run, step_aside=is_extra_scheduler)
 
 if __name__ == "__main__":
     main()

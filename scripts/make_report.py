@@ -81,7 +81,7 @@ def build_report(work: Path, report: Path, seconds=None) -> Path:
     write_validation_overlay(work, worst["caseID"], worst, report / "overlay_worst.png")
     predictions = sorted((work / "predict").glob("*.nii.gz"))
     for path in predictions + sorted((work / "predict").glob("*_overlay.png")) + sorted(
-            (work / "predict").glob("*_report.json")):
+            (work / "predict").glob("*_report.json")) + sorted((work / "predict").glob("*_report.html")):
         shutil.copy2(path, report / f"predicted_{path.name}")
     # a report predict.py left "incomplete" (a killed run) describes no finished case
     case_reports = [report for report in (json.loads(p.read_text()) for p in sorted((work / "predict").glob(
@@ -118,6 +118,9 @@ def build_report(work: Path, report: Path, seconds=None) -> Path:
     ]
     for path in predictions:
         lines.append(f"| `predicted_{path.name}` | label map predicted from the raw case with the exported MindIR |")
+    for path in sorted((work / "predict").glob("*_report.html")):
+        lines.append(f"| `predicted_{path.name}` | that prediction as one page: volumes per side, largest tumour, "
+                     f"three views, model and settings |")
     for case in case_reports:
         volumes = ", ".join(f"{name} {v['total']:.1f} mL (L {v['left']:.1f} / R {v['right']:.1f})"
                             for name, v in case["volumes_ml"].items())

@@ -8,7 +8,7 @@
 # writes what a single process writes at the end (eval.py: metrics.csv, eval_info.json, summary.json and,
 # with postprocess auto and no stored decision, the postprocessing decision made on all the cases;
 # predict.py: the run's summary and every rank's failed cases, exit status 2 if any failed). The merged
-# outputs equal a single-process run's. eval.py's scoring mode (--pred) is not sharded.
+# outputs equal a single-process run's. eval.py's scoring (eval.py score, or --pred) is not sharded.
 # DEVICE_TARGET (Ascend|GPU|CPU) overrides the config's device_target; MASTER_PORT picks msrun's port.
 # Logs: <--output>/msrun_log/worker_<rank>.log. The arguments this script needs (WORKERS, the script,
 # --output) are checked before msrun starts: one "error:" line and exit status 2.
@@ -28,6 +28,9 @@ case "$SCRIPT_NAME" in
   eval.py|predict.py) ;;
   *) fail "the script to shard must be eval.py or predict.py, got '$SCRIPT_NAME'" ;;
 esac
+if [ "$SCRIPT_NAME" = eval.py ] && [ "${1:-}" = score ]; then
+  fail "eval.py score runs as one process; shard model evaluation (eval.py model, or --ckpt/--mindir)"
+fi
 OUTPUT=""
 PREVIOUS=""
 for arg in "$@"; do

@@ -9,8 +9,8 @@ from src.infer.evaluate import load_case_data
 from src.infer.export import export_network
 from src.infer.offline import stitched_logits
 from src.infer.predictor import load_predictor
-from tests.infer.tiny_model import make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import make_tiny_dataset, tiny_config, write_tiny_checkpoint
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def test_three_steps_match_eval(tmp_path, capsys, restore_mode):
 
     load_script("eval.py").main(common + ["--mindir", str(mindir), "--output", str(tmp_path / "ev_online")])
     bins = tmp_path / "bins"
-    load_script("preprocess.py").main(common + ["--output_path", str(bins)])
+    load_script("preprocess.py").main(common + ["--output", str(bins)])  # --output_path: below
     info = json.loads((bins / "windows.json").read_text())
     assert len(info["flips"]) == 8 and info["input_shape"] == [1, 1, 8, 16, 16]
     files = sorted((bins / "00_data").glob("*.bin"))
@@ -60,7 +60,7 @@ def test_three_steps_match_eval(tmp_path, capsys, restore_mode):
         load_script("postprocess.py").main(common + ["--pre_path", str(bins), "--result_path", str(results),
                                                      "--output", str(tmp_path / "ev_broken")])
     assert exit_info.value.code == 2 and "is missing" in capsys.readouterr().err
-    # step 1 refuses to mix with old inputs
+    # step 1 refuses to mix with old inputs (the older spelling of --output)
     with pytest.raises(SystemExit):
         load_script("preprocess.py").main(common + ["--output_path", str(bins)])
     assert "already holds" in capsys.readouterr().err

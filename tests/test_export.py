@@ -8,8 +8,8 @@ from src.errors import UserError
 from src.files import file_digest
 from src.infer.export import export_network, export_target
 from src.infer.predictor import load_predictor
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint
+from tests.helpers import Killed, killed_at_commit, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +72,6 @@ def test_mindir_without_sidecar_is_a_user_error(tmp_path, restore_mode):
 
 
 # ---------------------------------------------------------------- the sidecar: its name, its binding, what it replaces
-
-class Killed(BaseException):
-    """A kill: not an Exception, so no handler of the code under test swallows it."""
-
 
 def test_sidecar_is_named_after_the_model_and_bound_to_its_bytes(tmp_path, restore_mode):
     from src.infer.offline import run_mindir_on_bins
@@ -148,34 +144,23 @@ def test_export_replaces_only_its_own_finished_export_and_only_when_told(tmp_pat
     assert not (tmp_path / "ok.mindir").exists() and not loads
 
 
-def test_a_killed_export_is_refused_by_readers_and_redone_without_overwrite(tmp_path, restore_mode, monkeypatch):
-    import src.files as files
+def test_a_killed_export_is_refused_by_readers_and_redone_without_overwrite(tmp_path, restore_mode):
     from src.infer.predictor import read_mindir_sidecar
 
     ckpt = write_tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
     other = write_tiny_checkpoint(tmp_path / "other.ckpt", seed=2)
     export_network(tiny_config(), ckpt, tmp_path / "old")
-    real_commit = files.commit
     kill_at = 1
     while True:
         target = tmp_path / f"net{kill_at}"
         export_network(tiny_config(), ckpt, target)  # a finished export the killed one replaces
         before = read_mindir_sidecar(target.with_suffix(".mindir"))
-        calls = []
-
-        def commit(tmp, path):
-            calls.append(path)
-            if len(calls) == kill_at:
-                raise Killed(path)
-            real_commit(tmp, path)
-
-        monkeypatch.setattr(files, "commit", commit)
         try:
-            export_network(tiny_config(), other, target, overwrite=True)
+            with killed_at_commit(kill_at):
+                export_network(tiny_config(), other, target, overwrite=True)
             finished = True
         except Killed:
             finished = False
-        monkeypatch.setattr(files, "commit", real_commit)
         model = target.with_suffix(".mindir")
         assert not list(tmp_path.glob("*.tmp-*"))
         if finished:

@@ -6,17 +6,17 @@ section promises: exit status 2, an ``error:`` line naming the problem, no trace
 existed before unchanged, and no temporary left behind. The kills at every write are tested per stage
 (tests/data, tests/train, tests/infer); this file is about what a user can hand over.
 """
-import hashlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint, write_tiny_kits19
+from tests.helpers import execution_mode_kept, load_script, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: none\nnum_workers: 1\n" \
@@ -27,8 +27,6 @@ CONFIG = "device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: non
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A pristine tiny project: raw KiTS19 cases, their preprocessed folder, a checkpoint, a MindIR."""
-    import mindspore as ms
-
     from src.data.preprocess import preprocess_dataset
     from src.infer.export import export_network
 
@@ -39,15 +37,9 @@ def workspace(tmp_path_factory):
                               progress=False)
     (root / "cfg.yaml").write_text(CONFIG)
     ckpt = write_tiny_checkpoint(root / "model" / "fold_0" / "checkpoint_best.ckpt", plan=plan)
-    previous = ms.get_context("mode")
-    export_network(tiny_config(), ckpt, root / "model" / "tiny", "MINDIR", batch_size=1)
-    ms.set_context(mode=previous)
+    with execution_mode_kept():
+        export_network(tiny_config(), ckpt, root / "model" / "tiny", "MINDIR", batch_size=1)
     return root
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _copy(ws, name, to):
@@ -287,6 +279,69 @@ def predict_non_nifti_file(ws, tmp):
         "scan.txt"
 
 
+def hides(*modules):
+    """Mark a row that runs as if these optional packages were not installed."""
+    def mark(row):
+        row.hidden_modules = modules
+        return row
+    return mark
+
+
+def _series(ws, folder, **damage):
+    """The workspace's first raw case as a DICOM CT series in ``folder`` (``damage``: write_ct_series')."""
+    from src.data.synthetic_dicom import write_ct_series
+
+    image = nib.load(ws / "raw" / "case_00000" / "imaging.nii.gz")
+    write_ct_series(folder, np.asanyarray(image.dataobj), image.header.get_zooms(), **damage)
+    return folder
+
+
+def _predict_dicom(ws, tmp, folder, *extra):
+    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
+                          "checkpoint_best.ckpt"), "--input", str(folder), "--output", str(tmp / "out"), *extra]
+
+
+def predict_dicom_folder_of_two_series(ws, tmp):
+    _series(ws, tmp / "ct", series_description="arterial")
+    _series(ws, tmp / "ct", series_description="venous", seed="1", prefix="VEN")
+    return (*_predict_dicom(ws, tmp, tmp / "ct"), "--series UID")
+
+
+def predict_dicom_series_that_is_not_in_the_folder(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct"), "--series", "1.2.3.4"), "1.2.3.4")
+
+
+def predict_dicom_series_missing_a_slice(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct", skip_slices=(6,))), "missing 1 slice")
+
+
+def predict_dicom_series_not_ct(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct", modality="MR")), "not CT")
+
+
+def predict_dicom_series_gantry_tilted(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct", gantry_tilt_deg=15.0)), "gantry tilt")
+
+
+def predict_dicom_series_not_axial(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct", orientation=(1, 0, 0, 0, 0, -1))), "not axial")
+
+
+@hides("pydicom")
+def predict_dicom_without_the_dicom_packages(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct")), "requirements-dicom.txt")
+
+
+@hides("highdicom")
+def predict_dicom_seg_without_highdicom(ws, tmp):
+    return (*_predict_dicom(ws, tmp, _series(ws, tmp / "ct"), "--output_format", "dicom_seg"),
+            "requirements-dicom.txt")
+
+
+def predict_dicom_seg_of_a_nifti_input(ws, tmp):
+    return (*_predict_dicom(ws, tmp, ws / "raw", "--output_format", "dicom_seg"), "needs a DICOM series")
+
+
 def export_corrupt_checkpoint(ws, tmp):
     (tmp / "bad.ckpt").write_bytes(b"\x00" * 64)
     return "export.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(tmp / "bad.ckpt"),
@@ -447,12 +502,18 @@ ROWS = [
     predict_with_a_decision_of_another_model, predict_mindir_with_a_foreign_sidecar,
     predict_mindir_given_as_checkpoint, export_under_a_file, bins_fold_that_does_not_exist,
     runner_empty_input_folder,
+    predict_dicom_folder_of_two_series, predict_dicom_series_that_is_not_in_the_folder,
+    predict_dicom_series_missing_a_slice, predict_dicom_series_not_ct, predict_dicom_series_gantry_tilted,
+    predict_dicom_series_not_axial, predict_dicom_without_the_dicom_packages, predict_dicom_seg_without_highdicom,
+    predict_dicom_seg_of_a_nifti_input,
 ]
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.__name__ for row in ROWS])
-def test_bad_input_is_one_line_and_destroys_nothing(row, workspace, tmp_path, capsys, restore_mode):
+def test_bad_input_is_one_line_and_destroys_nothing(row, workspace, tmp_path, capsys, restore_mode, monkeypatch):
     script, argv, names = row(workspace, tmp_path)
+    for module in getattr(row, "hidden_modules", ()):
+        monkeypatch.setitem(sys.modules, module, None)  # ``import module`` raises ImportError
     before_ws, before_tmp = snapshot(workspace), snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         load_script(script).main(argv)

@@ -1,16 +1,11 @@
 """src/files.py: atomic writes keep the old file on failure, stale temporaries go, output checks fire early."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 from src import files
 from src.errors import UserError
-
-
-class Killed(BaseException):
-    """A kill at a write: not an Exception, so no handler in the code under test can swallow it."""
+from tests.helpers import Killed, dead_pid
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
@@ -53,10 +48,9 @@ def test_atomic_copy(tmp_path):
 
 
 def test_stale_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    stale = tmp_path / f"case.nii.gz.tmp-{dead_pid}"
-    stale_ckpt = tmp_path / f"checkpoint_latest.ckpt.tmp-{dead_pid}.ckpt"
+    gone = dead_pid()
+    stale = tmp_path / f"case.nii.gz.tmp-{gone}"
+    stale_ckpt = tmp_path / f"checkpoint_latest.ckpt.tmp-{gone}.ckpt"
     mine = tmp_path / f"summary.json.tmp-{os.getpid()}"
     for path in (stale, stale_ckpt, mine, tmp_path / "case.nii.gz"):
         path.write_text("x")

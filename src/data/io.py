@@ -1,4 +1,6 @@
 """Raw NIfTI I/O and dataset layouts (KiTS19, KiTS21, MSD/nnU-Net, MOTS, flat folder, single file).
+NRRD/MHA files and DICOM series folders are read by ``image_formats`` and ``dicom_series`` in the same
+conventions; this module only dispatches to them (imported when needed: pydicom is optional).
 
 Arrays keep the storage order nibabel reads (``np.asanyarray(img.dataobj)``) and spacings come from
 ``header.get_zooms()`` in that order, so a KiTS volume is (slice, row, column) everywhere.
@@ -16,9 +18,10 @@ import numpy as np
 
 from src.data.geometry_checks import check_header_geometry, geometry_difference, quiet_header_fixes
 from src.errors import UserError
-from src.files import atomic_write, read_json
+from src.files import atomic_write, file_digest, read_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".mha")  # read by image_formats.py
 KITS_IMAGE = "imaging.nii.gz"
 KITS19_LABEL = "segmentation.nii.gz"
 KITS21_LABEL = "aggregated_MAJ_seg.nii.gz"
@@ -129,8 +132,15 @@ def read_geometry(path, what: str = "image") -> ImageMeta:
     return _meta_from_image(img, shape, path)
 
 
-def load_image(path):
-    """Read a CT volume: (float32 array in storage order, ImageMeta)."""
+def load_image(path, series=None):
+    """Read a CT volume: (float32 array in storage order, ImageMeta). A folder is a DICOM series
+    (``series``: its SeriesInstanceUID when the folder holds several), .nrrd/.mha go through ITK."""
+    from src.data.dicom_series import holds_dicom, load_series
+    if holds_dicom(path):
+        return load_series(path, series)
+    if _is_itk(Path(path)):
+        from src.data.image_formats import load_itk_image
+        return load_itk_image(path)
     img, raw = _read_nifti(path, "image")
     array = raw.astype(np.float32)  # dataobj already applied scl_slope/scl_inter
     # Integers always convert to finite float32; float64 values beyond float32's range become inf.
@@ -204,14 +214,27 @@ class CaseFiles:
     image: Path
     label: Path | None
     task_id: int | None = None
+    series: str | None = None  # DICOM: the SeriesInstanceUID read from the folder ``image``
+
+
+def case_image_digest(case: CaseFiles) -> str:
+    """sha256 of the case's input image: its file, or the files of its DICOM series."""
+    if case.image.is_dir():
+        from src.data.dicom_series import series_digest
+        return series_digest(case.image, case.series)
+    return file_digest(case.image)
 
 
 def _is_nifti(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.name.endswith(NIFTI_SUFFIXES)
 
 
+def _is_itk(path: Path) -> bool:
+    return path.name.endswith(ITK_SUFFIXES)
+
+
 def _strip_nifti_suffix(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in NIFTI_SUFFIXES + ITK_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -231,13 +254,15 @@ def _kits_case_folders(raw: Path) -> list[Path]:
 
 
 def detect_layout(raw) -> str:
-    """One of: single, mots, msd, kits21, kits19, flat."""
+    """One of: single, mots, msd, kits21, kits19, flat, dicom."""
     raw = Path(raw)
     if not raw.exists():
         raise UserError(f"data path not found: {raw}")
     if raw.is_file():
-        if not raw.name.endswith(NIFTI_SUFFIXES):
-            raise UserError(f"not a NIfTI file (.nii or .nii.gz): {raw}")
+        if not raw.name.endswith(NIFTI_SUFFIXES) and not _is_itk(raw):
+            from src.data.dicom_series import is_dicom_file
+            hint = "; a DICOM series is given as its folder" if is_dicom_file(raw) else ""
+            raise UserError(f"not a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or MHA (.mha) file: {raw}{hint}")
         return "single"
     if (raw / MOTS_INDEX).exists():
         return "mots"
@@ -246,11 +271,14 @@ def detect_layout(raw) -> str:
     kits_folders = _kits_case_folders(raw)
     if kits_folders:
         return "kits21" if any((folder / KITS21_LABEL).exists() for folder in kits_folders) else "kits19"
-    if any(_is_nifti(child) for child in raw.iterdir()):
+    if any(_is_nifti(child) or (child.is_file() and _is_itk(child)) for child in raw.iterdir()):
         return "flat"
+    from src.data.dicom_series import holds_dicom
+    if holds_dicom(raw):
+        return "dicom"
     raise UserError(
         f"no cases found in {raw}: expected KiTS case folders (case_XXXXX/{KITS_IMAGE}), an MSD folder "
-        f"({MSD_INDEX} + imagesTr/labelsTr), {MOTS_INDEX}, or .nii.gz files")
+        f"({MSD_INDEX} + imagesTr/labelsTr), {MOTS_INDEX}, .nii.gz/.nrrd/.mha files or a DICOM series")
 
 
 def _find_kits_cases(raw: Path, layout: str) -> list[CaseFiles]:
@@ -317,7 +345,7 @@ def _find_mots_cases(raw: Path) -> list[CaseFiles]:
 
 
 def _find_flat_cases(raw: Path) -> list[CaseFiles]:
-    files = sorted(p for p in raw.iterdir() if _is_nifti(p))
+    files = sorted(p for p in raw.iterdir() if _is_nifti(p) or (p.is_file() and _is_itk(p)))
     names = [_strip_nifti_suffix(p.name) for p in files]
     # nnU-Net style inputs (<id>_0000.nii.gz) keep their case id without the channel suffix.
     if names and all(n.endswith(MSD_CHANNEL_SUFFIX) for n in names):
@@ -325,11 +353,17 @@ def _find_flat_cases(raw: Path) -> list[CaseFiles]:
     return [CaseFiles(name, path, None) for name, path in zip(names, files)]
 
 
-def find_cases(raw) -> list[CaseFiles]:
-    """All cases under ``raw`` (any supported layout, or one KiTS case folder or file), sorted by case id."""
+def find_cases(raw, series: str | None = None) -> list[CaseFiles]:
+    """All cases under ``raw`` (any supported layout, or one KiTS case folder or file), sorted by case id.
+    A DICOM folder is one case, its series (``series`` when it holds several) checked from the headers."""
     raw = Path(raw)
     layout = detect_layout(raw)
-    if layout == "single":
+    if series is not None and layout != "dicom":
+        raise UserError(f"--series picks a series of a DICOM folder; {raw} is a {layout} input")
+    if layout == "dicom":
+        from src.data.dicom_series import find_series_case
+        cases = [find_series_case(raw, series)]
+    elif layout == "single":
         # KiTS names every image imaging.nii.gz: its case id is the case folder's name.
         case_id = raw.resolve().parent.name if raw.name == KITS_IMAGE else ""
         cases = [CaseFiles(case_id or _strip_nifti_suffix(raw.name), raw, None)]

@@ -11,6 +11,7 @@ Everything that reads the whole label map or image runs in slabs of the first ax
 per-slice counts and the largest component cost slab-sized temporaries, not copies of the case.
 """
 import io
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import nibabel as nib
@@ -259,9 +260,11 @@ def report_line(report: dict) -> str:
 
 
 def write_case_outputs(case_id: str, image: np.ndarray, label: np.ndarray, meta: ImageMeta,
-                       labels: Dict[str, int], report_path, overlay_path, provenance: Optional[dict] = None) -> dict:
-    """Write ``<case>_overlay.png`` and then ``<case>_report.json`` (both atomically; the report last, as
-    predict.py's commit record, with ``provenance`` and the overlay's sha256 in it); returns the report."""
+                       labels: Dict[str, int], report_path, overlay_path, provenance: Optional[dict] = None,
+                       page_path=None, settings: Optional[Sequence[Tuple[str, str]]] = None) -> dict:
+    """Write ``<case>_overlay.png``, the HTML page when ``page_path`` is given (report_page.py; ``settings``:
+    the model and settings lines it lists) and then ``<case>_report.json`` (all atomically; the report
+    last, as predict.py's commit record, with ``provenance`` and the sha256 of the others); returns it."""
     report = build_case_report(case_id, image, label, meta, labels)
     axis = axial_axis(meta.affine)
     index = overlay_slice_index(label, axis, labels)
@@ -271,6 +274,11 @@ def write_case_outputs(case_id: str, image: np.ndarray, label: np.ndarray, meta:
     atomic_write_bytes(overlay_path, render_overlay(image, label, meta.spacing, labels, axis, index, title, sides))
     report.update({"overlay": str(overlay_path), "overlay_axis": axis, "overlay_slice": index,
                    "overlay_digest": file_digest(overlay_path)})
+    if page_path is not None:
+        from src.infer.report_page import write_report_page  # it builds on this module's helpers
+
+        write_report_page(page_path, report, image, label, meta, labels, settings)
+        report.update({"page": Path(page_path).name, "page_digest": file_digest(page_path)})
     report = {**(provenance or {}), **report}
     atomic_write_json(report_path, report)
     return report

@@ -48,10 +48,10 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
     case_ids = fold_validation_cases(pre_dir, fold)
     patch = [int(p) for p in plan["patch_size"]]
     flips = mirror_combinations(cfg.tta_mirror)
-    data_dir = check_output_dir(Path(output_path) / DATA_DIR, "--output_path")
+    data_dir = check_output_dir(Path(output_path) / DATA_DIR, "--output")
     stale = list(data_dir.glob("*.bin"))
     if stale:
-        raise UserError(f"{data_dir} already holds {len(stale)} .bin file(s); use an empty --output_path")
+        raise UserError(f"{data_dir} already holds {len(stale)} .bin file(s); use an empty --output")
     info = {
         "format_version": FORMAT_VERSION,
         "fold": int(fold),

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from src.data.io import find_cases, load_image
 from src.data.preprocess import preprocess_image_for_inference
 from src.errors import UserError
-from src.files import remove_stale_temporaries
+from src.files import file_digest, remove_stale_temporaries
 from src.infer.case_report import compact_ct, report_line
 from src.infer.geometry import probabilities_to_original
+from src.infer.output_formats import check_output_format
 from src.infer.postprocess import apply_postprocessing, label_values, resolve_postprocessing, spec_summary
 from src.infer.prediction_outputs import (FAILURE_LOG, FailureLog, check_prediction_outputs, failure_reason,
                                           plan_cases, run_identity, save_case)
@@ -49,18 +50,21 @@ def load_model(cfg, ckpts, mindir, progress):
 
 
 def predict_files(cfg, input_path, output_dir, ckpts: Optional[Sequence] = None, mindir=None,
-                  overwrite: bool = False, progress: bool = True, shard: Optional[Shard] = None) -> PredictionRun:
-    """Predict every image under ``input_path`` (file or folder in any supported layout) into
-    ``output_dir`` (with ``shard``, this rank's share of them). Raises UserError before any compute for an
-    output problem or outputs it must not replace (see ``src.infer.prediction_outputs``), and after the loop
-    if some cases failed (a shard records them in its partial file instead)."""
+                  overwrite: bool = False, progress: bool = True, shard: Optional[Shard] = None,
+                  output_format: str = "nifti", series: Optional[str] = None) -> PredictionRun:
+    """Predict every image under ``input_path`` (file or folder in any supported layout, a DICOM series
+    folder: ``series`` picks one of several) into ``output_dir`` as ``output_format`` (with ``shard``, this
+    rank's share of them). Raises UserError before any compute for an input or output problem or outputs it
+    must not replace (see ``src.infer.prediction_outputs``), and after the loop if some cases failed (a shard
+    records them in its partial file instead)."""
     if bool(ckpts) == (mindir is not None):
         raise UserError("give either checkpoint(s) or a MindIR file")
-    cases = find_cases(input_path)
+    cases = find_cases(input_path, series=series)
+    check_output_format(cases, output_format)
     output_dir = Path(output_dir)
-    targets = check_prediction_outputs(cases, output_dir)
+    targets = check_prediction_outputs(cases, output_dir, output_format)
     model_paths = list(ckpts) if ckpts else [mindir]
-    identity = run_identity(cfg, model_paths)
+    identity = run_identity(cfg, model_paths, output_format)
     all_ids = [case.case_id for case in cases]
     if shard is not None:  # only this rank's cases are classified: reading another rank's outputs is its work
         mine = set(cases_of_rank(all_ids, shard))
@@ -96,16 +100,18 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
     spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
                                           predictor.exported_postprocessing)
     print(f"{len(todo)} case(s) to predict; postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
+    model = model_description(predictor.plan, model_paths)
     for case, target in tqdm(todo, desc="cases", unit="case", disable=not progress):
         try:
-            image, meta = load_image(case.image)
+            image, meta = load_image(case.image, case.series)
             data, props = preprocess_image_for_inference(image, meta, predictor.plan)
             image = compact_ct(image)  # kept for the report until the case ends
             probs = predictor.predict_preprocessed(data)
             del data
             label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing, copy=False)
             del probs
-            report = save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec))
+            report = save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec),
+                               model)
         except Exception as err:  # noqa: BLE001  one bad case must not cost the others; it is named below
             run.failures[case.case_id] = failure_reason(err)
             log.add(case.case_id, err)
@@ -113,6 +119,15 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
             continue
         run.reports.append(report)
         tqdm.write(report_line(report))
+
+
+def model_description(plan: dict, model_paths) -> dict:
+    """What the case page says about the model: its files and what it was planned for."""
+    return {"files": [f"{Path(path).name} ({file_digest(path)[:19]}...)" for path in model_paths],
+            "network": f"kitseg U-Net, features {plan.get('features')}",
+            "trained for": f"{plan.get('dataset', '?')} labels {plan.get('labels')}",
+            "target spacing (mm)": " x ".join(f"{float(s):.3g}" for s in plan.get("target_spacing", [])),
+            "patch size": " x ".join(str(n) for n in plan.get("patch_size", []))}
 
 
 def raise_failures(failures: Dict[str, str], total: int, output_dir: Path) -> None:

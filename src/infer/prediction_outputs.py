@@ -1,11 +1,13 @@
 """predict.py's output folder, case by case: what a run checks first, what it skips, redoes or refuses.
 
-A case has three outputs: ``<case>.nii.gz`` (labels), ``<case>_overlay.png`` and ``<case>_report.json``.
-The report is the case's commit record. It is written last and records who wrote it (``"producer":
-"predict.py"``), the run's identity (the sha256 of every model file and the settings that change the
-labels), the input image's sha256 and the label's and overlay's sha256. ``save_case`` first replaces any
-old report by an ``"status": "incomplete"`` one, then writes the label, the overlay and the complete
-report, each atomically: a run killed at any instant leaves every case complete-old, complete-new, or
+A case has four outputs: its labels (``<case>.nii.gz``, or the ``--output_format`` file of
+``output_formats.py``), ``<case>_overlay.png``, ``<case>_report.html`` (report_page.py) and
+``<case>_report.json``. The JSON report is the case's commit record. It is written last and records who
+wrote it (``"producer": "predict.py"``), the run's identity (the sha256 of every model file and the
+settings that change the labels, the output format among them), the input image's sha256 (a DICOM
+series': over its files) and the label's, overlay's and page's sha256. ``save_case`` first replaces any
+old report by an ``"status": "incomplete"`` one, then writes the label, the overlay, the page and the
+complete report, each atomically: a run killed at any instant leaves every case complete-old, complete-new, or
 incomplete by its report (and a label never sits next to a complete report it does not match).
 
 Before any model loads, every case is classified (``classify_case``):
@@ -25,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from src.data.io import CaseFiles, save_label
+from src.data.io import CaseFiles, case_image_digest
 from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
                        overlapping_inputs)
+from src.infer.output_formats import label_file_name, write_label
 from src.infer.postprocess import postprocessing_candidates
 from src.infer.predictor import mindir_sidecar
 
@@ -45,34 +48,38 @@ class CaseTargets:
     label: Path
     report: Path
     overlay: Path
+    page: Path
 
-    def files(self) -> Tuple[Path, Path, Path]:
-        return self.label, self.report, self.overlay
+    def files(self) -> Tuple[Path, Path, Path, Path]:
+        return self.label, self.report, self.overlay, self.page
 
 
-def case_targets(output_dir, case_id: str) -> CaseTargets:
+def case_targets(output_dir, case_id: str, output_format: str = "nifti") -> CaseTargets:
     output_dir = Path(output_dir)
-    return CaseTargets(case_id, output_dir / f"{case_id}.nii.gz", output_dir / f"{case_id}_report.json",
-                       output_dir / f"{case_id}_overlay.png")
+    return CaseTargets(case_id, output_dir / label_file_name(case_id, output_format),
+                       output_dir / f"{case_id}_report.json", output_dir / f"{case_id}_overlay.png",
+                       output_dir / f"{case_id}_report.html")
 
 
 def _json_normalized(value):
     return json.loads(json.dumps(value))
 
 
-def run_identity(cfg, model_paths: Sequence) -> dict:
+def run_identity(cfg, model_paths: Sequence, output_format: str = "nifti") -> dict:
     """What makes two runs produce the same labels: the model files' sha256 (an ensemble in any order) and
     the settings that change the result, including the stored postprocessing decision ``auto`` would read.
     Reads only file bytes, so it is known before any model loads (and fails on a missing model file)."""
     settings = {"tta_mirror": bool(cfg.tta_mirror), "step_size": float(cfg.step_size),
                 "postprocess": str(cfg.postprocess)}
+    if output_format != "nifti":  # another file for the labels; NIfTI runs keep the identity they always had
+        settings["output_format"] = output_format
     if cfg.postprocess == "auto":  # the decision files auto may read, a MindIR sidecar's exported one included
         decisions = list(postprocessing_candidates(model_paths)) + [mindir_sidecar(path) for path in model_paths]
         settings["postprocessing_files"] = sorted(file_digest(path) for path in decisions if path.is_file())
     return _json_normalized({"models": sorted(file_digest(path) for path in model_paths), "settings": settings})
 
 
-def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir) -> List[CaseTargets]:
+def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir, output_format: str = "nifti") -> List[CaseTargets]:
     """Everything about OUT that would fail or touch an input, found before any compute: OUT is an input
     file, the folder of an input image or label, or a file at all; OUT cannot be written; an output would
     replace an input file (a hard link too); a folder sits where an output file goes. Creates OUT; returns
@@ -85,7 +92,7 @@ def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir) -> List[Cas
     if beside is not None:
         raise UserError(f"--output {output_dir} is the folder of the input {beside}; choose another output folder")
     check_output_dir(output_dir, "--output", create=False)
-    targets = [case_targets(output_dir, c.case_id) for c in cases]
+    targets = [case_targets(output_dir, c.case_id, output_format) for c in cases]
     files = [path for t in targets for path in t.files()] + [output_dir / FAILURE_LOG]
     clashes = overlapping_inputs(files, inputs)
     if clashes:
@@ -136,9 +143,10 @@ def classify_case(targets: CaseTargets, case: CaseFiles, identity: dict) -> Tupl
         return INCOMPLETE, "left incomplete by an interrupted run"
     if report.get("identity") != identity:
         return OTHER, _identity_difference(report.get("identity"), identity)
-    if report.get("image_digest") != file_digest(case.image):
+    if report.get("image_digest") != case_image_digest(case):
         return OTHER, f"predicted from another version of {case.image}"
-    for path, key in ((targets.label, "label_digest"), (targets.overlay, "overlay_digest")):
+    for path, key in ((targets.label, "label_digest"), (targets.overlay, "overlay_digest"),
+                      (targets.page, "page_digest")):
         if not path.is_file():
             return INCOMPLETE, f"{path.name} is missing"
         if file_digest(path) != report.get(key):
@@ -167,18 +175,31 @@ def plan_cases(cases: Sequence[CaseFiles], targets: Sequence[CaseTargets], ident
 
 
 def save_case(target: CaseTargets, case: CaseFiles, image, label, meta, labels: Dict[str, int], identity: dict,
-              postprocessing: str) -> dict:
-    """Write one case in the commit order of the module docstring; returns the complete report."""
+              postprocessing: str, model: Optional[dict] = None) -> dict:
+    """Write one case in the commit order of the module docstring; returns the complete report. ``model``:
+    what the page lists about the model (``model_settings``)."""
     from src.infer.case_report import write_case_outputs
 
     record = {"producer": PRODUCER, "status": INCOMPLETE, "case_id": case.case_id, "identity": identity,
-              "image_digest": file_digest(case.image)}
+              "image_digest": case_image_digest(case)}
     # the old report goes first: from here until the new report lands, the case reads as incomplete
     atomic_write_json(target.report, record)
-    save_label(label, meta, target.label)
+    model = model or {}
+    write_label(target.label, case, label, meta, labels, identity, model.get("network", "kitseg U-Net"))
     record.update(status=COMPLETE, label_digest=file_digest(target.label), postprocessing=postprocessing)
+    settings = model_settings(model, identity, postprocessing, target.label.name)
     return write_case_outputs(case.case_id, image, label, meta, labels, target.report, target.overlay,
-                              provenance=record)
+                              provenance=record, page_path=target.page, settings=settings)
+
+
+def model_settings(model: dict, identity: dict, postprocessing: str, label_name: str) -> List[Tuple[str, str]]:
+    """The page's "model and settings" lines: the model files (name, sha256), what the model is, and every
+    setting that changes the labels."""
+    lines = [("model file", name) for name in model.get("files", identity["models"])]
+    lines += [(key, str(value)) for key, value in model.items() if key != "files"]
+    lines += [(key, str(value)) for key, value in identity["settings"].items() if key != "postprocessing_files"]
+    return lines + [("postprocessing applied", postprocessing), ("labels written to", label_name),
+                    ("written by", "predict.py")]
 
 
 def failure_reason(err: BaseException) -> str:

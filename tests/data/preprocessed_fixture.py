@@ -1,13 +1,11 @@
 """Tiny preprocessed folders in the on-disk format of the team brief, for any test that needs one.
 
-Use ``make_preprocessed_folder(path)`` directly, or import the ``preprocessed_dir`` fixture into a test
-module (``from tests.data.preprocessed_fixture import preprocessed_dir  # noqa: F401``).
+Use ``make_preprocessed_folder(path)`` directly, or the ``preprocessed_dir`` fixture (tests/conftest.py).
 """
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from src.data.preprocessed import plan_identity
 from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
@@ -89,10 +87,3 @@ def make_preprocessed_folder(folder, shapes=None, patch_size=DEFAULT_PATCH, stri
     ids = sorted(shapes)
     (folder / "splits.json").write_text(json.dumps([{"train": ids[1:], "val": ids[:1]}]))
     return plan
-
-
-@pytest.fixture
-def preprocessed_dir(tmp_path) -> Path:
-    folder = tmp_path / "preprocessed"
-    make_preprocessed_folder(folder)
-    return folder

@@ -5,7 +5,7 @@ from src.config import Config
 from src.data.dataset import PatchBatchSource, build_val_dataset, iterate_batches, make_source
 from src.data.sampler import crop_with_padding, load_case, sample_patch_bbox
 from src.errors import UserError
-from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder, preprocessed_dir  # noqa: F401
+from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder
 
 
 def config(**changes):

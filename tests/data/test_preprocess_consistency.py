@@ -6,25 +6,19 @@ completes; after each, the folder is read the way training and evaluation read i
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-import src.files
 from src.data.preprocess import preprocess_dataset
 from src.data.preprocessed import fold_validation_cases, load_plan, load_splits, plan_identity
 from src.data.sampler import load_case
 from src.errors import UserError
 from tests.data.test_io import write_kits_case
+from tests.helpers import Killed, dead_pid, killed_at_commit
 
 OLD_SPACING = [2.5, 1.6, 1.6]
 NEW_SPACING = [2.0, 1.2, 1.2]
-
-
-class InjectedKill(BaseException):
-    """Like SIGKILL for the code under test: no ``except Exception`` stops it."""
 
 
 def _raw(root, count=3, first=0):
@@ -57,23 +51,13 @@ def folder_state(pre):
     return digest.hexdigest()
 
 
-def _run_killed_at(monkeypatch, n, raw, out, spacing) -> bool:
+def _run_killed_at(n, raw, out, spacing) -> bool:
     """Preprocess with a kill at the ``n``-th commit; True if the run completed before it."""
-    calls = {"count": 0}
-    real_commit = src.files.commit
-
-    def commit(tmp, path):
-        calls["count"] += 1
-        if calls["count"] == n:
-            raise InjectedKill(str(path))
-        real_commit(tmp, path)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(src.files, "commit", commit)
-        try:
+    try:
+        with killed_at_commit(n):
             _preprocess(raw, out, spacing)
-        except InjectedKill:
-            return False
+    except Killed:
+        return False
     return True
 
 
@@ -99,8 +83,7 @@ def references(raw, tmp_path_factory):
 
 
 @pytest.mark.parametrize("start", ["empty", "existing"])
-def test_a_kill_at_every_write_leaves_old_new_or_refused_and_a_rerun_completes(monkeypatch, tmp_path, raw,
-                                                                             references, start):
+def test_a_kill_at_every_write_leaves_old_new_or_refused_and_a_rerun_completes(tmp_path, raw, references, start):
     old, old_state, new_state = references
     before = "refused" if start == "empty" else old_state  # an empty folder has no plans.json
     observed = []
@@ -108,7 +91,7 @@ def test_a_kill_at_every_write_leaves_old_new_or_refused_and_a_rerun_completes(m
         out = tmp_path / f"kill_{n}"
         if start == "existing":
             shutil.copytree(old, out)
-        completed = _run_killed_at(monkeypatch, n, raw, out, NEW_SPACING)
+        completed = _run_killed_at(n, raw, out, NEW_SPACING)
         state = folder_state(out)
         assert state in (before, new_state, "refused"), f"kill at write {n} left a folder of neither plan"
         assert not _temporaries(out)
@@ -128,12 +111,12 @@ def test_a_kill_at_every_write_leaves_old_new_or_refused_and_a_rerun_completes(m
         assert observed[0] == "old"  # killed before anything was replaced
 
 
-def test_a_mixed_folder_is_refused_by_every_reader(monkeypatch, tmp_path, raw, references):
+def test_a_mixed_folder_is_refused_by_every_reader(tmp_path, raw, references):
     """The observed failure: cases of two spacings under the old plans.json."""
     old = references[0]
     out = tmp_path / "pre"
     shutil.copytree(old, out)
-    assert not _run_killed_at(monkeypatch, 4, raw, out, NEW_SPACING)  # case 0 and case 1's json replaced
+    assert not _run_killed_at(4, raw, out, NEW_SPACING)  # case 0 and case 1's json replaced
     shapes = {json.loads((out / f"case_{i:05d}.json").read_text())["target_spacing"][1] for i in range(3)}
     assert shapes == {1.6, 1.2}
     with pytest.raises(UserError, match="inconsistent: case case_00000 was written for plan"):
@@ -146,10 +129,8 @@ def test_a_mixed_folder_is_refused_by_every_reader(monkeypatch, tmp_path, raw, r
 def test_temporaries_of_killed_runs_are_removed(tmp_path, raw):
     out = tmp_path / "pre"
     out.mkdir()
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
-    dead_pid = int(finished.stdout)
-    leftovers = [out / f"case_00000.npz.tmp-{dead_pid}", out / f"plans.json.tmp-{dead_pid}"]
+    gone = dead_pid()
+    leftovers = [out / f"case_00000.npz.tmp-{gone}", out / f"plans.json.tmp-{gone}"]
     for path in leftovers:
         path.write_bytes(b"half written")
     _preprocess(raw, out, OLD_SPACING)

@@ -9,7 +9,6 @@ import src.data.fingerprint as fingerprint_module
 from src.config import Config
 from src.data.dataset import build_train_dataset
 from src.data.preprocess import preprocess_dataset
-from tests.data.preprocessed_fixture import preprocessed_dir  # noqa: F401
 from tests.data.test_io import write_kits_case
 
 
@@ -36,7 +35,7 @@ def test_requests_above_the_usable_cpus_are_capped_with_one_note(cpus, capsys):
     assert cpu_env.cap_workers(8, "loader") == 8
 
 
-def test_the_data_loader_gets_the_capped_worker_count(cpus, capsys, preprocessed_dir):  # noqa: F811
+def test_the_data_loader_gets_the_capped_worker_count(cpus, capsys, preprocessed_dir):
     import json
 
     cpus(1)  # one CPU, so the loader MindSpore builds is valid on any machine

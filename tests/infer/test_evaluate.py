@@ -10,8 +10,8 @@ import pytest
 from src.errors import UserError
 from src.infer.evaluate import evaluate_cases, reference_label_paths
 from src.infer.postprocess import largest_component
-from tests.infer.tiny_model import make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import make_tiny_dataset, tiny_config, write_tiny_checkpoint
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,8 @@ def test_eval_command_with_checkpoint_mindir_and_scoring(dataset, tmp_path, caps
 
     from src.infer.export import export_network
     model, _ = export_network(tiny_config(), ckpt, tmp_path / "tiny", "MINDIR")
-    eval_script.main(["--config", str(config), "--mindir", str(model), "--data", str(pre), "--fold", "0",
+    # the explicit subcommand is the same command as the form without one
+    eval_script.main(["model", "--config", str(config), "--mindir", str(model), "--data", str(pre), "--fold", "0",
                       "--output", str(tmp_path / "ev_mindir")])
     assert json.loads((tmp_path / "ev_mindir" / "summary.json").read_text()) == pytest.approx(summary)
 
@@ -126,10 +127,15 @@ def test_eval_command_with_checkpoint_mindir_and_scoring(dataset, tmp_path, caps
     eval_script.main(["--pred", str(tmp_path / "ev" / "predictions"), "--ref", str(refs), "--metric", "kits19",
                       "--out", str(tmp_path / "scores.csv")])
     assert (tmp_path / "scores.csv").read_text() == (tmp_path / "ev" / "metrics.csv").read_text()
+    # --output is the canonical spelling, --out its older alias; with or without the subcommand
+    eval_script.main(["score", "--pred", str(tmp_path / "ev" / "predictions"), "--ref", str(refs), "--metric",
+                      "kits19", "--output", str(tmp_path / "scores_output.csv")])
+    assert (tmp_path / "scores_output.csv").read_text() == (tmp_path / "scores.csv").read_text()
+    assert (tmp_path / "scores_output_summary.json").read_text() == (tmp_path / "scores_summary.json").read_text()
 
     with pytest.raises(SystemExit) as exit_info:
         eval_script.main(["--pred", str(tmp_path / "ev" / "predictions"), "--ref", str(refs)])
     assert exit_info.value.code == 2 and "--metric" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_script.main(["--config", str(config), "--data", str(pre), "--fold", "0", "--output", "x"])
-    assert "--ckpt or --mindir" in capsys.readouterr().err
+    assert "--ckpt --mindir" in capsys.readouterr().err  # argparse: one of the two is required

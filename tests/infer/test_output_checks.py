@@ -1,7 +1,6 @@
 """Output problems of predict.py and eval.py are refused before any model loads (or any case is scored),
 with one error line, and nothing that existed before is changed."""
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -13,10 +12,9 @@ import src.infer.predictor as predictor_module
 import src.metrics.report as report_module
 from src.infer import predict_cases
 from src.infer.evaluate import evaluate_cases
-from src.files import commit as real_commit
 from tests.infer.test_evaluate import oracle
 from tests.infer.tiny_model import make_tiny_dataset, write_tiny_checkpoint
-from tests.entry_scripts import load_script
+from tests.helpers import Killed, killed_at_commit, load_script, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +26,6 @@ def workspace(tmp_path_factory):
     write_tiny_checkpoint(root / "model" / "checkpoint_best.ckpt", plan=plan)
     (root / "cfg.yaml").write_text("device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: none\n")
     return root
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _predict(ws, input_path, output):
@@ -217,11 +210,7 @@ def test_output_problems_are_refused_before_any_work(row, workspace, tmp_path, m
 
 # ---------------------------------------------------------------- eval.py reruns into an existing folder
 
-class Killed(BaseException):
-    """A kill: not an Exception, so no handler of the code under test swallows it."""
-
-
-def test_eval_rerun_drops_stale_predictions_and_writes_the_summary_last(workspace, tmp_path, monkeypatch):
+def test_eval_rerun_drops_stale_predictions_and_writes_the_summary_last(workspace, tmp_path):
     pre = workspace / "pre"
     plan = json.loads((pre / "plans.json").read_text())
     ev = tmp_path / "ev"
@@ -229,17 +218,9 @@ def test_eval_rerun_drops_stale_predictions_and_writes_the_summary_last(workspac
                    progress=False)
     assert (ev / "predictions" / "case_00001.nii.gz").is_file()
 
-    written = []
-
-    def commit(tmp, path):
-        written.append(Path(path).name)
-        if len(written) == kill_at:
-            raise Killed(path)
-        real_commit(tmp, path)
-
-    kill_at = 0
-    monkeypatch.setattr("src.files.commit", commit)
-    evaluate_cases(["case_00000", "case_00003"], pre, oracle(pre), ev, "none", [], plan["labels"], progress=False)
+    with killed_at_commit(0) as attempted:
+        evaluate_cases(["case_00000", "case_00003"], pre, oracle(pre), ev, "none", [], plan["labels"], progress=False)
+    written = [path.name for path in attempted]
     assert written[-1] == "summary.json" and written.count("summary.json") == 1
     assert not (ev / "predictions" / "case_00001.nii.gz").exists()
     rows = list(csv.reader((ev / "metrics.csv").open()))
@@ -248,8 +229,7 @@ def test_eval_rerun_drops_stale_predictions_and_writes_the_summary_last(workspac
 
     total = len(written)
     for kill_at in range(1, total + 1):
-        written.clear()
-        with pytest.raises(Killed):
+        with pytest.raises(Killed), killed_at_commit(kill_at):
             evaluate_cases(["case_00000", "case_00003"], pre, oracle(pre), ev, "none", [], plan["labels"],
                            progress=False)
         # killed anywhere: no summary beside a half-rewritten folder

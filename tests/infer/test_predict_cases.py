@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint, write_tiny_kits19
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 

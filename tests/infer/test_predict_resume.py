@@ -8,22 +8,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import src.files as files
 from src.data.io import find_cases
 from src.errors import UserError
 from src.infer import predict_cases
 from src.infer.predict_cases import predict_files
 from src.infer.prediction_outputs import (COMPLETE, FAILURE_LOG, INCOMPLETE, NEW, case_targets, classify_case,
                                           run_identity)
-from tests.infer.tiny_model import restore_mode, tiny_config, write_tiny_checkpoint, write_tiny_kits19  # noqa: F401
-from tests.entry_scripts import load_script
+from tests.infer.tiny_model import tiny_config, write_tiny_checkpoint, write_tiny_kits19
+from tests.helpers import Killed, killed_at_commit, load_script, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = tiny_config(tta_mirror=False, postprocess="none")
-
-
-class Killed(BaseException):
-    """A kill: not an Exception, so no handler of the code under test swallows it."""
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +36,6 @@ def loads(monkeypatch):
     real = predict_cases.load_model
     monkeypatch.setattr(predict_cases, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
     return calls
-
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def states(raw, out, ckpt, cfg=CFG):
@@ -178,33 +169,22 @@ def test_one_bad_case_of_any_kind_does_not_stop_the_others(models, tmp_path, mon
     assert not (out / FAILURE_LOG).exists()
 
 
-def test_a_kill_at_every_write_leaves_each_case_old_new_or_incomplete(models, tmp_path, monkeypatch,
-                                                                       restore_mode):
+def test_a_kill_at_every_write_leaves_each_case_old_new_or_incomplete(models, tmp_path, restore_mode):
     raw, ckpt_a, ckpt_b = models
     old = tmp_path / "old"
     predict_files(CFG, raw, old, ckpts=[ckpt_a], progress=False)
     reference = tmp_path / "reference"
     predict_files(CFG, raw, reference, ckpts=[ckpt_b], progress=False)
     expected = labels_and_volumes(reference)
-    real_commit = files.commit
     kill_at = 1
     while True:
         out = shutil.copytree(old, tmp_path / f"kill_{kill_at}")
-        writes = []
-
-        def commit(tmp, path):
-            writes.append(path)
-            if len(writes) == kill_at:
-                raise Killed(path)
-            real_commit(tmp, path)
-
-        monkeypatch.setattr(files, "commit", commit)
         try:
-            predict_files(CFG, raw, out, ckpts=[ckpt_b], overwrite=True, progress=False)
+            with killed_at_commit(kill_at):
+                predict_files(CFG, raw, out, ckpts=[ckpt_b], overwrite=True, progress=False)
             finished = True
         except Killed:
             finished = False
-        monkeypatch.setattr(files, "commit", real_commit)
 
         old_states, new_states = states(raw, out, ckpt_a), states(raw, out, ckpt_b)
         for case_id in old_states:
@@ -221,7 +201,7 @@ def test_a_kill_at_every_write_leaves_each_case_old_new_or_incomplete(models, tm
             predict_files(CFG, raw, out, ckpts=[ckpt_b], progress=False)
         assert labels_and_volumes(out) == expected
         kill_at += 1
-    assert kill_at == 9  # per case: incomplete report, label, overlay, complete report
+    assert kill_at == 11  # per case: incomplete report, label, overlay, report page, complete report
 
 
 def test_leftover_temporaries_of_a_killed_run_are_removed(models, tmp_path, restore_mode):

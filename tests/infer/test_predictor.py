@@ -5,7 +5,7 @@ from scipy.special import softmax
 from src.errors import UserError
 from src.infer.predictor import (FixedBatchNetFn, Predictor, check_plans_agree, load_predictor,
                                  softmax_inplace)
-from tests.infer.tiny_model import restore_mode, tiny_config, tiny_plan, write_tiny_checkpoint  # noqa: F401
+from tests.infer.tiny_model import tiny_config, tiny_plan, write_tiny_checkpoint
 
 
 def test_fixed_batch_splits_and_zero_fills():

@@ -3,7 +3,6 @@ equal a single process's (in process with hand-made ranks; under a real msrun in
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,9 @@ from src.metrics.report import write_metrics_csv, write_summary_json
 from src.msrun_env import Shard, is_extra_scheduler, is_msrun_scheduler, worker_shard
 from src.sharding import (RUN_ID_VARIABLE, cases_of_rank, gather_partials, partial_path, rows_in_case_order,
                           shards_dir, write_partial)
-from tests.infer.tiny_model import (make_tiny_dataset, restore_mode, tiny_config, write_tiny_checkpoint,  # noqa: F401
+from tests.infer.tiny_model import (make_tiny_dataset, tiny_config, write_tiny_checkpoint,
                                     write_tiny_kits19)
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "run_distribute_eval.sh"
@@ -270,6 +270,8 @@ def _launcher(tmp_path, *args, env=None):
     (["2", "predict.py", "--input", "raw"], "predict.py needs --output"),
     (["2", "eval.py", "--pred", "p", "--ref", "r", "--metric", "kits19", "--out", "x.csv"], "runs as one process"),
     (["2", "eval.py", "--output", "ev", "--merge_shards"], "leave it out"),
+    (["2", "eval.py", "score", "--pred", "p", "--ref", "r", "--metric", "kits19", "--output", "x.csv"],
+     "runs as one process"),
 ])
 def test_launcher_checks_its_arguments_before_msrun(tmp_path, args, message):
     result = _launcher(tmp_path, *args)
@@ -293,12 +295,6 @@ def test_launcher_runs_the_workers_then_the_merge(tmp_path):
 
 # ---------------------------------------------------------------- under a real msrun
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(argv, **env):
     result = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=env.pop("cwd"),
                             env=dict(os.environ, **env))
@@ -312,7 +308,7 @@ def test_msrun_sharded_eval_equals_one_process(dataset, tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "model" / "fold_0" / "checkpoint_best.ckpt", plan=plan)
     (tmp_path / "cfg.yaml").write_text("device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: auto\n")
     args = ["eval.py", "--config", "cfg.yaml", "--ckpt", str(ckpt), "--data", str(pre), "--fold", "0", "--output"]
-    _run(["bash", str(LAUNCHER), "2", *args, "ev_sharded"], cwd=tmp_path, MASTER_PORT=str(_free_port()))
+    _run(["bash", str(LAUNCHER), "2", *args, "ev_sharded"], cwd=tmp_path, MASTER_PORT=str(free_port()))
     decision = ckpt.parent / "postprocessing.json"
     decided_sharded = decision.read_bytes()
     decision.unlink()
@@ -333,7 +329,7 @@ def test_msrun_sharded_predict_equals_one_process(tmp_path):
     write_tiny_checkpoint(tmp_path / "model.ckpt")
     (tmp_path / "cfg.yaml").write_text("device_target: CPU\namp_level: O0\ntta_mirror: false\npostprocess: lcc\n")
     args = ["predict.py", "--config", "cfg.yaml", "--ckpt", "model.ckpt", "--input", "raw", "--output"]
-    result = _run(["bash", str(LAUNCHER), "2", *args, "sharded"], cwd=tmp_path, MASTER_PORT=str(_free_port()))
+    result = _run(["bash", str(LAUNCHER), "2", *args, "sharded"], cwd=tmp_path, MASTER_PORT=str(free_port()))
     assert "wrote 3 prediction(s)" in result.stdout
     _run([sys.executable, str(ROOT / args[0]), *args[1:], "single"], cwd=tmp_path)
     for case_id in ("case_00000", "case_00001", "case_00002"):

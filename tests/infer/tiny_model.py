@@ -1,10 +1,10 @@
 """A tiny trained-looking model for inference tests: a 2-stage U-Net (features 4-8) saved as a training
-checkpoint with its plan and config, and a fixture that restores MindSpore's execution mode."""
+checkpoint with its plan and config (the fixture that restores MindSpore's execution mode,
+``restore_mode``, is in tests/conftest.py)."""
 import copy
 from pathlib import Path
 
 import mindspore as ms
-import pytest
 
 from src.config import Config
 from src.models import build_network
@@ -49,14 +49,6 @@ def write_tiny_checkpoint(path, seed: int = 0, plan: dict = None, cfg: Config = 
     network = build_network(cfg, plan)
     save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan, "epoch": 1})
     return path
-
-
-@pytest.fixture
-def restore_mode():
-    """load_predictor switches to graph mode; put back whatever the other tests expect."""
-    previous = ms.get_context("mode")
-    yield
-    ms.set_context(mode=previous)
 
 
 def write_tiny_kits19(raw_dir, num_cases: int = 4, seed: int = 0, shape=(12, 40, 40)):

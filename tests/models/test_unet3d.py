@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor, nn
 
 from src.models import build_network
@@ -19,14 +18,6 @@ SMALL_STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
 class Cfg:
     def __init__(self, **kw):
         self.__dict__.update(dict(network="plain_unet", downsample="conv", deep_supervision=True), **kw)
-
-
-@pytest.fixture
-def graph_mode():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
 
 
 def small_net(**kw):

@@ -51,6 +51,7 @@ def work(tmp_path):
     report = {"image": str(work / "raw" / "case_00001" / "imaging.nii.gz"), "largest_tumor_diameter_mm": 12.5,
               "volumes_ml": {"kidney": {"total": 3.0, "left": 1.0, "right": 2.0}}}
     (work / "predict" / "case_00001_report.json").write_text(json.dumps(report))
+    (work / "predict" / "case_00001_report.html").write_text("<html>the case page</html>")
     return work
 
 
@@ -63,7 +64,7 @@ def test_report_gathers_scores_overlays_and_paths_relative_to_the_demo_folder(wo
     assert "Prediction of `raw/case_00001/imaging.nii.gz`" in text and "12.5 mm" in text
     assert "test set (2 cases of another seed, the MindIR): KiTS19 kidney Dice 0.8500, tumour Dice 0.8000" in text
     for name in ("summary.json", "metrics.csv", "test_metrics.csv", "training_curve.png", "training_log.txt",
-                 "predicted_case_00001_report.json"):
+                 "predicted_case_00001_report.json", "predicted_case_00001_report.html"):
         assert (tmp_path / "report" / name).is_file(), name
     overlay = mpimg.imread(tmp_path / "report" / "overlay_worst.png")
     assert overlay.shape[1] > 1.5 * overlay.shape[0]  # reference and prediction side by side

@@ -1,18 +1,17 @@
 """Fixtures of the training tests: the execution mode restored after each module, and one tiny
 preprocessed folder per module."""
-import mindspore as ms
 import pytest
 
 from tests.data.preprocessed_fixture import make_preprocessed_folder
+from tests.helpers import execution_mode_kept
 from tests.train.tiny_training import TINY_STRIDES
 
 
 @pytest.fixture(autouse=True, scope="module")
 def restore_execution_mode():
     # train_fold switches to graph mode; later test modules expect the default
-    previous = ms.get_context("mode")
-    yield
-    ms.set_context(mode=previous)
+    with execution_mode_kept():
+        yield
 
 
 @pytest.fixture(scope="module")

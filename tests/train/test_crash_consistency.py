@@ -15,7 +15,6 @@ The EMA is scripted so that epochs 1 and 3 are new bests and epoch 2 is not: eve
 import hashlib
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from src.train.checkpoint import read_training_checkpoint
 from src.train.device import setup_device
 from src.train.run_folder import BEST, LATEST, LOG, PREVIOUS
 from src.train.trainer import train_fold
+from tests.helpers import dead_pid
 from tests.train.tiny_training import tiny_config
 
 setup_device("CPU", mode="pynative")
@@ -54,12 +54,6 @@ def scripted_best_epochs(monkeypatch):
 
 def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
 
 
 class KillPoints:

@@ -1,6 +1,5 @@
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from src.train import distributed
 from src.train.distributed import (ParallelInfo, all_gather_rows, all_reduce_sum, launched_distributed,
                                    weight_checksums, weights_identical_across_ranks)
 from tests.data.preprocessed_fixture import make_preprocessed_folder
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,18 +47,12 @@ def test_weight_check_compares_every_rank(monkeypatch):
     assert not weights_identical_across_ranks(net, info)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_distribute_script_trains_two_cpu_workers_to_identical_weights(tmp_path):
     data = tmp_path / "pre"
     make_preprocessed_folder(data, patch_size=(16, 16, 16), strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]])
     out = tmp_path / "out"
-    env = dict(os.environ, DEVICE_TARGET="CPU", MASTER_PORT=str(_free_port()))
+    env = dict(os.environ, DEVICE_TARGET="CPU", MASTER_PORT=str(free_port()))
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "run_distribute_train.sh"), str(ROOT / "config" / "demo.yaml"), str(data),
          str(out), "2", "--epochs", "1", "--iters_per_epoch", "2", "--val_iters", "1", "--num_workers", "0",
@@ -140,7 +134,7 @@ def test_two_nodes_on_one_host_train_to_identical_weights(tmp_path):
     data = tmp_path / "pre"
     make_preprocessed_folder(data, patch_size=(16, 16, 16), strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]])
     out = tmp_path / "out"
-    port = str(_free_port())
+    port = str(free_port())
     nodes = []
     for node_rank in (0, 1):
         env = dict(os.environ, DEVICE_TARGET="CPU", NNODES="2", NODE_RANK=str(node_rank), MASTER_ADDR="127.0.0.1",

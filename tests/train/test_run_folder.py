@@ -3,7 +3,6 @@ leaves nothing of the old run, leftovers of killed writers go; one epoch's write
 import hashlib
 import json
 import os
-import subprocess
 
 import pytest
 import mindspore as ms
@@ -20,7 +19,7 @@ from src.train.run_folder import (BEST, LATEST, LOG, PREVIOUS, PROGRESS, RUN_FIL
 from src.train.run_state import RunState, TrainingLog
 from src.train.trainer import train_fold
 from tests.train.tiny_training import ROOT, tiny_config
-from tests.entry_scripts import load_script
+from tests.helpers import dead_pid, load_script
 
 setup_device("CPU", mode="pynative")
 
@@ -37,12 +36,6 @@ def old_run(fold_dir):
     (fold_dir / LOG).write_text("2024-01-01 00:00:00  epoch 1/1  train_loss 9.0000  old run\n")
     (fold_dir / POSTPROCESSING_FILE).write_text(json.dumps({"all_foreground": True, "per_class": [1]}))
     return fold_dir
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
 
 
 def test_postprocessing_name_is_eval_s():

@@ -7,13 +7,8 @@ from src.train.train_cell import (ClippedLossScaleTrainOneStepCell, NetworkWithL
                                   loss_scale_of, resolve_amp_level, set_learning_rate)
 
 
-@pytest.fixture(autouse=True)
-def graph_mode():
-    # the trainer always runs the one-step cell compiled
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    yield
-    ms.set_context(mode=previous)
+# the trainer always runs the one-step cell compiled (graph_mode: tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("graph_mode")
 
 
 class _TwoHeads(nn.Cell):
