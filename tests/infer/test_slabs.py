@@ -147,3 +147,18 @@ def test_compact_ct_only_when_exact(monkeypatch):
         other = image.copy()
         other[20, 17, 20] = bad  # in the last chunk: every chunk is checked
         assert compact_ct(other) is other
+
+
+def test_report_page_focus_point_in_slabs_equals_center_of_mass(monkeypatch):
+    from src.infer import slabs
+    from src.infer.report_page import focus_point
+
+    monkeypatch.setattr(slabs, "SLAB_VOXELS", 3 * 18 * 21)
+    for seed in (6, 7):
+        label = blobs(seed=seed, fill=0.2)
+        centre = ndimage.center_of_mass(whole_volume_largest(label == 2))
+        assert focus_point(label, LABELS) == (tuple(int(round(c)) for c in centre), "largest tumour")
+    only_kidney = (blobs(seed=8) == 1).astype(np.uint8)
+    centre = ndimage.center_of_mass(whole_volume_largest(only_kidney > 0))
+    assert focus_point(only_kidney, LABELS) == (tuple(int(round(c)) for c in centre), "largest labelled structure")
+    assert focus_point(np.zeros((4, 6, 8), np.uint8), LABELS) == ((2, 3, 4), "volume centre")
