@@ -11,7 +11,7 @@ predict.py's steps run one by one, each measured by resetting the process's high
 (``/proc/self/clear_refs``) before it and reading ``VmHWM`` after it: back to the original grid
 (``probabilities_to_original``), postprocessing (``--postprocess lcc``: largest component of the
 foreground and of each class), the label NIfTI (``save_label``), the report and overlay
-(``write_case_outputs``). ``added_gb`` is a step's peak above the memory held when it began, i.e. what the
+(``write_case_outputs``, with the HTML page where the checkout has one). ``added_gb`` is a step's peak above the memory held when it began, i.e. what the
 step itself costs on top of the case's image and labels. The last line printed is one JSON object.
 """
 import argparse
@@ -89,8 +89,10 @@ def run(args, work: Path) -> dict:
     out = work / "out"
     out.mkdir(exist_ok=True)
     measured(steps, "write label", lambda: save_label(label, meta, out / "case.nii.gz"))
+    # the HTML page too where write_case_outputs makes one (as predict.py asks for it)
+    page = {"page_path": out / "case.html"} if "page_path" in inspect.signature(write_case_outputs).parameters else {}
     measured(steps, "report and overlay", lambda: write_case_outputs(
-        "case", image, label, meta, BDCI_PLAN["labels"], out / "case_report.json", out / "case_overlay.png"))
+        "case", image, label, meta, BDCI_PLAN["labels"], out / "case_report.json", out / "case_overlay.png", **page))
     return {"shape": list(shape), "spacing_mm": list(spacing), "voxels": int(np.prod(shape)),
             "resampled": props["shape_after_resample"], "image_dtype_kept": str(image.dtype),
             "postprocess": args.postprocess, "steps": steps,
