@@ -25,7 +25,7 @@ from src.data.plan import Plan
 from src.data.preprocess import preprocess_image_for_inference
 from src.errors import UserError
 from src.files import file_digest, remove_stale_temporaries
-from src.infer.case_report import report_line
+from src.infer.case_report import compact_ct, report_line
 from src.infer.geometry import probabilities_to_original
 from src.infer.output_formats import check_output_format
 from src.infer.postprocess import apply_postprocessing, label_values, resolve_postprocessing, spec_summary
@@ -106,9 +106,10 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
         try:
             image, meta = load_image(case.image, case.series)
             data, props = preprocess_image_for_inference(image, meta, predictor.plan)
+            image = compact_ct(image)  # kept for the report until the case ends
             probs = predictor.predict_preprocessed(data)
             del data
-            label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing)
+            label = apply_postprocessing(probabilities_to_original(probs, props), spec, meta.spacing, copy=False)
             del probs
             report = save_case(target, case, image, label, meta, predictor.plan.labels, identity, spec_summary(spec),
                                model)
