@@ -25,9 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.preprocess_case import write_kits_case
+from src.data.plan import Plan
 
-BDCI_PLAN = {"labels": {"background": 0, "kidney": 1, "tumor": 2}, "target_spacing": [3.22, 1.62, 1.62],
-             "normalization": "ct", "intensity": {"mean": 100.0, "std": 50.0, "p005": -100.0, "p995": 300.0}}
+# preprocessing reads no network topology, but a plan carries one: kits19_bdci's six stages at its patch
+BDCI_PLAN = Plan.from_json({
+    "labels": {"background": 0, "kidney": 1, "tumor": 2}, "num_classes": 3, "target_spacing": [3.22, 1.62, 1.62],
+    "normalization": "ct", "intensity": {"mean": 100.0, "std": 50.0, "p005": -100.0, "p995": 300.0},
+    "patch_size": [80, 160, 160], "features": [32, 64, 128, 256, 320, 320], "conv_kernel_sizes": [[3, 3, 3]] * 6,
+    "strides": [[1, 1, 1]] + [[2, 2, 2]] * 4 + [[1, 2, 2]]})
 GB = 1e9
 
 
@@ -92,7 +97,7 @@ def run(args, work: Path) -> dict:
     # the HTML page too where write_case_outputs makes one (as predict.py asks for it)
     page = {"page_path": out / "case.html"} if "page_path" in inspect.signature(write_case_outputs).parameters else {}
     measured(steps, "report and overlay", lambda: write_case_outputs(
-        "case", image, label, meta, BDCI_PLAN["labels"], out / "case_report.json", out / "case_overlay.png", **page))
+        "case", image, label, meta, BDCI_PLAN.labels, out / "case_report.json", out / "case_overlay.png", **page))
     return {"shape": list(shape), "spacing_mm": list(spacing), "voxels": int(np.prod(shape)),
             "resampled": props["shape_after_resample"], "image_dtype_kept": str(image.dtype),
             "postprocess": args.postprocess, "steps": steps,
