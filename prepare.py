@@ -60,8 +60,8 @@ def preprocess(args) -> None:
         normalization=cfg.normalization, clip_window=cfg.clip_window, num_folds=cfg.num_folds,
         workers=max(1, workers), progress=True,
     )
-    print(f"preprocessed {len(plan['cases'])} cases to {args.output}: target spacing "
-          f"{plan['target_spacing']}, patch {plan['patch_size']}, {len(plan['strides'])} stages")
+    print(f"preprocessed {len(plan.cases)} cases to {args.output}: target spacing "
+          f"{plan.target_spacing}, patch {plan.patch_size}, {len(plan.strides)} stages")
 
 
 def run(args) -> None:

@@ -44,6 +44,7 @@ from benchmarks.preprocess_case import KITS19_LABELS, foreground_intensity, mach
 from src import cpu_precision
 from src.infer import stage_times
 from src.config import load_config
+from src.data.plan import Plan
 from src.data.planning import plan_experiment
 from src.infer.sliding_window import window_layout
 
@@ -73,15 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_random_checkpoint(cfg, plan: dict, path: Path) -> None:
+def write_random_checkpoint(cfg, plan: Plan, path: Path) -> None:
     import mindspore as ms
 
     from src.models import build_network
-    from src.train.checkpoint import save_training_checkpoint
+    from src.runtime.checkpoint import save_training_checkpoint
 
     ms.set_seed(0)
     network = build_network(cfg, plan)
-    save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan, "epoch": 0})
+    save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan.to_json(), "epoch": 0})
 
 
 def resident_kb(pid: int) -> int:
@@ -131,8 +132,8 @@ def run(args, work: Path) -> dict:
 
         locator = add_trained_locator(cfg, plan, ckpt, work / "locator_data", shape, args.locator_iters,
                                       args.locator_cases)
-    resampled = [round(s * sp / t) for s, sp, t in zip(shape, SPACING, plan["target_spacing"])]
-    windows = len(window_layout(resampled, plan["patch_size"], cfg.step_size).starts)
+    resampled = [round(s * sp / t) for s, sp, t in zip(shape, SPACING, plan.target_spacing)]
+    windows = len(window_layout(resampled, plan.patch_size, cfg.step_size).starts)
     sw_batch = args.sw_batch_size or cfg.sw_batch_size
 
     command = [sys.executable, str(ROOT / "predict.py"), "--config", args.config, "--ckpt", str(ckpt),
@@ -154,9 +155,9 @@ def run(args, work: Path) -> dict:
         "config": Path(args.config).name,
         "shape": list(shape),
         "spacing_mm": list(SPACING),
-        "target_spacing": plan["target_spacing"],
-        "patch_size": plan["patch_size"],
-        "features": plan["features"],
+        "target_spacing": plan.target_spacing,
+        "patch_size": plan.patch_size,
+        "features": plan.features,
         "windows": windows,
         "sw_batch_size": sw_batch,
         "tta_mirror": args.tta_mirror == "true",

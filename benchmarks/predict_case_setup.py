@@ -45,7 +45,7 @@ def training_volumes(plan: dict, folder: Path, shape, count: int, factors) -> li
 
 def add_trained_locator(cfg, plan: dict, ckpt: Path, folder: Path, shape, iters: int, cases: int) -> dict:
     """Train the locator on synthetic phantoms and store it in ``ckpt`` (untimed); returns what was done."""
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
     from src.train.locator_training import attach_locator, locator_plan, train_locator_on
 
     setup_device("CPU", mode="graph")
@@ -80,7 +80,7 @@ def nnunet_model_folder(plan: dict, intensity: dict, case, folder: Path) -> Path
     import nibabel as nib
 
     zooms = nib.load(str(case.image)).header.get_zooms()[:3]
-    plans, dataset = nnunet_plans(plan["target_spacing"], intensity, list(zooms)[::-1])
+    plans, dataset = nnunet_plans(plan.get("target_spacing"), intensity, list(zooms)[::-1])
     # nnU-Net's axes: SimpleITK's (reversed NIfTI order) permuted by transpose_forward; ours are NIfTI's
     ours_of = [2 - a for a in plans["transpose_forward"]]
 
@@ -88,23 +88,23 @@ def nnunet_model_folder(plan: dict, intensity: dict, case, folder: Path) -> Path
         return [values[a] for a in ours_of]
 
     configuration = plans["configurations"]["3d_fullres"]
-    stages = len(plan["features"])
+    stages = len(plan.get("features"))
     configuration.update({
-        "patch_size": reorder(plan["patch_size"]), "spacing": reorder(plan["target_spacing"]),
+        "patch_size": reorder(plan.get("patch_size")), "spacing": reorder(plan.get("target_spacing")),
         "architecture": {
             "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
             "arch_kwargs": {
-                "n_stages": stages, "features_per_stage": [int(f) for f in plan["features"]],
+                "n_stages": stages, "features_per_stage": [int(f) for f in plan.get("features")],
                 "conv_op": "torch.nn.modules.conv.Conv3d",
-                "kernel_sizes": [reorder(k) for k in plan["conv_kernel_sizes"]],
-                "strides": [reorder(s) for s in plan["strides"]],
+                "kernel_sizes": [reorder(k) for k in plan.get("conv_kernel_sizes")],
+                "strides": [reorder(s) for s in plan.get("strides")],
                 "n_conv_per_stage": [2] * stages, "n_conv_per_stage_decoder": [2] * (stages - 1),
                 "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
                 "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
                 "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
     })
-    plans["original_median_spacing_after_transp"] = reorder(plan["target_spacing"])
+    plans["original_median_spacing_after_transp"] = reorder(plan.get("target_spacing"))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "plans.json").write_text(json.dumps(plans, indent=1))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
@@ -114,7 +114,7 @@ def nnunet_model_folder(plan: dict, intensity: dict, case, folder: Path) -> Path
 def run_reference(args, cfg, plan: dict, case, work: Path, ours_peak_kb: int) -> dict:
     """nnU-Net's predictor on ``case`` as a whole process (timed), after an untimed checkpoint set-up."""
     from benchmarks.preprocess_case import foreground_intensity
-    from src.train.device import cpu_thread_count
+    from src.runtime.device import cpu_thread_count
 
     python = reference_python(args.reference_python)
     model = nnunet_model_folder(plan, foreground_intensity(case), case, work / "nnunet_model")

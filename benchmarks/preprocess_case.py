@@ -31,6 +31,7 @@ import numpy as np
 
 from src.data.io import KITS19_LABELS, CaseFiles, load_image, load_label
 from src.data.fingerprint import crop_to_nonzero
+from src.data.plan import Plan
 from src.data.preprocess import normalize_intensity, preprocess_case
 from src.data.resample import compute_new_shape, needs_separate_z, resample_image, resample_segmentation
 from src.errors import UserError, exit_on_user_error
@@ -102,18 +103,21 @@ def foreground_intensity(case: CaseFiles) -> dict:
 
 # ---------------------------------------------------------------- our pipeline
 
-def our_plan(target_spacing, intensity: dict) -> dict:
-    return {"labels": dict(KITS19_LABELS), "target_spacing": list(target_spacing), "normalization": "ct",
-            "intensity": intensity}
+def our_plan(target_spacing, intensity: dict) -> Plan:
+    # preprocessing reads no network topology, but a plan carries one: the smallest valid
+    return Plan.from_json({"labels": dict(KITS19_LABELS), "num_classes": len(KITS19_LABELS),
+                           "target_spacing": list(target_spacing), "normalization": "ct", "intensity": intensity,
+                           "patch_size": [1, 1, 1], "features": [1], "conv_kernel_sizes": [[3, 3, 3]],
+                           "strides": [[1, 1, 1]]})
 
 
-def time_ours(case: CaseFiles, plan: dict, out_dir: Path) -> float:
+def time_ours(case: CaseFiles, plan: Plan, out_dir: Path) -> float:
     start = time.perf_counter()
     preprocess_case(case, plan, out_dir)
     return time.perf_counter() - start
 
 
-def cropped_normalized(case: CaseFiles, plan: dict):
+def cropped_normalized(case: CaseFiles, plan: Plan):
     """Inputs of the resampling step: (data (1, ...) float32, seg int16 with -1, spacing)."""
     image, meta = load_image(case.image)
     seg = load_label(case.label, like=meta)

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import src  # noqa: F401  (CPU fast-path environment before anything imports mindspore)
 from benchmarks.preprocess_case import write_kits_case
+from src.data.plan import Plan
 from src.files import atomic_produce
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,12 +154,12 @@ def write_training_cases(raw: Path, fmt: str, cases: int, shape, seed: int) -> l
     return records
 
 
-def sweep_windows(slices: int, rows: int, slice_mm: float, plan: dict, step_size: float) -> int:
+def sweep_windows(slices: int, rows: int, slice_mm: float, plan: Plan, step_size: float) -> int:
     from src.infer.sliding_window import window_layout
 
     spacing = (slice_mm, FIELD_OF_VIEW_MM / rows, FIELD_OF_VIEW_MM / rows)
-    resampled = [max(1, round(n * s / t)) for n, s, t in zip((slices, rows, rows), spacing, plan["target_spacing"])]
-    return len(window_layout(resampled, plan["patch_size"], step_size).starts)
+    resampled = [max(1, round(n * s / t)) for n, s, t in zip((slices, rows, rows), spacing, plan.target_spacing)]
+    return len(window_layout(resampled, plan.patch_size, step_size).starts)
 
 
 # ---------------------------------------------------------------- one child process, measured
@@ -337,7 +338,7 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
     if "predict" in steps:
         if args.untrained and not failed and not checkpoint_path(args, work).is_file():
             write_untrained(cfg, work, checkpoint_path(args, work))
-        plan = json.loads((work / "pre" / "plans.json").read_text()) if (work / "pre" / "plans.json").is_file() else None
+        plan = Plan.read(plan_file(work)) if plan_file(work).is_file() else None
         for slices in args.slices:
             key = str(slices)
             if failed:
@@ -357,9 +358,9 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
             case.image.unlink()  # a 1000-slice case is a few hundred MB
             case.label.unlink()
     if plan_file(work).is_file():
-        plan = json.loads(plan_file(work).read_text())
-        result["plan"] = {key: plan.get(key) for key in ("target_spacing", "patch_size")}
-        result["plan"]["stages"] = len(plan.get("strides", []))
+        plan = Plan.read(plan_file(work))
+        result["plan"] = {"target_spacing": plan.target_spacing, "patch_size": plan.patch_size,
+                          "stages": len(plan.strides)}
     result["ok"] = all(o.get("ok") for o in [*result["steps"].values(), *result["predict"].values()])
     return result
 
@@ -368,7 +369,7 @@ def write_untrained(cfg, work: Path, ckpt: Path) -> None:
     from benchmarks.predict_case import write_random_checkpoint
 
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    write_random_checkpoint(cfg, json.loads(plan_file(work).read_text()), ckpt)
+    write_random_checkpoint(cfg, Plan.read(plan_file(work)), ckpt)
 
 
 def plan_file(work: Path) -> Path:

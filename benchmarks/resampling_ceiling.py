@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.preprocess_case import our_plan
 from src.data.io import KITS19_LABELS, ImageMeta, find_cases, load_label
 from src.data.preprocess import preprocess_case
-from src.data.sampler import load_case
+from src.data.preprocessed_case import load_case
 from src.errors import UserError, exit_on_user_error
 from src.infer.geometry import probabilities_to_original
 from src.metrics.kits import kits19_scores

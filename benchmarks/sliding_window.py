@@ -138,7 +138,7 @@ def rounded(stats: dict, prefix: str = "") -> dict:
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    from src.train.device import cpu_thread_count, fast_path_active, setup_device
+    from src.runtime.device import cpu_thread_count, fast_path_active, setup_device
 
     device = setup_device(args.device_target, "graph")
     load_before = os.getloadavg()

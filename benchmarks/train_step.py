@@ -189,7 +189,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     benchmark_plan(args.patch, args.stages, args.base_features)
-    from src.train.device import cpu_thread_count, fast_path_active, setup_device
+    from src.runtime.device import cpu_thread_count, fast_path_active, setup_device
 
     device = setup_device(args.device_target, "graph")
     ours = MindSporeSide(args.patch, args.batch, args.stages, args.base_features, cpu_kernels=args.kernels == "compiled")

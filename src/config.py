@@ -15,14 +15,20 @@ import yaml
 
 from src.errors import UserError
 from src.files import atomic_write_text
+from src.variants import LOSSES, NETWORKS, NetworkVariant, network_variant
 
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+DATASETS = ("kits19", "kits21", "mots", "msd")
+NORMALIZATIONS = ("ct", "ct_clip_scale")
+# The allowed values of every config key that takes a name; each list is defined once, here or in
+# src/variants.py, and the modules that dispatch on a key import its list.
 CHOICES = {
-    "device_target": ("CPU", "GPU", "Ascend"),
-    "dataset": ("kits19", "kits21", "mots", "msd"),
-    "normalization": ("ct", "ct_clip_scale"),
-    "network": ("plain_unet", "res_unet_aspp", "dodnet"),
+    "device_target": DEVICE_TARGETS,
+    "dataset": DATASETS,
+    "normalization": NORMALIZATIONS,
+    "network": NETWORKS,
     "downsample": ("conv", "maxpool"),
-    "loss": ("dice_ce", "dice_ce_hec", "dodnet"),
+    "loss": LOSSES,
     "optimizer": ("sgd", "adamw"),
     "amp_level": ("auto", "O0", "O2"),
     "postprocess": ("none", "auto", "lcc"),
@@ -94,6 +100,11 @@ class Config:
     # bf16 convolutions where the CPU has AVX512-BF16 or AMX (src/cpu_precision.py); never elsewhere
     inference_precision: str = "auto"
 
+    @property
+    def variant(self) -> NetworkVariant:
+        """What differs with ``network`` outside the network class (batches, loss, validation, prediction)."""
+        return network_variant(self.network)
+
     def replace(self, **changes) -> "Config":
         return _validated(dataclasses.replace(self, **changes))
 
@@ -129,6 +140,11 @@ def _coerce(key, value, tp):
     return _coerce_scalar(key, value, inner)
 
 
+# how a yaml or command-line value becomes a number: the name in the error, and which numbers convert
+# exactly (an int key takes 3 and 3.0, not 3.5; a float key takes any number)
+NUMBERS = {int: ("an integer", lambda v: float(v).is_integer()), float: ("a number", lambda v: True)}
+
+
 def _coerce_scalar(key, value, tp):
     if tp is bool:
         if isinstance(value, bool):
@@ -136,28 +152,17 @@ def _coerce_scalar(key, value, tp):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise UserError(f"config key '{key}' expects true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"config key '{key}' expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}' expects an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}' expects a number, got {value!r}")
+    if tp in NUMBERS:
+        what, exact = NUMBERS[tp]
+        if not isinstance(value, bool):
+            if isinstance(value, (int, float)) and exact(value):
+                return tp(value)
+            if isinstance(value, str):
+                try:
+                    return tp(value)
+                except ValueError:
+                    pass
+        raise UserError(f"config key '{key}' expects {what}, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

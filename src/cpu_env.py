@@ -1,7 +1,7 @@
 """Environment choices that must be made before MindSpore is imported (no MindSpore import here).
 
 oneDNN picks a slow reference Conv3d kernel on AVX-512 machines; capping its ISA at AVX2 makes it
-choose a GEMM-based kernel that is ~20x faster (../shared/MINDSPORE_NOTES.md). Users switch the
+choose a GEMM-based kernel that is far faster (docs/PERFORMANCE.md, "Levers, one at a time"). Users switch the
 fast path off with ``KITSEG_CPU_FAST_PATH=0``; an ISA the user already set is never overridden.
 
 The compiled CPU kernels (``src/models/cpu_kernels``) are faster uncapped (oneDNN's AVX-512 kernels), but

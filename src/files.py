@@ -91,6 +91,23 @@ def atomic_copy(source, target) -> None:
     atomic_write(target, copy)
 
 
+def atomic_link(source, target) -> None:
+    """Make ``target`` the same file as ``source`` in one step: a hard link (no copy) committed over it, or
+    the bytes copied where the file system has no hard links. ``target`` is never half-written."""
+    source, target = Path(source), Path(target)
+    tmp = temporary_path(target)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        _discard(tmp)
+        atomic_copy(source, target)
+        return
+    try:
+        commit(tmp, target)
+    finally:
+        _discard(tmp)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
@@ -112,6 +129,15 @@ def read_json(path, what: str = "file", hint: str = ""):
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"{what} {path} is not valid JSON: {err}") from None
+
+
+def read_json_if_valid(path):
+    """A JSON file's content, or None when it is missing or not JSON: for files that may be someone else's
+    (an export's sidecar, a report, a case file), which callers then check for their own marks."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- leftovers of killed runs

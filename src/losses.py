@@ -10,7 +10,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.data.plan import Plan
 from src.errors import UserError
+from src.variants import NETWORK_VARIANTS
 
 DICE_SMOOTH = 1e-5
 DODNET_SMOOTH = 1.0
@@ -64,7 +66,7 @@ class DiceCELoss(nn.Cell):
 
     def construct(self, logits, target):
         # log-softmax as logits - logsumexp: on CPU the fused op's gradient runs oneDNN's reference
-        # kernel (about 8 ms per output at 2 x 3 x 32 x 48 x 48), this form's gradient is elementwise
+        # kernel, this form's gradient is elementwise (docs/PERFORMANCE.md, "Levers, one at a time")
         log_probs = logits - ops.logsumexp(logits, 1, True)
         probs = ops.exp(log_probs)
         onehot = (target == self.class_ids).astype(logits.dtype)
@@ -144,25 +146,35 @@ class DoDNetLoss(nn.Cell):
         return dice_term + bce_term
 
 
-def num_deep_supervision_outputs(cfg, plan: dict) -> int:
-    if cfg.network == "dodnet" or not cfg.deep_supervision:
+def num_deep_supervision_outputs(cfg, plan: Plan) -> int:
+    if not (cfg.variant.deep_supervision and cfg.deep_supervision):
         return 1
-    return len(plan["strides"]) - 1
+    return len(plan.strides) - 1
 
 
-def build_loss(cfg, plan: dict) -> nn.Cell:
+# The per-resolution loss of each config ``loss``, from (config, number of classes)
+SCALE_LOSSES = {
+    "dice_ce": lambda cfg, num_classes: DiceCELoss(num_classes),
+    "dice_ce_hec": lambda cfg, num_classes: DiceCELoss(num_classes, hec_weights=list(cfg.hec_weights)),
+    "dodnet": lambda cfg, num_classes: DoDNetLoss(),
+}
+
+
+def _check_loss_fits_network(cfg) -> None:
+    variant = cfg.variant
+    if cfg.loss in variant.losses:
+        return
+    if len(variant.losses) == 1:
+        raise UserError(f"network {variant.name!r} is trained with loss {variant.losses[0]!r}, not {cfg.loss!r}")
+    owners = [v.name for v in NETWORK_VARIANTS.values() if cfg.loss in v.losses]
+    if owners:
+        raise UserError(f"loss {cfg.loss!r} needs network {' or '.join(repr(o) for o in owners)}, not {cfg.network!r}")
+    raise UserError(f"unknown loss {cfg.loss!r}; expected {', '.join(SCALE_LOSSES)}")
+
+
+def build_loss(cfg, plan: Plan) -> nn.Cell:
     """The loss named by ``cfg.loss``, wrapped for deep supervision; called as loss(outputs, targets)."""
-    if cfg.loss == "dodnet":
-        if cfg.network != "dodnet":
-            raise UserError(f"loss 'dodnet' needs network 'dodnet', not {cfg.network!r}")
-        return DeepSupervisionLoss(DoDNetLoss(), [1.0])
-    if cfg.network == "dodnet":
-        raise UserError(f"network 'dodnet' is trained with loss 'dodnet', not {cfg.loss!r}")
-    if cfg.loss == "dice_ce":
-        scale_loss = DiceCELoss(int(plan["num_classes"]))
-    elif cfg.loss == "dice_ce_hec":
-        scale_loss = DiceCELoss(int(plan["num_classes"]), hec_weights=list(cfg.hec_weights))
-    else:
-        raise UserError(f"unknown loss {cfg.loss!r}; expected dice_ce, dice_ce_hec or dodnet")
+    _check_loss_fits_network(cfg)
+    scale_loss = SCALE_LOSSES[cfg.loss](cfg, plan.num_classes)
     weights = deep_supervision_weights(num_deep_supervision_outputs(cfg, plan), cfg.ds_weights)
     return DeepSupervisionLoss(scale_loss, weights)

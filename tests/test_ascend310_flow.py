@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from src.infer.evaluate import load_case_data
+from src.data.preprocessed_case import load_case
 from src.infer.export import export_network
 from src.infer.offline import stitched_logits
 from src.infer.predictor import load_predictor
@@ -50,7 +50,7 @@ def test_three_steps_match_eval(tmp_path, capsys, restore_mode):
         np.testing.assert_array_equal(a, b)
 
     predictor = load_predictor(tiny_config(tta_mirror=True), mindir=mindir, progress=False)
-    data = load_case_data(pre, "case_00003")
+    data = load_case(pre, "case_00003").data
     direct = predictor.predict_logits(predictor.net_fns[0], data)
     np.testing.assert_allclose(stitched_logits(info, "case_00003", results), direct, rtol=1e-5, atol=1e-5)
 

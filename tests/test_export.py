@@ -75,7 +75,7 @@ def test_mindir_without_sidecar_is_a_user_error(tmp_path, restore_mode):
 
 def test_sidecar_is_named_after_the_model_and_bound_to_its_bytes(tmp_path, restore_mode):
     from src.infer.offline import run_mindir_on_bins
-    from src.infer.predictor import read_mindir_sidecar
+    from src.infer.mindir import read_mindir_sidecar
 
     ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
     (tmp_path / "out").mkdir()
@@ -145,7 +145,7 @@ def test_export_replaces_only_its_own_finished_export_and_only_when_told(tmp_pat
 
 
 def test_a_killed_export_is_refused_by_readers_and_redone_without_overwrite(tmp_path, restore_mode):
-    from src.infer.predictor import read_mindir_sidecar
+    from src.infer.mindir import read_mindir_sidecar
 
     ckpt = write_tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
     other = write_tiny_checkpoint(tmp_path / "other.ckpt", seed=2)

@@ -109,3 +109,32 @@ def test_check_not_input(tmp_path):
         files.check_not_input(image, [image])
     assert files.overlapping_inputs([tmp_path / "cts" / "patient.nii.gz", tmp_path / "cts" / "other.nii.gz"],
                                     [image]) == [image]
+
+
+def test_atomic_link_survives_the_replacement_of_its_source(tmp_path):
+    source, previous = tmp_path / "a.ckpt", tmp_path / "a.prev.ckpt"
+    source.write_bytes(b"epoch 1")
+    files.atomic_link(source, previous)
+    files.atomic_link(source, previous)                    # the same file twice: still one file, no temporary
+    files.atomic_write_bytes(source, b"epoch 2")
+    assert previous.read_bytes() == b"epoch 1" and source.read_bytes() == b"epoch 2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "a.prev.ckpt"]
+
+
+def test_atomic_link_copies_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    source, previous = tmp_path / "a.ckpt", tmp_path / "a.prev.ckpt"
+    source.write_bytes(b"epoch 1")
+    files.atomic_link(source, previous)
+    assert previous.read_bytes() == b"epoch 1" and not previous.samefile(source)
+
+
+def test_read_json_if_valid_gives_none_for_missing_or_broken_files(tmp_path):
+    assert files.read_json_if_valid(tmp_path / "missing.json") is None
+    (tmp_path / "broken.json").write_text("{not json")
+    assert files.read_json_if_valid(tmp_path / "broken.json") is None
+    files.atomic_write_json(tmp_path / "ok.json", {"producer": "export.py"})
+    assert files.read_json_if_valid(tmp_path / "ok.json") == {"producer": "export.py"}

@@ -1,12 +1,14 @@
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from mindspore import Tensor
 
+from src.config import Config
+from src.data.plan import Plan
 from src.errors import UserError
 from src.losses import DeepSupervisionLoss, DiceCELoss, DoDNetLoss, build_loss, deep_supervision_weights
+from tests.data.preprocessed_fixture import make_plan
 
 
 def t32(a):
@@ -133,11 +135,11 @@ def cfg(**kw):
     base = dict(network="plain_unet", loss="dice_ce", deep_supervision=True, ds_weights=None,
                 hec_weights=[0.1, 0.3])
     base.update(kw)
-    return SimpleNamespace(**base)
+    return Config().replace(**base)
 
 
 def test_build_loss_uses_the_plan_depth_and_config():
-    plan = {"num_classes": 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]}
+    plan = Plan.from_json(make_plan([], strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]))
     loss = build_loss(cfg(), plan)
     np.testing.assert_allclose(loss.weights, [2 / 3, 1 / 3, 0])
     assert not loss.scale_loss.use_hec
@@ -147,4 +149,4 @@ def test_build_loss_uses_the_plan_depth_and_config():
     with pytest.raises(UserError):
         build_loss(cfg(network="dodnet"), plan)
     with pytest.raises(UserError):
-        build_loss(cfg(loss="dice_ce_hec"), {"num_classes": 2, "strides": plan["strides"]})
+        build_loss(cfg(loss="dice_ce_hec"), plan.replace(num_classes=2))

@@ -3,18 +3,16 @@
 Every transform is called as ``transform(data, seg, rng) -> (data, seg)`` with data (C, z, y, x) float32,
 seg (z, y, x) integer (-1 = outside the volume, ignored) and a ``numpy.random.Generator``; it draws its own
 probability and parameters from ``rng``, so a sample is reproducible from one seed, and it skips all work
-when it does not fire. Probabilities and ranges are nnU-Net's (shared/REFERENCE.md section 1).
+when it does not fire. Probabilities and ranges are nnU-Net v2's (``nnUNetTrainer.get_training_transforms``).
 """
 import math
 
 import numpy as np
 from scipy import ndimage
 
-from src.data.sampler import crop_with_padding
+from src.data.resample import ANISOTROPY_THRESHOLD
+from src.data.sampler import PAD_DATA, PAD_SEG, crop_with_padding
 
-ANISOTROPY_THRESHOLD = 3.0
-BORDER_DATA = 0.0
-BORDER_SEG = -1
 # Extra input voxels around what a rotated/scaled patch touches: 2 for the cubic spline support, 2 more so
 # the spline prefilter's edge effect (decaying as 0.268^n) is small where the patch reads.
 SPATIAL_MARGIN = 4
@@ -123,7 +121,7 @@ def _interpolate_channel(channel, matrix, offset, order, near_edge, out):
             offset = offset + SPLINE_PAD
         channel = ndimage.spline_filter(channel, order, output=np.float32, mode="mirror")
     ndimage.affine_transform(channel, matrix, offset, output_shape=out.shape, output=out, order=order,
-                             mode="grid-constant", cval=BORDER_DATA, prefilter=False)
+                             mode="grid-constant", cval=PAD_DATA, prefilter=False)
 
 
 def _clearance(matrix, offset, patch, in_shape) -> float:
@@ -137,14 +135,14 @@ def _transform_labels(seg, matrix, offset, out_shape, order, reaches_border):
     seg = np.asarray(seg)
     if order == 0:
         return ndimage.affine_transform(seg, matrix, offset, output_shape=out_shape, order=0, mode="grid-constant",
-                                        cval=BORDER_SEG)
+                                        cval=PAD_SEG)
     out = np.zeros(out_shape, dtype=seg.dtype)
-    lowest = min(int(seg.min()), BORDER_SEG) if reaches_border else int(seg.min())
+    lowest = min(int(seg.min()), PAD_SEG) if reaches_border else int(seg.min())
     weights = np.empty(out_shape, dtype=np.float32)
     # Background first would only write 0 onto the zeros, so it is skipped when nothing lies below it.
     for label in range(1 if lowest == 0 else lowest, int(seg.max()) + 1):
         mask = seg == label
-        outside = 1.0 if label == BORDER_SEG else 0.0
+        outside = 1.0 if label == PAD_SEG else 0.0
         if not mask.any() and not (reaches_border and outside):
             continue
         ndimage.affine_transform(mask.view(np.uint8), matrix, offset, output_shape=out_shape, output=weights,
@@ -323,7 +321,7 @@ class IgnoreToBackground:
     """Set the ignore label -1 (border padding, outside the body mask) to background, as nnU-Net does."""
 
     def __call__(self, data, seg, rng):
-        return data, np.where(seg == BORDER_SEG, 0, seg).astype(seg.dtype, copy=False)
+        return data, np.where(seg == PAD_SEG, 0, seg).astype(seg.dtype, copy=False)
 
 
 class TrainTransforms:
@@ -349,7 +347,7 @@ class TrainTransforms:
 
 def _centre_crop_or_pad(data, seg, shape):
     box = [((have - want) // 2, (have - want) // 2 + want) for have, want in zip(seg.shape, shape)]
-    return crop_with_padding(data, box, BORDER_DATA), crop_with_padding(seg, box, BORDER_SEG)
+    return crop_with_padding(data, box, PAD_DATA), crop_with_padding(seg, box, PAD_SEG)
 
 
 def build_train_transforms(patch_size, in_plane_only=None) -> TrainTransforms:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.augment import (BORDER_DATA, BORDER_SEG, build_train_transforms, deep_supervision_strides,
-                              downsample_seg_for_deep_supervision)
+from src.data.augment import build_train_transforms, deep_supervision_strides, downsample_seg_for_deep_supervision
 from src.data.partial_labels import partial_targets, plan_task_channels, read_case_tasks
-from src.data.preprocessed import plan_identity
-from src.data.sampler import centred_bbox, crop_with_padding, load_case, oversample_mask, sample_patch_bbox
+from src.data.plan import Plan, plan_file
+from src.data.preprocessed_case import load_case
+from src.data.sampler import PAD_DATA, PAD_SEG, centred_bbox, crop_with_padding, oversample_mask, sample_patch_bbox
 from src.cpu_env import cap_workers
 from src.errors import UserError
 
@@ -48,7 +48,7 @@ class PatchBatchSource:
         self.batches_per_epoch = int(batches_per_epoch)
         self.augment = bool(augment)
         self.stream = int(stream)
-        self.plan_id = plan_id  # every case read is checked against it (sampler.load_case)
+        self.plan_id = plan_id  # every case read is checked against it (preprocessed_case.load_case)
         self._transforms = None
 
     @property
@@ -84,13 +84,13 @@ class PatchBatchSource:
         case = load_case(self.pre_dir, case_id, self.plan_id)
         bbox = sample_patch_bbox(case.shape, self.patch_size, force_fg, case.fg_locations, rng)
         if not self.augment:
-            data = crop_with_padding(case.data, bbox, BORDER_DATA)
-            seg = crop_with_padding(case.seg, bbox, BORDER_SEG)
-            return data, np.where(seg == BORDER_SEG, 0, seg)
+            data = crop_with_padding(case.data, bbox, PAD_DATA)
+            seg = crop_with_padding(case.seg, bbox, PAD_SEG)
+            return data, np.where(seg == PAD_SEG, 0, seg)
 
         def cut_region(shape):
             region = centred_bbox(bbox, shape)
-            return crop_with_padding(case.data, region, BORDER_DATA), crop_with_padding(case.seg, region, BORDER_SEG)
+            return crop_with_padding(case.data, region, PAD_DATA), crop_with_padding(case.seg, region, PAD_SEG)
 
         if self._transforms is None:
             self._transforms = build_train_transforms(self.patch_size)
@@ -101,6 +101,11 @@ class PatchBatchSource:
         state = dict(self.__dict__)
         state["_transforms"] = None
         return state
+
+    @classmethod
+    def case_arguments(cls, pre_dir, case_ids, plan) -> dict:
+        """What this source needs to know about the cases beyond their files (nothing: the labels as stored)."""
+        return {}
 
 
 class PartialLabelBatchSource(PatchBatchSource):
@@ -116,6 +121,12 @@ class PartialLabelBatchSource(PatchBatchSource):
     def column_names(self) -> list:
         return ["data", "task_id"] + [f"seg_{i}" for i in range(len(self.ds_strides))]
 
+    @classmethod
+    def case_arguments(cls, pre_dir, case_ids, plan) -> dict:
+        """Each case's task and each task's annotated channels."""
+        return {"case_tasks": read_case_tasks(pre_dir, case_ids),
+                "task_channels": plan_task_channels(plan, str(plan_file(pre_dir)))}
+
     def __getitem__(self, index):
         data, segs, task_ids = [], [], []
         for rng, force in zip(self.sample_streams(int(index)), self.force_fg):
@@ -129,38 +140,27 @@ class PartialLabelBatchSource(PatchBatchSource):
                 *downsample_seg_for_deep_supervision(targets, self.ds_strides))
 
 
-def _plan_patch_and_strides(plan: dict, cfg):
-    try:
-        patch_size = [int(p) for p in plan["patch_size"]]
-        strides = [[int(s) for s in stride] for stride in plan["strides"]]
-    except (KeyError, TypeError, ValueError):
-        raise UserError("plans.json lacks a valid 'patch_size' or 'strides'") from None
-    if len(patch_size) != 3 or not strides:
-        raise UserError(f"plans.json: patch_size {patch_size} must have 3 values and strides one per stage")
-    # DoDNet supervises only its full-resolution output.
-    deep_supervision = bool(cfg.deep_supervision) and getattr(cfg, "network", "") != "dodnet"
-    ds_strides = deep_supervision_strides(strides, deep_supervision) or [(1, 1, 1)]
-    return patch_size, ds_strides
+# The batch source of each variant's ``batch_source`` kind (src/variants.py)
+BATCH_SOURCES = {"patches": PatchBatchSource, "partial_labels": PartialLabelBatchSource}
 
 
-def make_source(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
+def make_source(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
                 train: bool = True, num_epochs: int = 1, epoch_seed=None) -> PatchBatchSource:
     """The batch source both loaders wrap: cfg.iters_per_epoch (train) or cfg.val_iters (validation)
     batches per rank and epoch, ``world`` times that in total for the data-parallel shards."""
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in a world of {world}")
-    patch_size, ds_strides = _plan_patch_and_strides(plan, cfg)
+    # a variant without deep-supervision heads (DoDNet) is supervised at full resolution only
+    deep_supervision = bool(cfg.deep_supervision) and cfg.variant.deep_supervision
+    ds_strides = deep_supervision_strides(plan.strides, deep_supervision) or [(1, 1, 1)]
     per_rank = cfg.iters_per_epoch if train else cfg.val_iters
-    source_class, partial = PatchBatchSource, {}
-    if getattr(cfg, "network", "") == "dodnet":
-        source_class = PartialLabelBatchSource
-        partial = {"case_tasks": read_case_tasks(pre_dir, case_ids),
-                   "task_channels": plan_task_channels(plan, str(Path(pre_dir) / "plans.json"))}
+    source_class = BATCH_SOURCES[cfg.variant.batch_source]
     return source_class(
-        pre_dir, case_ids, patch_size, cfg.batch_size, cfg.oversample_foreground, ds_strides,
+        pre_dir, case_ids, plan.patch_size, cfg.batch_size, cfg.oversample_foreground, ds_strides,
         seed=cfg.seed if epoch_seed is None else int(epoch_seed), first_epoch=epoch, num_epochs=num_epochs,
         batches_per_epoch=per_rank * world, augment=train and cfg.augment,
-        stream=TRAIN_STREAM if train else VAL_STREAM, plan_id=plan_identity(plan), **partial)
+        stream=TRAIN_STREAM if train else VAL_STREAM, plan_id=plan.identity,
+        **source_class.case_arguments(pre_dir, case_ids, plan))
 
 
 def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: int):
@@ -175,7 +175,7 @@ def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: 
                                  num_parallel_workers=workers, python_multiprocessing=workers > 1, **shards)
 
 
-def build_train_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
+def build_train_dataset(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
                         epoch_seed=None, num_epochs: int = 1):
     """Augmented batches for epochs [epoch, epoch + num_epochs): cfg.iters_per_epoch per rank and epoch.
 
@@ -185,7 +185,7 @@ def build_train_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank
     return _to_mindspore(source, cfg.num_workers, rank, world)
 
 
-def build_val_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
+def build_val_dataset(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,
                       epoch_seed=None, num_epochs: int = 1):
     """cfg.val_iters batches per rank and epoch, not augmented, with the same foreground oversampling;
     None when cfg.val_iters is 0."""
@@ -195,7 +195,7 @@ def build_val_dataset(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, rank: 
     return _to_mindspore(source, cfg.num_workers, rank, world)
 
 
-def iterate_batches(cfg, plan: dict, pre_dir, case_ids, epoch: int = 0, train: bool = True, rank: int = 0,
+def iterate_batches(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, train: bool = True, rank: int = 0,
                     world: int = 1, num_epochs: int = 1, epoch_seed=None):
     """The same batches as the MindSpore datasets, in this process (tests, benchmarks); the rank's shard
     is every world-th batch, as MindSpore's distributed sampler deals them out."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from src.data.geometry_checks import check_header_geometry, geometry_difference, quiet_header_fixes
 from src.errors import UserError
-from src.files import atomic_write_bytes, file_digest, read_json
+from src.files import atomic_write, file_digest, read_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".mha")  # read by image_formats.py
@@ -178,7 +178,10 @@ def _header_from_b64(header_b64: str):
 
 
 def save_label(array, meta: ImageMeta, path) -> None:
-    """Write a uint8 label NIfTI carrying the source image's exact header (qform, sform, codes)."""
+    """Write a uint8 label NIfTI carrying the source image's exact header (qform, sform, codes).
+
+    Streamed: nibabel writes the voxels a plane at a time through gzip into the temporary file, so a
+    1000 x 512 x 512 label costs no full-size copy (neither a Fortran-ordered one nor the file's bytes)."""
     array = np.asarray(array)
     if tuple(array.shape) != tuple(meta.shape):
         raise ValueError(f"label shape {array.shape} does not match the image shape {meta.shape}")
@@ -191,11 +194,16 @@ def save_label(array, meta: ImageMeta, path) -> None:
     header["cal_max"] = 0
     image_class = nib.Nifti2Image if header_class is nib.Nifti2Header else nib.Nifti1Image
     # affine=None keeps the header's qform/sform untouched instead of re-deriving them.
-    image = image_class(array.astype(np.uint8), None, header=header)
-    payload = image.to_bytes()
-    if str(path).endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=1)
-    atomic_write_bytes(path, payload)
+    image = image_class(array.astype(np.uint8, copy=False), None, header=header)
+
+    def write(handle):
+        if str(path).endswith(".gz"):
+            with gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=1) as packed:
+                image.to_file_map({"image": nib.FileHolder(fileobj=packed), "header": nib.FileHolder(fileobj=packed)})
+        else:
+            image.to_file_map({"image": nib.FileHolder(fileobj=handle), "header": nib.FileHolder(fileobj=handle)})
+
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------- dataset layouts

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.io import MOTS_INDEX
+from src.data.plan import Plan
 from src.files import read_json
 from src.errors import UserError
 
@@ -76,13 +77,13 @@ def mots_task_channels(raw_dir, tasks: dict) -> dict:
     return resolve_task_channels(tasks, given, str(path))
 
 
-def plan_task_channels(plan: dict, source: str = "plans.json") -> dict:
+def plan_task_channels(plan: Plan, source: str = "plans.json") -> dict:
     """Task id (int) -> (organ values | None, tumour values | None) for a MOTS plan."""
-    tasks = plan.get("tasks")
+    tasks = plan.tasks
     if not tasks:
         raise UserError(f"{source} lists no MOTS tasks: DoDNet trains on a preprocessed MOTS dataset "
                         f"(prepare.py preprocess --raw <MOTS folder with mots.json>)")
-    resolved = resolve_task_channels(tasks, plan.get("task_channels"), source)
+    resolved = resolve_task_channels(tasks, plan.task_channels, source)
     return {int(task): tuple(channels[c] for c in CHANNELS) for task, channels in resolved.items()}
 
 

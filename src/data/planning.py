@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from src.data.resample import compute_new_shape, needs_separate_z
+from src.data.resample import ANISOTROPY_THRESHOLD, compute_new_shape, needs_separate_z
+from src.config import NORMALIZATIONS
+from src.data.plan import Plan
 from src.errors import UserError
 
-ANISOTROPY_THRESHOLD = 3.0
 # nnU-Net's smallest feature-map edge: an axis pools while its map is >= 2x this (3x if it pools alone).
 MIN_FEATURE_MAP_EDGE = 4
 INITIAL_PATCH_VOXELS = 256 ** 3
@@ -14,7 +15,6 @@ INITIAL_PATCH_VOXELS = 256 ** 3
 SPACING_GROWTH = 1.03
 LOWRES_MAX_AXIS_RATIO = 2.0
 SPLIT_SEED = 12345
-NORMALIZATIONS = ("ct", "ct_clip_scale")
 
 
 def plan_target_spacing(spacings, shapes_after_crop, threshold: float = ANISOTROPY_THRESHOLD) -> list[float]:
@@ -138,7 +138,7 @@ def _check_triplet(name: str, values, kind):
 def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_size=None,
                     patch_budget_voxels: int = 128 ** 3, base_features: int = 32, max_features: int = 320,
                     max_stages: int | None = None, batch_size: int = 2, normalization: str = "ct", *,
-                    clip_window=None, dataset: str = "unknown", image_budget_voxels: int | None = None) -> dict:
+                    clip_window=None, dataset: str = "unknown", image_budget_voxels: int | None = None) -> Plan:
     """plans.json content from a fingerprint (see compute_fingerprint) and the dataset's labels.
 
     Without ``target_spacing`` the spacing is planned: the median rule, then coarsened until the median
@@ -180,7 +180,7 @@ def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_
     if sorted(labels.values()) != list(range(len(labels))):
         raise UserError(f"label values must be 0..{len(labels) - 1} without gaps, got {labels}")
     intensity = {k: float(fingerprint["intensity"][k]) for k in ("mean", "std", "p005", "p995")}
-    plan = {
+    return Plan({
         "dataset": dataset,
         "labels": labels,
         "num_classes": len(labels),
@@ -200,12 +200,11 @@ def plan_experiment(fingerprint: dict, labels: dict, target_spacing=None, patch_
         "separate_z": separate_axis is not None,
         "anisotropy_axis": None if separate_axis is None else int(separate_axis),
         "cases": list(fingerprint["case_ids"]),
-    }
-    return plan
+    })
 
 
-def plan_for_config(plan: dict, target_spacing=None, patch_size=None, base_features: int = 32,
-                    max_features: int = 320, max_stages: int | None = None) -> dict:
+def plan_for_config(plan: Plan, target_spacing=None, patch_size=None, base_features: int = 32,
+                    max_features: int = 320, max_stages: int | None = None) -> Plan:
     """The plan with the network topology the config asks for at training time.
 
     The target spacing is baked into the preprocessed data, so a different one is an error; the patch
@@ -213,18 +212,16 @@ def plan_for_config(plan: dict, target_spacing=None, patch_size=None, base_featu
     preprocessing, and the per-stage kernels/strides are re-derived with the same rule as planning.
     For the config the data was preprocessed with, the plan comes back unchanged.
     """
-    if target_spacing is not None and not np.allclose(target_spacing, plan["target_spacing"], rtol=1e-4):
+    if target_spacing is not None and not np.allclose(target_spacing, plan.target_spacing, rtol=1e-4):
         raise UserError(f"target_spacing {list(target_spacing)} differs from the preprocessed data's "
-                        f"{plan['target_spacing']}: run prepare.py preprocess again with this config")
-    patch = _check_triplet("patch_size", patch_size, int) or plan["patch_size"]
+                        f"{plan.target_spacing}: run prepare.py preprocess again with this config")
+    patch = _check_triplet("patch_size", patch_size, int) or plan.patch_size
     if max_stages is not None and max_stages < 1:
         raise UserError(f"max_stages must be at least 1, got {max_stages}")
     max_pools = None if max_stages is None else max_stages - 1
-    strides, kernels, patch, _ = pool_and_conv_props(plan["target_spacing"], patch, max_pools)
-    updated = dict(plan)
-    updated.update({"patch_size": [int(p) for p in patch], "strides": strides, "conv_kernel_sizes": kernels,
-                    "features": stage_features(len(strides), base_features, max_features)})
-    return updated
+    strides, kernels, patch, _ = pool_and_conv_props(plan.target_spacing, patch, max_pools)
+    return plan.replace(patch_size=[int(p) for p in patch], strides=strides, conv_kernel_sizes=kernels,
+                        features=stage_features(len(strides), base_features, max_features))
 
 
 def kfold_indices(num_items: int, num_folds: int, seed: int = SPLIT_SEED) -> list[tuple[np.ndarray, np.ndarray]]:

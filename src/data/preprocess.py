@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-import json
 
 from src.cpu_env import cap_workers, memory_limit_bytes
 from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, crop_to_nonzero, map_cases,
@@ -26,32 +25,32 @@ from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, cro
 from src.data.io import CaseFiles, ImageMeta, dataset_labels, dataset_tasks, detect_layout, find_cases, load_image, load_label
 from src.data.partial_labels import mots_task_channels
 from src.data.planning import cross_validation_splits, fold_count, plan_experiment
-from src.data.preprocessed import plan_identity
+from src.data.plan import PLAN_FILE, Plan
 from src.data.resample import (compute_new_shape, estimate_resampling_bytes, needs_separate_z, resample_image,
                                resample_segmentation)
-from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
+from src.data.preprocessed_case import PLAN_ID_MEMBER, plan_id_array
 from src.errors import UserError
-from src.files import atomic_write, atomic_write_json, check_output_dir, remove_stale_temporaries
+from src.files import atomic_write, atomic_write_json, check_output_dir, read_json_if_valid, remove_stale_temporaries
 
 MAX_FOREGROUND_COORDS = 10_000
 FOREGROUND_COORD_SEED = 1234
 
 
-def normalize_intensity(data: np.ndarray, plan: dict) -> np.ndarray:
+def normalize_intensity(data: np.ndarray, plan: Plan) -> np.ndarray:
     """CT normalization of (C, ...) data as the plan says; returns a new float32 array."""
     data = np.asarray(data, dtype=np.float32)
-    if plan["normalization"] == "ct":
-        stats = plan["intensity"]
+    if plan.normalization == "ct":
+        stats = plan.intensity
         data = np.clip(data, stats["p005"], stats["p995"])
         data -= np.float32(stats["mean"])
         data /= np.float32(max(stats["std"], 1e-8))
         return data
-    if plan["normalization"] == "ct_clip_scale":
-        low, high = plan["clip_window"]
+    if plan.normalization == "ct_clip_scale":
+        low, high = plan.clip_window
         data = np.clip(data, low, high)
         data /= np.float32(max(abs(low), abs(high)))
         return data
-    raise UserError(f"unknown normalization {plan['normalization']!r} in plans.json")
+    raise UserError(f"unknown normalization {plan.normalization!r} in plans.json")
 
 
 GIB = 2 ** 30
@@ -68,13 +67,13 @@ def check_resampling_memory(shape_after_crop, new_shape, channels: int, with_seg
                         "file's spacing or choose a coarser target_spacing")
 
 
-def _crop_normalize_resample(image: np.ndarray, seg: np.ndarray | None, spacing, plan: dict, source="image"):
+def _crop_normalize_resample(image: np.ndarray, seg: np.ndarray | None, spacing, plan: Plan, source="image"):
     """(data (1, ...) float32, seg int8 or None, properties) at the plan's target spacing.
 
     nnU-Net v2 order: crop, normalize, then resample. ``source`` names the file in errors.
     """
     spacing = [float(s) for s in spacing]
-    target = [float(s) for s in plan["target_spacing"]]
+    target = plan.target_spacing
     data, seg, bbox = crop_to_nonzero(image[None].astype(np.float32, copy=False), seg)
     shape_after_crop = list(data.shape[1:])
     new_shape = tuple(int(s) for s in compute_new_shape(shape_after_crop, spacing, target))
@@ -101,7 +100,7 @@ def _crop_normalize_resample(image: np.ndarray, seg: np.ndarray | None, spacing,
     return data, seg, properties
 
 
-def preprocess_image_for_inference(image: np.ndarray, meta: ImageMeta, plan: dict):
+def preprocess_image_for_inference(image: np.ndarray, meta: ImageMeta, plan: Plan):
     """(data (1, ...) float32, properties) for an unlabelled image, as preprocess_case would do it."""
     data, _, properties = _crop_normalize_resample(image, None, meta.spacing, plan, meta.source)
     properties["image_meta"] = meta.to_json()
@@ -122,7 +121,7 @@ def sample_foreground_coords(seg: np.ndarray, label_values, max_samples: int = M
     return coords
 
 
-def preprocess_case(case: CaseFiles, plan: dict, out_dir) -> dict:
+def preprocess_case(case: CaseFiles, plan: Plan, out_dir) -> dict:
     """Write ``<case>.json`` then ``<case>.npz`` (data, seg, fg_<label>, plan_id); returns the case properties.
 
     The json goes first: a run killed between the two leaves a json of the new plan next to an npz of the
@@ -135,9 +134,9 @@ def preprocess_case(case: CaseFiles, plan: dict, out_dir) -> dict:
     if seg.max() > np.iinfo(np.int8).max:
         raise UserError(f"case {case.case_id}: label values above {np.iinfo(np.int8).max} are not supported")
     data, seg, properties = _crop_normalize_resample(image, seg, meta.spacing, plan, case.image)
-    foreground_values = [v for v in plan["labels"].values() if v > 0]
+    foreground_values = [v for v in plan.labels.values() if v > 0]
     coords = sample_foreground_coords(seg, foreground_values)
-    identity = plan_identity(plan)
+    identity = plan.identity
     arrays = {"data": data, "seg": seg, PLAN_ID_MEMBER: plan_id_array(identity)}
     arrays.update({f"fg_{value}": c for value, c in coords.items()})
     out_dir = Path(out_dir)
@@ -156,10 +155,7 @@ def preprocess_case(case: CaseFiles, plan: dict, out_dir) -> dict:
 
 def _is_case_json(path: Path) -> bool:
     """A ``<case>.json`` that preprocessing wrote (so its pair may be deleted), not another JSON file."""
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
+    content = read_json_if_valid(path)
     return isinstance(content, dict) and content.get("case_id") == path.stem and "shape_after_crop" in content
 
 
@@ -169,7 +165,7 @@ def remove_cases_not_in(out_dir: Path, keep) -> list[str]:
     keep = set(keep)
     removed = []
     for path in sorted(out_dir.glob("*.json")):
-        if path.stem in keep or path.name in ("plans.json", "splits.json") or not _is_case_json(path):
+        if path.stem in keep or path.name in (PLAN_FILE, "splits.json") or not _is_case_json(path):
             continue
         path.with_suffix(".npz").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
@@ -197,7 +193,7 @@ def _labelled_cases(raw: Path, layout: str) -> list[CaseFiles]:
 def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, patch_budget_voxels=128 ** 3,
                        image_budget_voxels=None, base_features=32, max_features=320, max_stages=None, batch_size=2,
                        normalization="ct", clip_window=None, num_folds=5, workers=2, progress=True,
-                       foreground_pool_size=FOREGROUND_POOL_SIZE) -> dict:
+                       foreground_pool_size=FOREGROUND_POOL_SIZE) -> Plan:
     """Fingerprint, plan and preprocess a labelled dataset into ``out_dir``; returns the plan.
 
     Writes per case <case>.json + <case>.npz, then splits.json, then plans.json (the commit point), then
@@ -224,21 +220,20 @@ def preprocess_dataset(raw_dir, out_dir, target_spacing=None, patch_size=None, p
                            normalization=normalization, clip_window=clip_window, dataset=layout,
                            image_budget_voxels=image_budget_voxels)
     if tasks is not None:
-        plan["tasks"] = {str(k): v for k, v in tasks.items()}
-        plan["task_channels"] = task_channels
+        plan = plan.replace(tasks={str(k): v for k, v in tasks.items()}, task_channels=task_channels)
 
-    todo = [c for c in cases if c.case_id in set(plan["cases"])]
+    todo = [c for c in cases if c.case_id in set(plan.cases)]
     done, failed_now = map_cases(preprocess_case, todo, (plan, str(out_dir)), workers, progress, "preprocess")
     failures.update(failed_now)
 
-    plan["cases"] = sorted(done)
-    if plan["cases"]:
-        splits = cross_validation_splits(plan["cases"], num_folds)
-        plan["num_folds"] = len(splits)
-        _note_fold_count(len(plan["cases"]), num_folds, len(splits))
+    plan = plan.replace(cases=sorted(done))
+    if plan.cases:
+        splits = cross_validation_splits(plan.cases, num_folds)
+        plan = plan.replace(num_folds=len(splits))
+        _note_fold_count(len(plan.cases), num_folds, len(splits))
         atomic_write_json(out_dir / "splits.json", splits)
-        atomic_write_json(out_dir / "plans.json", plan)
-        remove_cases_not_in(out_dir, plan["cases"])
+        plan.write(out_dir / PLAN_FILE)
+        remove_cases_not_in(out_dir, plan.cases)
     raise_for_failures(failures, "preprocessing")
     return plan
 

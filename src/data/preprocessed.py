@@ -9,7 +9,7 @@ How a folder stays consistent (``prepare.py preprocess`` writes, ``load_plan`` c
 - Every file is written to a temporary and renamed over its name (``src.files.commit``): no file is ever
   half written, and leftover temporaries of killed runs are removed by the next run.
 - Each case's ``<case>.json`` and ``<case>.npz`` carry ``plan_id``, a digest of the plan entries that
-  shape the stored voxels (target spacing, normalization, intensity statistics): :func:`plan_identity`.
+  shape the stored voxels (target spacing, normalization, intensity statistics): ``Plan.identity``.
 - A run writes every case (its json first, then its npz), then ``splits.json``, then ``plans.json``: the
   plan is the commit point. Only after it do the files of cases the new plan does not list go.
 - :func:`load_plan` refuses the folder when a case the plan lists is missing or carries another
@@ -23,67 +23,42 @@ whole; a rerun with the same plan rewrites them in place, the folder staying rea
 Staging a complete copy next to the folder and swapping it in was not chosen: it doubles the disk space
 of a dataset that is tens of GB, and a folder cannot replace another in one rename anyway.
 """
-import hashlib
-import json
 from pathlib import Path
 
-from src.files import read_json
+from src.data.plan import PLAN_FILE, PREPROCESS_HINT, RERUN_HINT, Plan
+from src.data.preprocessed_case import load_case_properties
 from src.errors import UserError
-
-PREPROCESS_HINT = " (run prepare.py preprocess first)"
-RERUN_HINT = "run prepare.py preprocess again (an interrupted or still running preprocessing leaves this)"
-
-# Plan entries that fix the network's shapes: a checkpoint only fits data planned with the same values.
-TOPOLOGY_KEYS = ("num_channels", "num_classes", "patch_size", "features", "conv_kernel_sizes", "strides")
-INTENSITY_KEYS = ("mean", "std", "p005", "p995")
-
-
-def plan_identity(plan: dict) -> str:
-    """A digest of what decides a preprocessed case's voxels: the target spacing, the normalization and its
-    parameters. Topology (patch size, widths) and label names may change without touching the cases."""
-    try:
-        clip_window = plan.get("clip_window")
-        content = {
-            "target_spacing": [float(v) for v in plan["target_spacing"]],
-            "normalization": str(plan.get("normalization", "ct")),
-            "clip_window": None if clip_window is None else [float(v) for v in clip_window],
-            "intensity": {key: float(plan["intensity"][key]) for key in INTENSITY_KEYS},
-        }
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"the plan lacks a valid target_spacing or intensity entry ({err}): {RERUN_HINT}") from None
-    text = json.dumps(content, sort_keys=True)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+from src.files import read_json
 
 
 def _inconsistent(pre_dir, what: str) -> UserError:
     return UserError(f"preprocessed folder {pre_dir} is inconsistent: {what}; {RERUN_HINT}")
 
 
-def check_cases_match_plan(pre_dir, plan: dict) -> None:
+def check_cases_match_plan(pre_dir, plan: Plan) -> None:
     """Every case the plan lists has its npz and a json written for this plan (``plan_id``)."""
-    cases = plan.get("cases")
-    if not isinstance(cases, list) or not cases or not all(isinstance(c, str) for c in cases):
+    cases = plan.cases
+    if not cases or not all(isinstance(c, str) for c in cases):
         raise _inconsistent(pre_dir, "plans.json lists no cases")
-    identity = plan_identity(plan)
+    identity = plan.identity
     for case_id in cases:
-        case_json = Path(pre_dir) / f"{case_id}.json"
         if not (Path(pre_dir) / f"{case_id}.npz").is_file():
             raise _inconsistent(pre_dir, f"case {case_id} of plans.json has no {case_id}.npz")
-        properties = read_json(case_json, f"case file of {case_id}", f"; {RERUN_HINT}")
+        properties = load_case_properties(pre_dir, case_id, f"; {RERUN_HINT}")
         recorded = properties.get("plan_id") if isinstance(properties, dict) else None
         if recorded != identity:
             written_for = "no plan (an older version wrote it)" if recorded is None else f"plan {recorded}"
             raise _inconsistent(pre_dir, f"case {case_id} was written for {written_for}, plans.json is {identity}")
 
 
-def check_splits_match_plan(pre_dir, splits: list, plan: dict) -> None:
+def check_splits_match_plan(pre_dir, splits: list, plan: Plan) -> None:
     """``splits.json`` holds ``num_folds`` folds, each a disjoint train/val partition of the plan's cases."""
-    expected = plan.get("num_folds")
+    expected = plan.num_folds
     if not isinstance(expected, int):
         raise _inconsistent(pre_dir, "plans.json lacks num_folds (an older version wrote it)")
     if len(splits) != expected:
         raise _inconsistent(pre_dir, f"splits.json has {len(splits)} folds, plans.json {expected}")
-    cases = set(plan.get("cases") or [])
+    cases = set(plan.cases)
     for index, split in enumerate(splits):
         train, val = set(split["train"]), set(split["val"])
         if train & val or train | val != cases:
@@ -91,12 +66,8 @@ def check_splits_match_plan(pre_dir, splits: list, plan: dict) -> None:
                                          "of plans.json into training and validation cases")
 
 
-def _read_plan(pre_dir) -> dict:
-    path = Path(pre_dir) / "plans.json"
-    plan = read_json(path, "plans file", PREPROCESS_HINT)
-    if not isinstance(plan, dict):
-        raise UserError(f"plans file {path} must hold a JSON object")
-    return plan
+def _read_plan(pre_dir) -> Plan:
+    return Plan.read(Path(pre_dir) / PLAN_FILE)
 
 
 def _read_splits(pre_dir) -> list:
@@ -106,12 +77,9 @@ def _read_splits(pre_dir) -> list:
     return splits
 
 
-def load_plan(pre_dir) -> dict:
+def load_plan(pre_dir) -> Plan:
     """plans.json, after checking that the folder's cases and folds belong to it (see the module doc)."""
     plan = _read_plan(pre_dir)
-    missing = [key for key in TOPOLOGY_KEYS if key not in plan and key != "num_channels"]
-    if missing:
-        raise UserError(f"plans file {Path(pre_dir) / 'plans.json'} lacks {', '.join(missing)}")
     check_cases_match_plan(pre_dir, plan)
     check_splits_match_plan(pre_dir, _read_splits(pre_dir), plan)
     return plan
@@ -148,11 +116,11 @@ def _numbered_fold(splits: list, fold: int, pre_dir) -> dict:
     return splits[fold]
 
 
-def fold_cases(pre_dir, plan: dict, fold) -> tuple:
+def fold_cases(pre_dir, plan: Plan, fold) -> tuple:
     """``(train_ids, val_ids)``; fold ``all`` trains on every case and validates on all of them (nnU-Net)."""
     fold = parse_fold(fold)
     if fold == "all":
-        cases = sorted(plan.get("cases") or [])
+        cases = sorted(plan.cases)
         if not cases:
             raise UserError(f"no cases listed in {Path(pre_dir) / 'plans.json'}")
         return cases, cases

@@ -26,6 +26,8 @@ import itertools
 import numpy as np
 from scipy.ndimage import spline_filter1d
 
+# nnU-Net's one anisotropy ratio, for spacings (separate-z resampling here, the planned target spacing) and
+# for patch shapes (augmentation in-plane only)
 ANISOTROPY_THRESHOLD = 3.0
 # scipy.ndimage.zoom pads this many edge voxels before the spline prefilter for mode='nearest'.
 _SPLINE_EDGE_PAD = 12

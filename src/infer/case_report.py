@@ -6,6 +6,9 @@ axis, of the body (voxels above -500 HU); every labelled voxel on the patient's 
 left, the others as right. Diameter: the maximum Feret diameter (largest distance between two points)
 of the largest face-connected tumour component, measured in mm over the voxels' corner points
 (so a single voxel measures its own diagonal), spacing aware.
+
+Everything that reads the whole label map or image runs in slabs of the first axis (``src.infer.slabs``):
+per-slice counts and the largest component cost slab-sized temporaries, not copies of the case.
 """
 import io
 from pathlib import Path
@@ -15,11 +18,11 @@ import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from src.data.io import ImageMeta, voxel_volume_ml
 from src.files import atomic_write_bytes, atomic_write_json, file_digest
+from src.infer.slabs import SLAB_VOXELS as CHUNK_VOXELS, Components, axis_profile
 
 BODY_THRESHOLD_HU = -500.0
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -28,6 +31,28 @@ SIDE_RULE = ("left/right from the image affine's left-right axis; midline = cent
              f"(voxels > {BODY_THRESHOLD_HU:g} HU) along that axis; voxels on the patient's left of it count as left")
 OUTLINE_COLOURS = {"kidney": "lime", "tumor": "red", "tumour": "red", "cyst": "deepskyblue"}
 FALLBACK_COLOURS = ("orange", "magenta", "yellow", "cyan", "white")
+
+
+def compact_ct(image: np.ndarray) -> np.ndarray:
+    """``image`` as int16 when that holds every voxel exactly (CT is stored as whole HU), else as it is.
+
+    predict.py keeps the image for the report from the sliding window to the end of the case; int16
+    halves that (0.5 GB of a 1000 x 512 x 512 case). Checked and converted a chunk at a time; the report reads
+    the same values either way (its thresholds compare exactly, the overlay slice goes back to float32).
+    """
+    if image.dtype.kind != "f" or not (image.flags.c_contiguous or image.flags.f_contiguous):
+        return image
+    info = np.iinfo(np.int16)
+    compact = np.empty_like(image, dtype=np.int16)  # same memory order, so both flatten to views
+    source, target = image.ravel(order="K"), compact.ravel(order="K")
+    for start in range(0, source.size, CHUNK_VOXELS):
+        part = source[start:start + CHUNK_VOXELS]
+        if not (info.min <= part.min() and part.max() <= info.max):  # NaN fails too
+            return image
+        target[start:start + CHUNK_VOXELS] = part
+        if not np.array_equal(target[start:start + CHUNK_VOXELS], part):  # a fraction was cut off
+            return image
+    return compact
 
 
 def lateral_axis(affine) -> Tuple[int, bool]:
@@ -50,8 +75,7 @@ def axial_axis(affine) -> int:
 
 def midline_position(image: np.ndarray, axis: int) -> float:
     """Centroid index of the body along ``axis``; the image centre when nothing is above the threshold."""
-    other = tuple(a for a in range(image.ndim) if a != axis)
-    profile = np.count_nonzero(image > BODY_THRESHOLD_HU, axis=other).astype(np.float64)
+    profile = axis_profile(image, axis, lambda part: part > BODY_THRESHOLD_HU).astype(np.float64)
     if profile.sum() == 0:
         return (image.shape[axis] - 1) / 2.0
     return float(np.dot(np.arange(image.shape[axis]), profile) / profile.sum())
@@ -63,12 +87,11 @@ def side_volumes(label: np.ndarray, spacing: Sequence[float], labels: Dict[str, 
     voxel_ml = voxel_volume_ml(spacing)
     index = np.arange(label.shape[axis])
     on_left = index > midline if left_is_high else index < midline
-    other = tuple(a for a in range(label.ndim) if a != axis)
     volumes = {}
     for name, value in sorted(labels.items(), key=lambda item: item[1]):
         if value <= 0:
             continue
-        profile = np.count_nonzero(label == value, axis=other)
+        profile = axis_profile(label, axis, lambda part, value=value: part == value)
         left = float(profile[on_left].sum()) * voxel_ml
         right = float(profile[~on_left].sum()) * voxel_ml
         volumes[name] = {"left": left, "right": right, "total": left + right}
@@ -89,38 +112,64 @@ def _hull_points(points: np.ndarray) -> np.ndarray:
             return points
 
 
-def max_feret_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Largest distance (mm) between two corner points of the voxels of ``mask``; 0 for an empty mask.
+def line_extremes(mask: np.ndarray) -> np.ndarray:
+    """(N, 3) int64 indices, in C order, of the first and last voxel of ``mask`` on each line along the last
+    axis. Every other voxel lies between two of them, so it is never a vertex of the hull: these points
+    span the hull of the whole mask (and of its boundary, which the old code gathered)."""
+    hit = mask.any(axis=-1)
+    if not hit.any():
+        return np.zeros((0, 3), dtype=np.int64)
+    first = np.argmax(mask, axis=-1)[hit]
+    last = mask.shape[-1] - 1 - np.argmax(mask[..., ::-1], axis=-1)[hit]
+    lines = np.argwhere(hit)
+    points = np.stack([np.column_stack([lines, first]), np.column_stack([lines, last])], axis=1).reshape(-1, 3)
+    keep = np.ones(len(points), dtype=bool)
+    keep[1::2] = first != last  # a one-voxel line once
+    return points[keep].astype(np.int64)
+
+
+def feret_diameter_of_points(points: np.ndarray, spacing: Sequence[float]) -> float:
+    """Largest distance (mm) between two corner points of the voxels at ``points`` (N, 3 indices spanning the
+    hull of a mask); 0 for none.
 
     The corner cloud is the Minkowski sum of the voxel centres and one voxel box, so its hull vertices
     are hull vertices of the centres plus box corners: only those few points are expanded, which keeps
-    a large (or noisy) component cheap.
+    a large (or noisy) component cheap. Coordinates are taken from the points' bounding box corner, as
+    the mask's own box would give them.
     """
-    if not mask.any():
+    if len(points) == 0:
         return 0.0
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    mask = mask[box]
-    boundary = mask & ~ndimage.binary_erosion(mask)
     scale = np.asarray(spacing, dtype=np.float64)
-    extreme_centres = _hull_points(np.argwhere(boundary) * scale)
+    extreme_centres = _hull_points((points - points.min(axis=0)) * scale)
     corners = np.array([[dz, dy, dx] for dz in (-0.5, 0.5) for dy in (-0.5, 0.5) for dx in (-0.5, 0.5)]) * scale
-    points = _hull_points((extreme_centres[:, None, :] + corners[None]).reshape(-1, 3))
+    hull = _hull_points((extreme_centres[:, None, :] + corners[None]).reshape(-1, 3))
     longest = 0.0
-    for start in range(0, len(points), 1024):
-        chunk = points[start:start + 1024]
-        squared = ((chunk[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
+    for start in range(0, len(hull), 1024):
+        chunk = hull[start:start + 1024]
+        squared = ((chunk[:, None, :] - hull[None, :, :]) ** 2).sum(axis=-1)
         longest = max(longest, float(squared.max()))
     return float(np.sqrt(longest))
 
 
-def largest_component_diameter(label: np.ndarray, value: int, spacing: Sequence[float]) -> Optional[float]:
-    """Feret diameter (mm) of the largest face-connected component of ``label == value``; None if absent."""
-    components, count = ndimage.label(label == value)
-    if count == 0:
+def max_feret_diameter(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Largest distance (mm) between two corner points of the voxels of ``mask``; 0 for an empty mask."""
+    return feret_diameter_of_points(line_extremes(np.asarray(mask, dtype=bool)), spacing)
+
+
+def largest_component_diameter(label: np.ndarray, value: int, spacing: Sequence[float],
+                               rows: Optional[int] = None) -> Optional[float]:
+    """Feret diameter (mm) of the largest face-connected component of ``label == value``; None if absent.
+    Slab by slab (``rows`` first-axis rows each, default ``slabs.SLAB_VOXELS``' worth)."""
+    components = Components(label, lambda part: part == value, rows)
+    largest = components.largest()
+    if largest is None:
         return None
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return max_feret_diameter(components == int(np.argmax(sizes)), spacing)
+    points = []
+    for start, _, mask, _ in components.masks(largest):
+        found = line_extremes(mask)
+        found[:, 0] += start
+        points.append(found)
+    return feret_diameter_of_points(np.concatenate(points), spacing)
 
 
 def tumour_value(labels: Dict[str, int]) -> Optional[int]:
@@ -132,13 +181,11 @@ def tumour_value(labels: Dict[str, int]) -> Optional[int]:
 
 def overlay_slice_index(label: np.ndarray, axis: int, labels: Dict[str, int]) -> int:
     """The axial slice with the largest tumour area; else the largest foreground area; else the middle."""
-    other = tuple(a for a in range(label.ndim) if a != axis)
     tumour = tumour_value(labels)
-    for mask in ((label == tumour) if tumour is not None else None, label > 0):
-        if mask is None:
-            continue
-        area = np.count_nonzero(mask, axis=other)
-        if area.max() > 0:
+    tests = ([] if tumour is None else [lambda part: part == tumour]) + [lambda part: part > 0]
+    for test in tests:
+        area = axis_profile(label, axis, test)
+        if area.size and area.max() > 0:
             return int(np.argmax(area))
     return label.shape[axis] // 2
 
@@ -156,8 +203,9 @@ def render_overlay(image: np.ndarray, label: np.ndarray, spacing: Sequence[float
                    axis: int, index: int, title: str, sides: Optional[Tuple[str, str]] = None) -> bytes:
     """PNG bytes of one axial slice, CT windowed to CT_WINDOW_HU, with an outline per foreground label
     and, when given, the patient side at the left and right image edges."""
-    ct = np.take(image, index, axis=axis)
-    seg = np.take(label, index, axis=axis)
+    # basic indexing, a view: np.take copies a whole Fortran-ordered (nibabel) image to C order first
+    ct = np.array(image[(slice(None),) * axis + (index,)], dtype=np.float32)  # a compact_ct slice back as read
+    seg = np.array(label[(slice(None),) * axis + (index,)])
     in_plane = [s for a, s in enumerate(spacing) if a != axis]
     figure = Figure(figsize=(6, 6 * ct.shape[0] * in_plane[0] / (ct.shape[1] * in_plane[1])), dpi=100)
     FigureCanvasAgg(figure)

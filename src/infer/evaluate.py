@@ -23,6 +23,7 @@ from src.data.io import ImageMeta, find_cases, load_label
 from src.files import (atomic_write_json, check_not_input, check_output_dir, overlapping_inputs, read_json,
                        remove_stale_temporaries)
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
+from src.data.preprocessed_case import load_case, load_case_properties
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
 from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, component_floor_ml,
@@ -35,22 +36,6 @@ from src.sharding import (cases_of_rank, gather_partials, remove_partials, rows_
                           start_partial, write_partial)
 
 ProbabilityFn = Callable[[str, np.ndarray, dict], np.ndarray]
-
-
-def load_case_properties(pre_dir, case_id: str) -> dict:
-    return read_json(Path(pre_dir) / f"{case_id}.json", f"case file of {case_id}")
-
-
-def load_case_data(pre_dir, case_id: str, member: str = "data") -> np.ndarray:
-    """One array of a preprocessed case: ``data`` (the image) or ``seg`` (the resampled reference)."""
-    path = Path(pre_dir) / f"{case_id}.npz"
-    if not path.is_file():
-        raise UserError(f"preprocessed case not found: {path}")
-    try:
-        with np.load(path) as arrays:
-            return arrays[member]
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"cannot read preprocessed case {path}: {err}") from None
 
 
 def reference_label_paths(case_props: Dict[str, dict], ref_dir=None) -> Dict[str, Path]:
@@ -150,7 +135,7 @@ def _predict_and_save(case_ids: Sequence[str], pre_dir, probabilities: Probabili
     be decided (``decide_later``) the raw prediction is saved and nothing is scored yet."""
     rows = []
     for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
-        data = load_case_data(pre_dir, case_id)
+        data = load_case(pre_dir, case_id).data
         probs = probabilities(case_id, data, props[case_id])
         del data
         label = probabilities_to_original(probs, props[case_id])
@@ -169,8 +154,8 @@ def _decide_apply_and_score(case_ids: Sequence[str], pre_dir, out_dir: Path, pro
     all of them (as nnU-Net decides on its whole cross-validation), store the decision, apply it to the saved
     predictions and score them. Returns (spec, where it came from, rows in ``case_ids`` order)."""
     pred_dir = out_dir / "predictions"
-    floors = component_floor_ml((load_case_data(pre_dir, c, "seg") for c in training_case_ids),
-                                load_plan(pre_dir)["target_spacing"], foreground)
+    floors = component_floor_ml((load_case(pre_dir, c).seg for c in training_case_ids),
+                                load_plan(pre_dir).target_spacing, foreground)
     spec = decide_postprocessing(
         ((load_label(pred_dir / f"{c}.nii.gz", like=metas[c]), load_label(references[c], like=metas[c]),
           metas[c].spacing) for c in case_ids), foreground, floors)
@@ -190,10 +175,10 @@ def _decide_apply_and_score(case_ids: Sequence[str], pre_dir, out_dir: Path, pro
 
 
 def _write_results(out_dir: Path, rows: list, case_ids: Sequence[str], spec: Optional[dict], spec_source: str,
-                   info: dict, seconds: float) -> dict:
+                   run_record: dict, seconds: float) -> dict:
     write_metrics_csv(rows, out_dir / "metrics.csv")
     atomic_write_json(out_dir / "eval_info.json", {
-        **info,
+        **run_record,
         "cases": list(case_ids),
         "postprocessing": spec_summary(spec),
         "postprocessing_spec": spec,
@@ -206,7 +191,7 @@ def _write_results(out_dir: Path, rows: list, case_ids: Sequence[str], spec: Opt
 
 def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityFn, out_dir, postprocess: str,
                    model_paths: Sequence, labels: Dict[str, int], ref_dir=None, progress: bool = True,
-                   info: Optional[dict] = None, exported_postprocessing: Optional[dict] = None,
+                   run_record: Optional[dict] = None, exported_postprocessing: Optional[dict] = None,
                    training_case_ids: Sequence[str] = (), shard: Optional[Shard] = None) -> dict:
     """Predict, restore, postprocess, write and score ``case_ids``; returns the summary.
 
@@ -238,14 +223,14 @@ def evaluate_cases(case_ids: Sequence[str], pre_dir, probabilities: ProbabilityF
         context = {"pre_dir": str(Path(pre_dir).resolve()), "references": {c: str(p.resolve()) for c, p in
                                                                            references.items()},
                    "model_paths": [str(Path(p).resolve()) for p in model_paths], "foreground": foreground,
-                   "decide_here": decide_here, "spec": spec, "spec_source": spec_source, "info": info or {},
+                   "decide_here": decide_here, "spec": spec, "spec_source": spec_source, "run_record": run_record or {},
                    "training_case_ids": list(training_case_ids)}
         path = write_partial(out_dir, shard, case_ids, {"rows": rows, "started": started, "context": context})
         return read_json(path, "partial result")
     if decide_here:
         spec, spec_source, rows = _decide_apply_and_score(case_ids, pre_dir, out_dir, props, metas, references,
                                                           foreground, model_paths, training_case_ids)
-    return _write_results(out_dir, rows, case_ids, spec, spec_source, info or {}, time.time() - started)
+    return _write_results(out_dir, rows, case_ids, spec, spec_source, run_record or {}, time.time() - started)
 
 
 def merge_evaluation(out_dir) -> dict:
@@ -258,7 +243,7 @@ def merge_evaluation(out_dir) -> dict:
     case_ids = partials[0]["all_cases"]
     context = same_in_every_partial(partials, "context")
     started = min(float(partial["started"]) for partial in partials)
-    info = dict(context["info"], shards=len(partials))
+    run_record = dict(context["run_record"], shards=len(partials))
     if context["decide_here"]:
         pre_dir = Path(context["pre_dir"])
         props = {case_id: load_case_properties(pre_dir, case_id) for case_id in case_ids}
@@ -270,7 +255,7 @@ def merge_evaluation(out_dir) -> dict:
     else:
         spec, spec_source = context["spec"], context["spec_source"]
         rows = rows_in_case_order(partials, case_ids)
-    summary = _write_results(out_dir, rows, case_ids, spec, spec_source, info, time.time() - started)
+    summary = _write_results(out_dir, rows, case_ids, spec, spec_source, run_record, time.time() - started)
     remove_partials(out_dir)
     return summary
 
@@ -290,9 +275,9 @@ def evaluate_fold(cfg, pre_dir, fold, out_dir, ckpts=None, mindir=None, ref_dir=
     def probabilities(case_id, data, props):
         return predictor.predict_preprocessed(data)
 
-    info = {"fold": int(fold), "models": [str(p) for p in model_paths], "tta_mirror": cfg.tta_mirror,
+    run_record = {"fold": int(fold), "models": [str(p) for p in model_paths], "tta_mirror": cfg.tta_mirror,
             "step_size": cfg.step_size}
     return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, model_paths,
-                          predictor.labels, ref_dir=ref_dir, progress=progress, info=info,
+                          predictor.plan.labels, ref_dir=ref_dir, progress=progress, run_record=run_record,
                           exported_postprocessing=predictor.exported_postprocessing,
                           training_case_ids=fold_cases(pre_dir, plan, fold)[0], shard=shard)

@@ -11,7 +11,6 @@ complete sidecar with the model's sha256 - so a kill leaves the old export, the 
 readers refuse and the next export may redo. Existing files are classified before the checkpoint loads
 (``check_export_targets``).
 """
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ from src.config import Config
 from src.files import atomic_produce, atomic_write_json, check_output_file, file_digest, remove_stale_temporaries
 from src.errors import UserError
 from src.infer.postprocess import POSTPROCESSING_FILE, load_postprocessing
-from src.infer.predictor import SIDECAR_COMPLETE, SIDECAR_PRODUCER, load_checkpoint_network, mindir_sidecar
+from src.infer.mindir import SIDECAR_COMPLETE, SIDECAR_PRODUCER, mindir_sidecar, read_own_sidecar
+from src.infer.predictor import load_checkpoint_network
 
 FORMATS = {"MINDIR": ".mindir", "AIR": ".air"}
 
@@ -30,15 +30,6 @@ def export_target(file_name, file_format: str) -> Path:
     suffix = FORMATS[file_format]
     path = Path(file_name)
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
-
-
-def _our_sidecar(path: Path):
-    """The sidecar's content if export.py wrote it, else None (missing, not JSON, someone else's)."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("producer") == SIDECAR_PRODUCER else None
 
 
 def check_export_targets(target: Path, overwrite: bool = False) -> None:
@@ -51,7 +42,7 @@ def check_export_targets(target: Path, overwrite: bool = False) -> None:
     sidecar = mindir_sidecar(target)
     for path in (target, sidecar):
         check_output_file(path, "export target")
-    info = _our_sidecar(sidecar) if sidecar.exists() else None
+    info = read_own_sidecar(sidecar) if sidecar.exists() else None
     if sidecar.exists() and info is None:
         raise UserError(f"{sidecar} exists and was not written by export.py; not replacing it (choose another "
                         f"--file_name)")
@@ -71,7 +62,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
                    overwrite: bool = False):
     """Write the model file and its sidecar; returns (model path, sidecar path)."""
     import mindspore as ms
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     file_format = str(file_format).upper()
     if file_format not in FORMATS:
@@ -86,7 +77,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         raise UserError(f"AIR export works only on Ascend (this run uses {device}); use --file_format MINDIR")
     # MindSpore's own convolution kernels: the exported graph must run on Ascend 310 and in MindSpore Lite
     network, plan, model_cfg = load_checkpoint_network(ckpt, cfg, device, cpu_kernels=False)
-    input_shape = [int(batch_size), int(plan.get("num_channels", 1))] + [int(p) for p in plan["patch_size"]]
+    input_shape = [int(batch_size), plan.num_channels] + plan.patch_size
     example = ms.Tensor(np.zeros(input_shape, dtype=np.float32))
     output_shape = [int(s) for s in network(example).shape]
     # the fold's postprocessing decision (eval.py --postprocess auto) travels with the model
@@ -103,7 +94,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         "output_shape": output_shape,
         "output": "logits (no softmax)",
         "batch_size": int(batch_size),
-        "plan": plan,
+        "plan": plan.to_json(),
         "config": model_cfg.to_dict(),
         # refused when it was decided for another checkpoint (a retrained one, another fold)
         "postprocessing": load_postprocessing(decision, models=[ckpt]) if decision.is_file() else None,

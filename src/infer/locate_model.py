@@ -26,7 +26,7 @@ def checkpoint_locator(path, settings: LocateSettings) -> Optional[Locator]:
 
     from src.infer.predictor import CellNetFn
     from src.models.cpu_kernels import select_cpu_kernels
-    from src.train.checkpoint import read_training_checkpoint, restore_parameters
+    from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
     from src.train.locator_training import build_locator_network
 
     params, meta = read_training_checkpoint(path)
@@ -86,7 +86,7 @@ def export_locator(ckpt, target, file_format: str) -> Optional[dict]:
     import numpy as np
 
     from src.files import atomic_produce
-    from src.train.checkpoint import read_training_checkpoint, restore_parameters
+    from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
     from src.train.locator_training import build_locator_network
 
     params, meta = read_training_checkpoint(ckpt)

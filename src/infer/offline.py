@@ -19,8 +19,10 @@ from tqdm import tqdm
 from src.files import atomic_write_bytes, atomic_write_json, check_output_dir, read_json
 from src.errors import UserError
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
-from src.infer.evaluate import evaluate_cases, load_case_data
-from src.infer.predictor import read_mindir_sidecar, softmax_inplace
+from src.data.preprocessed_case import load_case
+from src.infer.evaluate import evaluate_cases
+from src.infer.mindir import load_mindir_graph, read_mindir_sidecar
+from src.infer.predictor import softmax_inplace
 from src.infer.sliding_window import (WindowLayout, flip_spatial, mean_over_mirrors, mirror_combinations,
                                       pad_to_patch, stitch_windows, window_layout)
 
@@ -46,19 +48,19 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
     """Step 1: write the fold's windows and ``windows.json``; returns the windows.json content."""
     plan = load_plan(pre_dir)
     case_ids = fold_validation_cases(pre_dir, fold)
-    patch = [int(p) for p in plan["patch_size"]]
+    patch = plan.patch_size
     flips = mirror_combinations(cfg.tta_mirror)
     data_dir = check_output_dir(Path(output_path) / DATA_DIR, "--output")
     stale = list(data_dir.glob("*.bin"))
     if stale:
         raise UserError(f"{data_dir} already holds {len(stale)} .bin file(s); use an empty --output")
-    info = {
+    window_index = {
         "format_version": FORMAT_VERSION,
         "fold": int(fold),
         "patch_size": patch,
-        "num_channels": int(plan.get("num_channels", 1)),
-        "num_classes": int(plan["num_classes"]),
-        "input_shape": [1, int(plan.get("num_channels", 1))] + patch,
+        "num_channels": plan.num_channels,
+        "num_classes": plan.num_classes,
+        "input_shape": [1, plan.num_channels] + patch,
         "dtype": "float32",
         "step_size": float(cfg.step_size),
         "tta_mirror": bool(cfg.tta_mirror),
@@ -68,7 +70,7 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
     }
     count = 0
     for case_id in tqdm(case_ids, desc="cases", unit="case", disable=not progress):
-        data = load_case_data(pre_dir, case_id)
+        data = load_case(pre_dir, case_id).data
         layout = window_layout(data.shape[1:], patch, cfg.step_size)
         padded, _ = pad_to_patch(data, patch)
         for w, start in enumerate(layout.starts):
@@ -77,21 +79,18 @@ def write_window_bins(cfg, pre_dir, fold, output_path, progress: bool = True) ->
                 name = input_name(case_id, w * len(flips) + f)
                 _write_array(data_dir / f"{name}.bin", flip_spatial(window, spatial_flip))
                 count += 1
-        info["cases"][case_id] = {"layout": layout.to_json(), "inputs": len(layout.starts) * len(flips)}
-    info["total_inputs"] = count
-    atomic_write_json(Path(output_path) / WINDOWS_FILE, info)
-    return info
+        window_index["cases"][case_id] = {"layout": layout.to_json(), "inputs": len(layout.starts) * len(flips)}
+    window_index["total_inputs"] = count
+    atomic_write_json(Path(output_path) / WINDOWS_FILE, window_index)
+    return window_index
 
 
 def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU", progress: bool = True) -> int:
     """Step 2 on CPU/GPU with the C++ program's file contract; returns the number of inputs run."""
     import mindspore as ms
-    from mindspore import nn
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not Path(mindir).is_file():
-        raise UserError(f"MindIR file not found: {mindir}")
     shape = [int(s) for s in read_mindir_sidecar(mindir)["input_shape"]]
     if shape[0] != 1:
         raise UserError(f"{mindir} takes batches of {shape[0]}; the 310 flow feeds one window per file: "
@@ -103,10 +102,7 @@ def run_mindir_on_bins(mindir, input_dir, output_dir, device_target: str = "CPU"
         raise UserError(f"--output {output_dir} is the --input folder; choose another folder for the results")
     check_output_dir(output_dir, "--output")
     setup_device(device_target, mode="graph")
-    try:
-        graph = nn.GraphCell(ms.load(str(mindir)))
-    except Exception as err:  # MindSpore raises RuntimeError/ValueError for damaged files
-        raise UserError(f"cannot load MindIR {mindir}: {str(err).strip().splitlines()[0]}") from None
+    graph = load_mindir_graph(mindir)
     expected = int(np.prod(shape))
     for path in tqdm(inputs, desc="inputs", unit="bin", disable=not progress):
         window = np.fromfile(path, dtype=np.float32)
@@ -127,12 +123,12 @@ def _read_result(result_dir, name: str, shape) -> np.ndarray:
     return values.reshape(shape)
 
 
-def stitched_logits(info: dict, case_id: str, result_dir, progress: bool = False) -> np.ndarray:
+def stitched_logits(window_index: dict, case_id: str, result_dir, progress: bool = False) -> np.ndarray:
     """(K, *shape) logits of one case from its stored window results (mirrors averaged, Gaussian-weighted)."""
-    layout = WindowLayout.from_json(info["cases"][case_id]["layout"])
-    flips = [tuple(f) for f in info["flips"]]
+    layout = WindowLayout.from_json(window_index["cases"][case_id]["layout"])
+    flips = [tuple(f) for f in window_index["flips"]]
     flip_index = {flip: i for i, flip in enumerate(flips)}
-    result_shape = (1, int(info["num_classes"])) + layout.patch_size
+    result_shape = (1, int(window_index["num_classes"])) + layout.patch_size
     averaged = np.empty(result_shape, dtype=np.float32)
 
     def windows():
@@ -142,30 +138,32 @@ def stitched_logits(info: dict, case_id: str, result_dir, progress: bool = False
                                           result_shape), flips, averaged)
             yield start, averaged[0]
 
-    return stitch_windows(layout, int(info["num_classes"]), windows(), progress, case_id)
+    return stitch_windows(layout, int(window_index["num_classes"]), windows(), progress, case_id)
 
 
 def evaluate_offline(cfg, pre_dir, fold, pre_path, result_path, out_dir, ref_dir=None, progress: bool = True) -> dict:
     """Step 3: stitch, restore, postprocess and score; the same outputs as eval.py."""
     plan = load_plan(pre_dir)
-    info = read_json(Path(pre_path) / WINDOWS_FILE, "windows.json of step 1")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{Path(pre_path) / WINDOWS_FILE} has format {info.get('format_version')}, "
+    window_index = read_json(Path(pre_path) / WINDOWS_FILE, "windows.json of step 1")
+    if window_index.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{Path(pre_path) / WINDOWS_FILE} has format {window_index.get('format_version')}, "
                         f"expected {FORMAT_VERSION}")
-    if [int(p) for p in plan["patch_size"]] != info["patch_size"]:
-        raise UserError(f"windows.json was written for patch {info['patch_size']}, plans.json has {plan['patch_size']}")
+    if plan.patch_size != window_index["patch_size"]:
+        raise UserError(f"windows.json was written for patch {window_index['patch_size']}, "
+                        f"plans.json has {plan.patch_size}")
     case_ids = fold_validation_cases(pre_dir, fold)
-    missing = [c for c in case_ids if c not in info["cases"]]
+    missing = [c for c in case_ids if c not in window_index["cases"]]
     if missing:
-        raise UserError(f"windows.json (fold {info.get('fold')}) lacks case(s) {', '.join(missing[:5])} of fold {fold}")
+        raise UserError(f"windows.json (fold {window_index.get('fold')}) lacks case(s) {', '.join(missing[:5])} "
+                        f"of fold {fold}")
     if not Path(result_path).is_dir():
         raise UserError(f"result folder not found: {result_path}")
 
     def probabilities(case_id, data, props):
-        return softmax_inplace(stitched_logits(info, case_id, result_path))
+        return softmax_inplace(stitched_logits(window_index, case_id, result_path))
 
-    meta = {"fold": int(fold), "models": [], "tta_mirror": info["tta_mirror"], "step_size": info["step_size"],
-            "offline_results": str(result_path)}
-    return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, [], plan["labels"],
-                          ref_dir=ref_dir, progress=progress, info=meta,
+    run_record = {"fold": int(fold), "models": [], "tta_mirror": window_index["tta_mirror"],
+                  "step_size": window_index["step_size"], "offline_results": str(result_path)}
+    return evaluate_cases(case_ids, pre_dir, probabilities, out_dir, cfg.postprocess, [], plan.labels,
+                          ref_dir=ref_dir, progress=progress, run_record=run_record,
                           training_case_ids=fold_cases(pre_dir, plan, fold)[0])

@@ -34,6 +34,7 @@ from scipy import ndimage
 from src.data.io import voxel_volume_ml
 from src.errors import UserError
 from src.files import atomic_write_json, file_digest
+from src.infer.slabs import Components
 from src.metrics.kits import dice
 
 POSTPROCESSING_FILE = "postprocessing.json"
@@ -49,9 +50,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
-def _keep_largest_inplace(label: np.ndarray, mask: np.ndarray) -> None:
-    keep = largest_component(mask)
-    label[mask & ~keep] = 0
+def _keep_largest_inplace(label: np.ndarray, test) -> None:
+    """Set to background every voxel of ``test(label)`` outside its largest component, slab by slab
+    (``src.infer.slabs``: no full-size component map on a 1000-slice case)."""
+    components = Components(label, test)
+    if components.count <= 1:
+        return
+    for start, stop, keep, selected in components.masks(components.largest(), every_slab=True):
+        label[start:stop][selected & ~keep] = 0
 
 
 def remove_small_components(label: np.ndarray, value: int, min_voxels: float) -> np.ndarray:
@@ -75,18 +81,19 @@ def remove_small_components(label: np.ndarray, value: int, min_voxels: float) ->
     return out
 
 
-def apply_postprocessing(label: np.ndarray, spec: Optional[dict], spacing=None) -> np.ndarray:
+def apply_postprocessing(label: np.ndarray, spec: Optional[dict], spacing=None, copy: bool = True) -> np.ndarray:
     """Apply a postprocessing spec ``{"all_foreground": bool, "per_class": [labels],
     "min_component_ml": {label: mL}}`` (the last key optional; it needs the voxel ``spacing`` in mm).
-    Returns a new array (the input itself when the spec does nothing)."""
+    Returns a new array (the input itself when the spec does nothing); ``copy=False`` changes ``label``
+    itself where the largest-component steps remove voxels (predict.py: no second full-size label)."""
     floors = (spec or {}).get("min_component_ml") or {}
     if not spec or (not spec.get("all_foreground") and not spec.get("per_class") and not floors):
         return label
-    out = label.copy()
+    out = label.copy() if copy else label
     if spec.get("all_foreground"):
-        _keep_largest_inplace(out, out > 0)
+        _keep_largest_inplace(out, lambda part: part > 0)
     for value in spec.get("per_class", []):
-        _keep_largest_inplace(out, out == int(value))
+        _keep_largest_inplace(out, lambda part, value=int(value): part == value)
     if floors:
         if spacing is None:
             raise UserError("a minimum component volume needs the voxel spacing")

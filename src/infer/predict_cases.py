@@ -21,10 +21,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from tqdm import tqdm
 
 from src.data.io import find_cases, load_image
+from src.data.plan import Plan
 from src.data.preprocess import preprocess_image_for_inference
 from src.errors import UserError
 from src.files import file_digest, remove_stale_temporaries
-from src.infer.case_report import report_line
+from src.infer.case_report import compact_ct, report_line
 from src.infer.geometry import probabilities_to_original
 from src.infer import stage_times
 from src.infer.output_formats import check_output_format
@@ -99,7 +100,7 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
                   log: FailureLog) -> None:
     with stage_times.case_record("(model)"), stage_times.stage("model load"):
         predictor = load_model(cfg, ckpts, mindir, progress)
-    spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.labels),
+    spec, source = resolve_postprocessing(cfg.postprocess, model_paths, label_values(predictor.plan.labels),
                                           predictor.exported_postprocessing)
     print(f"{len(todo)} case(s) to predict; postprocessing: {spec_summary(spec)} ({source})", file=sys.stderr)
     model = model_description(predictor.plan, model_paths)
@@ -116,13 +117,13 @@ def _predict_todo(cfg, ckpts, mindir, progress, todo, model_paths, identity, run
         tqdm.write(report_line(report))
 
 
-def model_description(plan: dict, model_paths) -> dict:
+def model_description(plan: Plan, model_paths) -> dict:
     """What the case page says about the model: its files and what it was planned for."""
     return {"files": [f"{Path(path).name} ({file_digest(path)[:19]}...)" for path in model_paths],
-            "network": f"kitseg U-Net, features {plan.get('features')}",
-            "trained for": f"{plan.get('dataset', '?')} labels {plan.get('labels')}",
-            "target spacing (mm)": " x ".join(f"{float(s):.3g}" for s in plan.get("target_spacing", [])),
-            "patch size": " x ".join(str(n) for n in plan.get("patch_size", []))}
+            "network": f"kitseg U-Net, features {plan.features}",
+            "trained for": f"{plan.get('dataset', '?')} labels {plan.labels}",
+            "target spacing (mm)": " x ".join(f"{s:.3g}" for s in plan.target_spacing),
+            "patch size": " x ".join(str(n) for n in plan.patch_size)}
 
 
 def _predict_case(predictor, spec, case, target, identity, model: dict) -> dict:
@@ -131,6 +132,7 @@ def _predict_case(predictor, spec, case, target, identity, model: dict) -> dict:
         image, meta = load_image(case.image, case.series)
     with stage("resample in"):
         data, props = preprocess_image_for_inference(image, meta, predictor.plan)
+        image = compact_ct(image)  # kept for the report until the case ends
     with stage("network"):
         probs = predictor.predict_preprocessed(data)
     del data
@@ -138,8 +140,8 @@ def _predict_case(predictor, spec, case, target, identity, model: dict) -> dict:
         label = probabilities_to_original(probs, props)
     del probs
     with stage("postprocess"):
-        label = apply_postprocessing(label, spec, meta.spacing)
-    return save_case(target, case, image, label, meta, predictor.labels, identity, spec_summary(spec), model)
+        label = apply_postprocessing(label, spec, meta.spacing, copy=False)
+    return save_case(target, case, image, label, meta, predictor.plan.labels, identity, spec_summary(spec), model)
 
 
 def raise_failures(failures: Dict[str, str], total: int, output_dir: Path) -> None:

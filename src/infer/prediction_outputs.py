@@ -31,11 +31,11 @@ from src.config import Config
 from src.data.io import CaseFiles, case_image_digest
 from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
-                       overlapping_inputs)
+                       overlapping_inputs, read_json_if_valid)
 from src.infer.output_formats import label_file_name, write_label
 from src.infer.postprocess import postprocessing_candidates
 from src.infer.stage_times import stage
-from src.infer.predictor import mindir_sidecar
+from src.infer.mindir import mindir_sidecar
 
 PRODUCER = "predict.py"
 LOCATE_KEYS = ("locate", "locate_margin_mm", "locate_threshold", "locate_include", "locate_max_unsure")
@@ -120,10 +120,7 @@ def check_prediction_outputs(cases: Sequence[CaseFiles], output_dir, output_form
 
 def read_our_report(path: Path) -> Optional[dict]:
     """The report at ``path`` if predict.py wrote it (None when missing, unreadable or someone else's)."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    report = read_json_if_valid(path)
     if not isinstance(report, dict) or report.get("producer") != PRODUCER:
         return None
     return report

@@ -7,17 +7,15 @@ folds: each model's sliding-window logits are turned into softmax probabilities 
 A MindIR file needs its sidecar ``<name>.mindir.json`` (written by export.py, bound to the file by its sha256)
 for the plan and batch size.
 """
-import json
-from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from src.config import Config, config_from_dict
+from src.data.plan import Plan
 from src.errors import UserError
-from src.files import file_digest, read_json
-from src.infer.geometry import probabilities_to_original
 from src.infer.locate import region_logits
+from src.infer.mindir import load_mindir_graph, mindir_sidecar, read_mindir_sidecar
 from src.infer.stage_times import stage
 from src.infer.sliding_window import NetFn, sliding_window_logits
 
@@ -89,7 +87,7 @@ def softmax_inplace(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Sliding-window prediction with one or several models sharing a plan."""
 
-    def __init__(self, net_fns: Sequence[NetFn], plan: dict, sources: Sequence[str], step_size: float = 0.5,
+    def __init__(self, net_fns: Sequence[NetFn], plan: Plan, sources: Sequence[str], step_size: float = 0.5,
                  batch_size: int = 2, mirror: bool = True, progress: bool = True,
                  exported_postprocessing: Optional[dict] = None):
         if not net_fns:
@@ -105,33 +103,21 @@ class Predictor:
         self.exported_postprocessing = exported_postprocessing
         self.locator = None  # the first pass of src.infer.locate, set by locate_model.attach_locator
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.plan["num_classes"])
-
-    @property
-    def patch_size(self) -> List[int]:
-        return [int(p) for p in self.plan["patch_size"]]
-
-    @property
-    def labels(self) -> dict:
-        return {str(k): int(v) for k, v in self.plan["labels"].items()}
-
     def predict_logits(self, net_fn: NetFn, data: np.ndarray, description: str = "windows") -> np.ndarray:
-        return sliding_window_logits(data, net_fn, self.patch_size, self.num_classes, step_size=self.step_size,
-                                     batch_size=self.batch_size, mirror=self.mirror, progress=self.progress,
+        return sliding_window_logits(data, net_fn, self.plan.patch_size, self.plan.num_classes,
+                                     step_size=self.step_size, batch_size=self.batch_size, mirror=self.mirror, progress=self.progress,
                                      description=description)
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Class probabilities (K, ...) float32 for a preprocessed volume (C, ...): the average over
         models of the softmax of their mirrored, Gaussian-weighted sliding-window logits."""
-        expected_channels = int(self.plan.get("num_channels", 1))
+        expected_channels = self.plan.num_channels
         if data.ndim != 4 or data.shape[0] != expected_channels:
             raise UserError(f"expected preprocessed data ({expected_channels}, d0, d1, d2), got {data.shape}")
         region = None
         if self.locator is not None:
             with stage("locate"):
-                region = self.locator.region(data, self.plan["target_spacing"])
+                region = self.locator.region(data, self.plan.target_spacing)
         total = None
         for i, net_fn in enumerate(self.net_fns):
             description = f"model {i + 1}/{len(self.net_fns)}" if len(self.net_fns) > 1 else "windows"
@@ -140,8 +126,8 @@ class Predictor:
                 if region is None:
                     logits = self.predict_logits(net_fn, data, description)
                 else:
-                    logits = region_logits(data, net_fn, region, self.locator.settings, self.patch_size,
-                                           self.num_classes, self.step_size, self.batch_size, self.mirror,
+                    logits = region_logits(data, net_fn, region, self.locator.settings, self.plan.patch_size,
+                                           self.plan.num_classes, self.step_size, self.batch_size, self.mirror,
                                            self.progress, description)
             with stage("softmax"):
                 probs = softmax_inplace(logits)
@@ -155,54 +141,14 @@ class Predictor:
             total /= np.float32(len(self.net_fns))
         return total
 
-    def predict_case_to_original(self, probs: np.ndarray, case_props: dict) -> np.ndarray:
-        return probabilities_to_original(probs, case_props)
 
-
-def check_plans_agree(reference: dict, other: dict, reference_name: str, other_name: str) -> None:
+def check_plans_agree(reference: Plan, other: Plan, reference_name: str, other_name: str) -> None:
     """UserError naming the first inference-relevant plan key on which two plans differ."""
+    ours, theirs = reference.to_json(), other.to_json()
     for key in PLAN_KEYS_FOR_INFERENCE:
-        if key in reference and key in other and _normalized(reference[key]) != _normalized(other[key]):
+        if key in ours and key in theirs and ours[key] != theirs[key]:
             raise UserError(f"{other_name} does not match {reference_name}: plan key '{key}' is "
-                            f"{other[key]!r} vs {reference[key]!r}")
-
-
-def _normalized(value):
-    return json.loads(json.dumps(value))
-
-
-SIDECAR_PRODUCER = "export.py"
-SIDECAR_COMPLETE = "complete"
-
-
-def mindir_sidecar(mindir) -> Path:
-    """``<name>.mindir.json`` next to ``<name>.mindir`` (``<name>.air.json`` for AIR): the plan, config, input
-    shape and the model file's sha256 export.py stored."""
-    path = Path(mindir)
-    return path.with_name(path.name + ".json")
-
-
-def read_mindir_sidecar(mindir) -> dict:
-    """The sidecar of a model file, refused unless it is complete and names this very file (its sha256)."""
-    path = mindir_sidecar(mindir)
-    if not path.is_file():
-        old_name = Path(mindir).with_suffix(".json")
-        hint = f" (exports before the sidecar was bound to its model wrote {old_name.name}: export again)" \
-            if old_name.is_file() else ""
-        raise UserError(f"{path} not found: a model file needs the sidecar export.py writes next to it "
-                        f"(plan, patch size, batch size, the model's sha256){hint}")
-    info = read_json(path, "MindIR sidecar")
-    if not isinstance(info, dict) or info.get("producer") != SIDECAR_PRODUCER:
-        raise UserError(f"{path} was not written by export.py")
-    if info.get("status") != SIDECAR_COMPLETE:
-        raise UserError(f"{path} belongs to an export that did not finish; export the model again")
-    for key in ("plan", "batch_size", "input_shape", "model_digest"):
-        if key not in info:
-            raise UserError(f"{path} lacks '{key}'")
-    if info["model_digest"] != file_digest(mindir):
-        raise UserError(f"{mindir} is not the model {path.name} was written for (sha256 differs); "
-                        f"export the model again")
-    return info
+                            f"{theirs[key]!r} vs {ours[key]!r}")
 
 
 def inference_config(model_config: dict, user_cfg: Config) -> Config:
@@ -211,18 +157,17 @@ def inference_config(model_config: dict, user_cfg: Config) -> Config:
     return user_cfg.replace(**{key: getattr(stored, key) for key in ARCHITECTURE_KEYS})
 
 
-def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: str, cpu_kernels: bool = True):
+def build_inference_network(model_cfg: Config, plan: Plan, ckpt_path, device: str, cpu_kernels: bool = True):
     """The trained network with the checkpoint's weights, deep supervision off, in eval mode, wrapped
     for float16 on Ascend when the (resolved) amp level asks for it. ``cpu_kernels``: the compiled CPU
     kernels where they apply (never in a graph meant for export)."""
     from src.models import build_network
     from src.models.cpu_kernels import select_cpu_kernels
-    from src.train.checkpoint import load_network_weights
-    from src.train.train_cell import apply_amp, resolve_amp_level
+    from src.runtime.checkpoint import load_network_weights
+    from src.runtime.amp import apply_amp, resolve_amp_level
 
-    if model_cfg.network == "dodnet":
-        raise UserError("DoDNet is the pretraining model (task-conditioned, 2 sigmoid outputs); transfer its "
-                        "weights with train.py --pretrained and predict with the fine-tuned network")
+    if not model_cfg.variant.predicts:
+        raise UserError(model_cfg.variant.cannot_predict)
     network = build_network(model_cfg, plan)
     load_network_weights(network, ckpt_path)
     network.set_deep_supervision(False)
@@ -237,23 +182,24 @@ def build_inference_network(model_cfg: Config, plan: dict, ckpt_path, device: st
 
 def load_checkpoint_network(path, cfg: Config, device: str, cpu_kernels: bool = True):
     """(network ready for inference, the checkpoint's plan, the config it was built with)."""
-    from src.train.checkpoint import read_checkpoint_meta
+    from src.runtime.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(path)
     if "plan" not in meta or "config" not in meta:
         raise UserError(f"checkpoint {path} carries no plan/config; it was not written by train.py")
     model_cfg = inference_config(meta["config"], cfg)
-    network = build_inference_network(model_cfg, meta["plan"], path, device, cpu_kernels)
-    return network, meta["plan"], model_cfg
+    plan = Plan.from_json(meta["plan"], f"the plan of checkpoint {path}")
+    network = build_inference_network(model_cfg, plan, path, device, cpu_kernels)
+    return network, plan, model_cfg
 
 
-def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, plan: Optional[dict] = None,
+def load_predictor(cfg: Config, ckpts: Optional[Sequence] = None, mindir=None, plan: Optional[Plan] = None,
                    progress: bool = True) -> Predictor:
     """A Predictor over one or several checkpoints, or over a MindIR file.
 
     ``plan`` (e.g. a preprocessed folder's plans.json) is checked against the models' plans.
     """
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     if bool(ckpts) == (mindir is not None):
         raise UserError("give either checkpoint(s) or a MindIR file")
@@ -290,21 +236,11 @@ def _checkpoint_models(ckpts: Sequence, cfg: Config, device: str):
 
 
 def _mindir_models(mindir):
-    import mindspore as ms
-    from mindspore import nn
-
-    path = Path(mindir)
-    if not path.is_file():
-        raise UserError(f"MindIR file not found: {path}")
-    info = read_mindir_sidecar(path)
-    try:
-        graph = ms.load(str(path))
-    except Exception as err:  # MindSpore raises RuntimeError/ValueError for damaged files
-        raise UserError(f"cannot load MindIR {path}: {str(err).strip().splitlines()[0] if str(err).strip() else err}") \
-            from None
-    model_plan = info["plan"]
-    input_shape = [int(s) for s in info["input_shape"]]
-    if input_shape[2:] != [int(p) for p in model_plan["patch_size"]]:
-        raise UserError(f"{mindir_sidecar(path)}: input shape {input_shape} does not match the plan's patch size")
-    net_fn: Callable = FixedBatchNetFn(CellNetFn(nn.GraphCell(graph)), int(info["batch_size"]))
-    return [net_fn], model_plan, [str(path)], info.get("postprocessing")
+    sidecar = read_mindir_sidecar(mindir)
+    graph = load_mindir_graph(mindir)
+    model_plan = Plan.from_json(sidecar["plan"], f"the plan in {mindir_sidecar(mindir)}")
+    input_shape = [int(s) for s in sidecar["input_shape"]]
+    if input_shape[2:] != model_plan.patch_size:
+        raise UserError(f"{mindir_sidecar(mindir)}: input shape {input_shape} does not match the plan's patch size")
+    net_fn: Callable = FixedBatchNetFn(CellNetFn(graph), int(sidecar["batch_size"]))
+    return [net_fn], model_plan, [str(mindir)], sidecar.get("postprocessing")

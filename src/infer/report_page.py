@@ -27,6 +27,7 @@ from scipy import ndimage
 from src.data.io import ImageMeta
 from src.files import atomic_write_text
 from src.infer.case_report import CT_WINDOW_HU, FALLBACK_COLOURS, OUTLINE_COLOURS, tumour_value
+from src.infer.slabs import Components
 
 VIEW_PIXELS = 360  # the longer side of each view
 MARK_COLOUR = (255, 255, 0)
@@ -49,23 +50,29 @@ def _to_display(volume: np.ndarray, affine) -> Tuple[np.ndarray, np.ndarray]:
 
 def focus_point(label: np.ndarray, labels: Dict[str, int]) -> Tuple[Tuple[int, int, int], str]:
     """(voxel index, what it is) the views go through: the centre of mass of the largest tumour component,
-    else of the largest component of any foreground label, else the volume centre."""
+    else of the largest component of any foreground label, else the volume centre. Slab by slab
+    (``src.infer.slabs``); the centre from integer index sums, so it equals ``ndimage.center_of_mass``."""
     tumour = tumour_value(labels)
-    for mask, what in (((label == tumour) if tumour is not None else None, "largest tumour"),
-                       (label > 0, "largest labelled structure")):
-        if mask is None or not mask.any():
+    tests = ([] if tumour is None else [(lambda part: part == tumour, "largest tumour")]) + [
+        (lambda part: part > 0, "largest labelled structure")]
+    for test, what in tests:
+        components = Components(label, test)
+        largest = components.largest()
+        if largest is None:
             continue
-        components, _ = ndimage.label(mask)
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        centre = ndimage.center_of_mass(components == int(np.argmax(sizes)))
+        sums = np.zeros(3, dtype=np.int64)
+        for start, _, mask, _ in components.masks(largest):
+            index = np.nonzero(mask)
+            sums += [int(index[0].sum()) + start * len(index[0]), int(index[1].sum()), int(index[2].sum())]
+        centre = sums / float(components.sizes[largest])
         return tuple(int(round(c)) for c in centre), what
     return tuple(n // 2 for n in label.shape), "volume centre"
 
 
 def _plane(volume: np.ndarray, fixed: int, index: int, rows: int, columns: int) -> np.ndarray:
-    plane = np.take(volume, index, axis=fixed)
-    return plane.T if rows > columns else plane  # np.take keeps the two free axes in order; rows come first
+    # basic indexing: np.take would first copy the whole (flipped, transposed) volume to C order
+    plane = np.array(volume[(slice(None),) * fixed + (index,)])
+    return plane.T if rows > columns else plane  # the two free axes stay in order; rows come first
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

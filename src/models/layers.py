@@ -121,8 +121,7 @@ class LeakyReLU(nn.Cell):
 
     Forward max(x, 0.01 x) and backward 0.01 dy + 0.99 dy [y > 0] are the definition (up to one
     rounding of the gradient); on CPU this was the fastest of the formulations measured (nn.LeakyReLU,
-    maximum, where, relu(x) - 0.01 relu(-x)): forward 11 ms, forward+backward 105 ms against 378 ms for
-    nn.LeakyReLU on 2x32x64^3 (docs/PERFORMANCE.md).
+    maximum, where, relu(x) - 0.01 relu(-x); docs/PERFORMANCE.md, "Levers, one at a time").
     """
 
     def __init__(self):
@@ -141,8 +140,8 @@ class InstanceNorm3d(nn.Cell):
 
     nn.InstanceNorm3d is GPU-only. GroupNorm with one group per channel is the same function on every
     backend, the fastest forward+backward measured on CPU, exports to MindIR and does not depend on the
-    batch size. (A LayerNorm over (sample, channel) rows had a ~2x faster CPU forward but took ~8x the
-    memory at inference: 1.89 GiB against 0.23 GiB for one 80 x 64 x 64 window; see PERFORMANCE.md.)
+    batch size. A LayerNorm over (sample, channel) rows had a faster CPU forward but took several times the
+    memory at inference (docs/PERFORMANCE.md, "Levers, one at a time").
     """
 
     def __init__(self, num_channels: int, eps: float = NORM_EPS):

@@ -1,1 +1,1 @@
-"""Training: device setup, train-step cells, schedules, checkpoints, the fold trainer."""
+"""Training: train-step cells, schedules, the run folder and its state, online validation, the fold trainer."""

@@ -70,10 +70,10 @@ class _AllReduceSum(nn.Cell):
 _REDUCER = []
 
 
-def all_reduce_sum(values, info: ParallelInfo = ParallelInfo()) -> np.ndarray:
+def all_reduce_sum(values, parallel: ParallelInfo = ParallelInfo()) -> np.ndarray:
     """Sum a float array over all ranks (the only reduction MindSpore's CPU back end has); a copy for one rank."""
     values = np.asarray(values, dtype=np.float32)
-    if not info.distributed:
+    if not parallel.distributed:
         return values.copy()
     if not _REDUCER:
         _REDUCER.append(_AllReduceSum())
@@ -81,12 +81,12 @@ def all_reduce_sum(values, info: ParallelInfo = ParallelInfo()) -> np.ndarray:
     return _REDUCER[0](ms.Tensor(flat)).asnumpy().reshape(values.shape)
 
 
-def all_gather_rows(values, info: ParallelInfo = ParallelInfo()) -> np.ndarray:
+def all_gather_rows(values, parallel: ParallelInfo = ParallelInfo()) -> np.ndarray:
     """``(world, N)``: row r holds rank r's vector (each rank fills its own row of zeros; the sum is exact)."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
-    rows = np.zeros((info.world, values.size), dtype=np.float32)
-    rows[info.rank] = values
-    return all_reduce_sum(rows, info)
+    rows = np.zeros((parallel.world, values.size), dtype=np.float32)
+    rows[parallel.rank] = values
+    return all_reduce_sum(rows, parallel)
 
 
 def weight_checksums(network) -> np.ndarray:
@@ -98,7 +98,7 @@ def weight_checksums(network) -> np.ndarray:
     return np.asarray(sums, dtype=np.float32)
 
 
-def weights_identical_across_ranks(network, info: ParallelInfo) -> bool:
+def weights_identical_across_ranks(network, parallel: ParallelInfo) -> bool:
     """True when every rank holds bit-identical weight fingerprints."""
-    rows = all_gather_rows(weight_checksums(network), info)
+    rows = all_gather_rows(weight_checksums(network), parallel)
     return bool(all(np.array_equal(rows[0], row) for row in rows[1:]))

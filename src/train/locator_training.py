@@ -27,7 +27,7 @@ def locator_plan(cfg, plan: dict) -> dict:
     stages = len(FEATURES)
     return {"features": list(FEATURES), "conv_kernel_sizes": [[3, 3, 3]] * stages,
             "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1), "patch_size": [int(p) for p in cfg.locator_patch_size],
-            "factors": list(coarse_factors(plan["target_spacing"], cfg.locator_spacing_mm)),
+            "factors": list(coarse_factors(plan.get("target_spacing"), cfg.locator_spacing_mm)),
             "spacing_mm": float(cfg.locator_spacing_mm), "num_classes": 2,
             "num_channels": int(plan.get("num_channels", 1))}
 
@@ -39,14 +39,13 @@ def build_locator_network(lplan: dict):
                        lplan["conv_kernel_sizes"], lplan["strides"], downsample="conv", deep_supervision=False)
 
 
-def coarse_cases(pre_dir, case_ids, plan: dict, factors) -> list:
+def coarse_cases(pre_dir, case_ids, plan, factors) -> list:
     """(coarse data (C, ...), coarse foreground (...) int32 0/1) per case."""
-    from src.data.preprocessed import plan_identity
-    from src.data.sampler import load_case
+    from src.data.preprocessed_case import load_case
 
     cases = []
     for case_id in case_ids:
-        case = load_case(pre_dir, case_id, plan_identity(plan))
+        case = load_case(pre_dir, case_id, plan.identity)
         data = block_reduce(np.asarray(case.data, dtype=np.float32), factors, "mean")
         seg = block_reduce(np.asarray(case.seg)[None].astype(np.int8), factors, "max")[0]
         cases.append((data, (seg > 0).astype(np.int32)))
@@ -133,7 +132,7 @@ def attach_locator(ckpt_path, network, lplan: dict) -> None:
     import mindspore as ms
 
     from src.files import atomic_produce
-    from src.train.checkpoint import META_KEY, load_checkpoint_file, split_checkpoint
+    from src.runtime.checkpoint import META_KEY, load_checkpoint_file, split_checkpoint
 
     path = Path(ckpt_path)
     params, meta = split_checkpoint(load_checkpoint_file(path), path)

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from src.errors import UserError
-from src.files import atomic_copy, atomic_write_text, remove_stale_temporaries
-from src.train.checkpoint import keep_previous, read_training_checkpoint, save_training_checkpoint
+from src.data.plan import PLAN_FILE
+from src.files import atomic_copy, atomic_link, atomic_write_text, remove_stale_temporaries
+from src.runtime.checkpoint import read_training_checkpoint, save_training_checkpoint
 from src.train.curves import plot_progress
 from src.train.run_state import TrainingLog, is_epoch_line
 
@@ -42,7 +43,7 @@ LOG = "training_log.txt"
 PROGRESS = "progress.png"
 TRANSFER_REPORT = "transfer_report.json"
 CONFIG = "config.yaml"
-PLANS = "plans.json"
+PLANS = PLAN_FILE
 POSTPROCESSING = "postprocessing.json"  # eval.py's decision (src.infer.postprocess.POSTPROCESSING_FILE)
 # Everything a run leaves, in the order --overwrite deletes it: the checkpoints first, the latest before
 # the best, so an --overwrite killed half-way leaves nothing --resume would continue.
@@ -123,7 +124,7 @@ def commit_epoch(fold_dir, train_cell, meta: dict, write_best: bool, log: Traini
     latest, epoch = fold_dir / LATEST, int(meta["state"]["epoch"])
     steps = []
     if latest.is_file():
-        steps.append((PREVIOUS, lambda: keep_previous(latest, fold_dir / PREVIOUS)))
+        steps.append((PREVIOUS, lambda: atomic_link(latest, fold_dir / PREVIOUS)))
     steps.append((LATEST, lambda: save_training_checkpoint(latest, train_cell, meta)))
     if write_best:
         steps.append((BEST, lambda: atomic_copy(latest, fold_dir / BEST)))

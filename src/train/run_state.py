@@ -15,17 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.preprocessed import TOPOLOGY_KEYS
+from src.data.plan import Plan
 from src.errors import UserError
 from src.train.curves import empty_history
 from src.train.schedule import BudgetChoice
 
 
-def check_same_topology(plan: dict, checkpoint_plan: dict, path) -> None:
-    for key in TOPOLOGY_KEYS:
-        if plan.get(key) != checkpoint_plan.get(key):
-            raise UserError(f"checkpoint {path} was trained with {key}={checkpoint_plan.get(key)}, "
-                            f"but the preprocessed data plans {key}={plan.get(key)}")
+def check_same_topology(plan: Plan, checkpoint_plan: Plan, path) -> None:
+    ours, theirs = plan.topology(), checkpoint_plan.topology()
+    for key in ours:
+        if ours[key] != theirs[key]:
+            raise UserError(f"checkpoint {path} was trained with {key}={theirs[key]}, "
+                            f"but the preprocessed data plans {key}={ours[key]}")
 
 
 def capture_rng() -> dict:

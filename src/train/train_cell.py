@@ -9,7 +9,6 @@ Both return only the loss, so the trainer treats them alike.
 """
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.train import amp
 
 # GradScaler's defaults in nnU-Net's PyTorch code: initial 2**16, factor 2, window 2000 steps.
 INITIAL_LOSS_SCALE = 2.0 ** 16
@@ -107,23 +106,6 @@ class ClippedLossScaleTrainOneStepCell(nn.TrainOneStepWithLossScaleCell):
         if self.is_distributed:
             flags = self.allreduce(flags)
         return flags >= 1.0
-
-
-def resolve_amp_level(amp_level: str, device_target: str) -> str:
-    """``auto`` means float16 with loss scaling on Ascend and full precision elsewhere."""
-    if amp_level == "auto":
-        return "O2" if device_target == "Ascend" else "O0"
-    return amp_level
-
-
-def apply_amp(network, amp_level: str):
-    """The network as training and validation call it: unchanged for ``O0``; for ``O2`` cast to float16
-    (norms stay float32 by the amp black list) with its outputs cast back to float32."""
-    if amp_level == "O0":
-        return network
-    if amp_level == "O2":
-        return amp.auto_mixed_precision(network, amp_level="O2")
-    raise ValueError(f"unsupported amp level {amp_level!r}")
 
 
 def build_train_cell(forward_network, loss_fn, optimizer, clip_norm: float, amp_level: str,

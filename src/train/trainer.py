@@ -30,6 +30,7 @@ one line.
 import itertools
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,16 @@ from mindspore import nn
 from src.config import save_config
 from src.data.dataset import build_train_dataset, build_val_dataset
 from src.files import atomic_write_json
+from src.data.plan import Plan
 from src.data.planning import plan_for_config
 from src.errors import UserError
 from src.losses import build_loss
 from src.models import build_network
 from src.models.cpu_kernels import select_cpu_kernels
 from src.models.transfer import transferable_parameters
-from src.train.checkpoint import load_checkpoint_file, network_weights, restore_parameters, split_checkpoint
+from src.runtime.checkpoint import load_checkpoint_file, network_weights, restore_parameters, split_checkpoint
 from src.train.curves import plot_progress
-from src.train.device import setup_device
+from src.runtime.device import setup_device
 from src.train.distributed import ParallelInfo, all_gather_rows, init_data_parallel, weights_identical_across_ranks
 from src.data.preprocessed import fold_cases, load_plan, parse_fold
 from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TRANSFER_REPORT, check_run_folder,
@@ -57,7 +59,8 @@ from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TR
                                   write_or_stop)
 from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
 from src.train.schedule import epochs_within_budget, poly_lr
-from src.train.train_cell import apply_amp, build_train_cell, loss_scale_of, resolve_amp_level, set_learning_rate
+from src.runtime.amp import apply_amp, resolve_amp_level
+from src.train.train_cell import build_train_cell, loss_scale_of, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema
 
 __all__ = ["BEST", "LATEST", "LOG", "PROGRESS", "TRANSFER_REPORT", "build_optimizer", "train_fold"]
@@ -95,14 +98,14 @@ def load_pretrained(network, path, fold_dir: Path, write: bool) -> dict:
     return report
 
 
-def _checkpoint_meta(cfg, plan, fold, state: RunState, info: ParallelInfo, lr: float, log: TrainingLog) -> dict:
-    return {"config": cfg.to_dict(), "plan": plan, "fold": fold, "state": state.to_json(), "lr": lr,
-            "world": info.world, "rng": capture_rng(), "seed": cfg.seed, "log": list(log.lines)}
+def _checkpoint_meta(cfg, plan, fold, state: RunState, parallel: ParallelInfo, lr: float, log: TrainingLog) -> dict:
+    return {"config": cfg.to_dict(), "plan": plan.to_json(), "fold": fold, "state": state.to_json(), "lr": lr,
+            "world": parallel.world, "rng": capture_rng(), "seed": cfg.seed, "log": list(log.lines)}
 
 
-def _resume(train_cell, fold_dir: Path, plan: dict, info: ParallelInfo, log: TrainingLog):
-    point = open_resume_point(fold_dir, repair=info.is_main)
-    check_same_topology(plan, point.meta["plan"], point.path)
+def _resume(train_cell, fold_dir: Path, plan: Plan, parallel: ParallelInfo, log: TrainingLog):
+    point = open_resume_point(fold_dir, repair=parallel.is_main)
+    check_same_topology(plan, Plan.from_json(point.meta["plan"], f"checkpoint {point.path}"), point.path)
     restore_parameters(train_cell, point.params, point.path)
     restore_rng(point.meta["rng"])
     state = RunState.from_json(point.meta["state"])
@@ -110,10 +113,10 @@ def _resume(train_cell, fold_dir: Path, plan: dict, info: ParallelInfo, log: Tra
     for note in point.notes:
         log(note)
     log(f"resumed from {point.path} after epoch {state.epoch}")
-    if point.meta.get("world", 1) != info.world:
-        log(f"note: the checkpoint was trained by {point.meta.get('world')} rank(s), this run has {info.world}; "
+    if point.meta.get("world", 1) != parallel.world:
+        log(f"note: the checkpoint was trained by {point.meta.get('world')} rank(s), this run has {parallel.world}; "
             f"the batches differ from an uninterrupted run")
-    if info.is_main and state.epoch:
+    if parallel.is_main and state.epoch:
         write_or_stop(fold_dir / PROGRESS, lambda: plot_progress(state.history, fold_dir / PROGRESS))
     return state
 
@@ -146,13 +149,13 @@ def steady_seconds(durations) -> float:
     return float(np.mean(later)) if later else 0.0
 
 
-def _choose_epochs(cfg, train_batches: _Batches, val_batches, spent_seconds: float, info: ParallelInfo):
+def _choose_epochs(cfg, train_batches: _Batches, val_batches, spent_seconds: float, parallel: ParallelInfo):
     """The epochs of ``cfg.train_minutes``, chosen at the end of the first epoch from its measured steps."""
     epoch_seconds = steady_seconds(train_batches.durations) * cfg.iters_per_epoch
     if val_batches is not None:
         epoch_seconds += steady_seconds(val_batches.durations) * cfg.val_iters
     # every rank must stop after the same epoch: all of them choose from the slowest rank's figures
-    epoch_seconds, spent_seconds = (float(v) for v in all_gather_rows([epoch_seconds, spent_seconds], info).max(0))
+    epoch_seconds, spent_seconds = (float(v) for v in all_gather_rows([epoch_seconds, spent_seconds], parallel).max(0))
     # a clock too coarse to see an epoch must not divide by zero
     return epochs_within_budget(cfg.train_minutes, max(epoch_seconds, 1e-3), cfg.epochs, spent_seconds,
                                 finished_epochs=1)
@@ -199,16 +202,39 @@ def _train_epoch(train_cell, batches, epoch: int, epochs: int, show: bool):
     return float(np.mean(losses))
 
 
-def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_after_epoch=None,
-               overwrite=False) -> dict:
-    """Train fold ``fold`` (0..N-1 or ``"all"``) on the preprocessed folder ``pre_dir`` into ``out_dir/fold_F``.
+@dataclass
+class FoldRun:
+    """What the steps of one fold's training share: built by ``prepare``, advanced epoch by epoch."""
+    cfg: object
+    pre_dir: Path
+    fold: object
+    fold_dir: Path
+    plan: Plan
+    train_ids: list
+    val_ids: list
+    device: str
+    parallel: ParallelInfo
+    log: TrainingLog
+    amp_level: str
+    network: object
+    train_cell: object
+    optimizer: object
+    val_step: object
+    kernels: str
+    started: float
+    notes: list
+    state: RunState = field(default_factory=RunState)
+    epochs: int = 0  # the epochs the poly schedule runs over
+    choose_epochs: bool = False  # whether this session's first epoch chooses them (train_minutes)
+    last_dice: float = None
 
-    A fold folder holding a run needs ``resume`` (continue it) or ``overwrite`` (delete it, start over).
-    ``stop_after_epoch`` ends this run after that many finished epochs (a later ``resume`` continues).
-    Returns the run summary: fold folder, finished epochs, best EMA and its epoch, last pseudo-Dice,
-    and whether all ranks ended with identical weights.
-    """
-    run_started = clock()
+    def last_epoch(self, stop_after_epoch) -> int:
+        return self.epochs if stop_after_epoch is None else min(self.epochs, int(stop_after_epoch))
+
+
+def prepare(cfg, pre_dir, fold, out_dir, resume: bool, overwrite: bool) -> FoldRun:
+    """The plan, the fold's cases, the device, the data-parallel group, the network, loss, optimizer and steps."""
+    started = clock()
     pre_dir = Path(pre_dir)
     fold = parse_fold(fold)
     plan = plan_for_config(load_plan(pre_dir), cfg.target_spacing, cfg.patch_size, cfg.base_features,
@@ -220,9 +246,9 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     check_run_folder(fold_dir, resume, overwrite)
 
     device = setup_device(cfg.device_target, mode="graph")
-    info = init_data_parallel()
-    notes = prepare_fold_folder(fold_dir, overwrite) if info.is_main else []
-    log = TrainingLog(fold_dir / LOG, enabled=info.is_main)
+    parallel = init_data_parallel()
+    notes = prepare_fold_folder(fold_dir, overwrite) if parallel.is_main else []
+    log = TrainingLog(fold_dir / LOG, enabled=parallel.is_main)
     amp_level = resolve_amp_level(cfg.amp_level, device)
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed % 2 ** 32)
@@ -232,90 +258,129 @@ def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_
     forward = apply_amp(network, amp_level)
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
-    task_conditioned = cfg.network == "dodnet"  # its batches carry each sample's task id
-    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, task_conditioned)
+    train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, cfg.variant.task_conditioned)
     # Validation runs the network in training mode, as nnU-Net v2 does (deep supervision on, the loss over
     # all heads): instance norm has no running statistics, so only the extra heads differ, and never
     # flipping the mode means neither compiled graph is ever rebuilt with the other mode's flags.
     train_cell.set_train(True)
-    val_step = build_validation_step(cfg.network, forward, loss_fn, plan, getattr(network, "num_outputs", 2))
+    val_step = build_validation_step(cfg.variant, forward, loss_fn, network)
+    return FoldRun(cfg, pre_dir, fold, fold_dir, plan, train_ids, val_ids, device, parallel, log, amp_level,
+                   network, train_cell, optimizer, val_step, kernels, started, notes)
 
+
+def restore(run: FoldRun, resume: bool, pretrained) -> None:
+    """The resumed state or the pretrained weights, the run's config and plan written, the epochs planned."""
+    cfg, fold_dir, log = run.cfg, run.fold_dir, run.log
     # the resume rewrites the log to the checkpoint's record before this session appends to it
-    state = _resume(train_cell, fold_dir, plan, info, log) if resume else RunState()
-    for note in notes:
+    if resume:
+        run.state = _resume(run.train_cell, fold_dir, run.plan, run.parallel, log)
+    for note in run.notes:
         log(note)
     if resume and pretrained:
         log(f"note: --pretrained {pretrained} ignored; the resumed weights already started from it")
     elif pretrained:
-        report = load_pretrained(network, pretrained, fold_dir, write=info.is_main)
+        report = load_pretrained(run.network, pretrained, fold_dir, write=run.parallel.is_main)
         log(f"pretrained weights from {pretrained}: {len(report['loaded'])} loaded, "
             f"{len(report['skipped'])} skipped (see {fold_dir / TRANSFER_REPORT})")
-    if info.is_main:
+    if run.parallel.is_main:
         write_or_stop(fold_dir / CONFIG, lambda: save_config(cfg, fold_dir / CONFIG))
-        write_or_stop(fold_dir / PLANS, lambda: atomic_write_json(fold_dir / PLANS, plan))
-    num_params = sum(int(p.size) for p in network.trainable_params())
-    log(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation cases, network {cfg.network} "
-        f"with {num_params} parameters, patch {plan['patch_size']}, batch {cfg.batch_size} per rank")
-    epochs, choose_epochs = _planned_epochs(cfg, state, log)
-    length = (f"at most {epochs} epochs (train_minutes {cfg.train_minutes:g} chooses after epoch 1)"
-              if choose_epochs else f"{epochs} epochs")
-    log(f"device {device}, amp {amp_level}, world size {info.world}, {length} x "
-        f"{cfg.iters_per_epoch} iterations, val {cfg.val_iters} batches, {kernels}")
+        write_or_stop(fold_dir / PLANS, lambda: run.plan.write(fold_dir / PLANS))
+    num_params = sum(int(p.size) for p in run.network.trainable_params())
+    log(f"fold {run.fold}: {len(run.train_ids)} training / {len(run.val_ids)} validation cases, network "
+        f"{cfg.network} with {num_params} parameters, patch {run.plan.patch_size}, batch {cfg.batch_size} per rank")
+    run.epochs, run.choose_epochs = _planned_epochs(cfg, run.state, log)
+    length = (f"at most {run.epochs} epochs (train_minutes {cfg.train_minutes:g} chooses after epoch 1)"
+              if run.choose_epochs else f"{run.epochs} epochs")
+    log(f"device {run.device}, amp {run.amp_level}, world size {run.parallel.world}, {length} x "
+        f"{cfg.iters_per_epoch} iterations, val {cfg.val_iters} batches, {run.kernels}")
 
-    def last_epoch():
-        return epochs if stop_after_epoch is None else min(epochs, int(stop_after_epoch))
 
-    remaining = max(last_epoch() - state.epoch, 0)
-    train_batches = val_batches = None
-    if remaining:
-        shard = {"epoch": state.epoch, "rank": info.rank, "world": info.world, "num_epochs": remaining}
-        train_batches = _batch_iterator(build_train_dataset(cfg, plan, pre_dir, train_ids, **shard))
-        if cfg.val_iters > 0 and val_ids:
-            val_batches = _batch_iterator(build_val_dataset(cfg, plan, pre_dir, val_ids, **shard))
-    last_dice = None
-    while state.epoch < last_epoch():
-        epoch = state.epoch
-        started = time.time()
-        # with a choice still to make (epoch 0) this is the base rate whatever the choice will be
-        lr = poly_lr(cfg.lr, epoch, epochs, cfg.poly_exponent)
-        set_learning_rate(optimizer, lr)
-        epoch_train = _Batches(train_batches, cfg.iters_per_epoch)
-        train_loss = _train_epoch(train_cell, epoch_train, epoch, epochs, info.is_main)
-        val = {"loss": None, "dice": [], "pseudo_dice": None}
-        epoch_val = None
-        if val_batches is not None:
-            epoch_val = _Batches(val_batches, cfg.val_iters)
-            val = run_validation(val_step, epoch_val, val_step.num_counts, info)
-        if choose_epochs:
-            state.budget = _choose_epochs(cfg, epoch_train, epoch_val, clock() - run_started, info)
-            epochs, choose_epochs = state.budget.epochs, False
-            for line in state.budget.lines():
-                log.stage(line)  # recorded in this epoch's checkpoint, like the epoch line
-        state.ema = update_ema(state.ema, val["pseudo_dice"], cfg.ema_alpha)
-        seconds = time.time() - started
-        is_best = state.record_epoch(train_loss, val["loss"], val["pseudo_dice"], lr, seconds)
-        last_dice = val["pseudo_dice"]
-        line = epoch_line(state.epoch, epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds,
-                          is_best)
-        if amp_level == "O2":
-            line += f"  loss_scale {loss_scale_of(train_cell):g}"
-        log.stage(line)  # recorded in the checkpoint below, written to the file after it
-        if info.is_main:
-            # until validation has scored anything, the best checkpoint follows the latest one
-            commit_epoch(fold_dir, train_cell, _checkpoint_meta(cfg, plan, fold, state, info, lr, log),
-                         write_best=is_best or state.best_ema is None, log=log)
+def open_batches(run: FoldRun, remaining: int) -> tuple:
+    """``(training, validation)`` batch iterators over the remaining epochs (validation None without it)."""
+    if not remaining:
+        return None, None
+    cfg, state = run.cfg, run.state
+    shard = {"epoch": state.epoch, "rank": run.parallel.rank, "world": run.parallel.world, "num_epochs": remaining}
+    train_batches = _batch_iterator(build_train_dataset(cfg, run.plan, run.pre_dir, run.train_ids, **shard))
+    val_batches = None
+    if cfg.val_iters > 0 and run.val_ids:
+        val_batches = _batch_iterator(build_val_dataset(cfg, run.plan, run.pre_dir, run.val_ids, **shard))
+    return train_batches, val_batches
 
-    if cfg.locator_iters > 0 and info.is_main and state.epoch >= epochs:
+
+def run_epoch(run: FoldRun, train_batches, val_batches) -> tuple:
+    """One epoch: the poly rate, the training steps, validation, the EMA, the epoch's log line (staged, so
+    the checkpoint records it). Returns ``(learning rate, whether it is the best epoch)``."""
+    cfg, state, log = run.cfg, run.state, run.log
+    epoch = state.epoch
+    started = time.time()
+    # with a choice still to make (epoch 0) this is the base rate whatever the choice will be
+    lr = poly_lr(cfg.lr, epoch, run.epochs, cfg.poly_exponent)
+    set_learning_rate(run.optimizer, lr)
+    epoch_train = _Batches(train_batches, cfg.iters_per_epoch)
+    train_loss = _train_epoch(run.train_cell, epoch_train, epoch, run.epochs, run.parallel.is_main)
+    val = {"loss": None, "dice": [], "pseudo_dice": None}
+    epoch_val = None
+    if val_batches is not None:
+        epoch_val = _Batches(val_batches, cfg.val_iters)
+        val = run_validation(run.val_step, epoch_val, run.val_step.num_counts, run.parallel)
+    if run.choose_epochs:
+        state.budget = _choose_epochs(cfg, epoch_train, epoch_val, clock() - run.started, run.parallel)
+        run.epochs, run.choose_epochs = state.budget.epochs, False
+        for line in state.budget.lines():
+            log.stage(line)  # recorded in this epoch's checkpoint, like the epoch line
+    state.ema = update_ema(state.ema, val["pseudo_dice"], cfg.ema_alpha)
+    seconds = time.time() - started
+    is_best = state.record_epoch(train_loss, val["loss"], val["pseudo_dice"], lr, seconds)
+    run.last_dice = val["pseudo_dice"]
+    line = epoch_line(state.epoch, run.epochs, train_loss, val["loss"], val["dice"], state.ema, lr, seconds, is_best)
+    if run.amp_level == "O2":
+        line += f"  loss_scale {loss_scale_of(run.train_cell):g}"
+    log.stage(line)  # recorded in the checkpoint below, written to the file after it
+    return lr, is_best
+
+
+def save(run: FoldRun, lr: float, is_best: bool) -> None:
+    """Commit the epoch (rank 0): the latest checkpoint, then the best, then the log line."""
+    if run.parallel.is_main:
+        # until validation has scored anything, the best checkpoint follows the latest one
+        meta = _checkpoint_meta(run.cfg, run.plan, run.fold, run.state, run.parallel, lr, run.log)
+        commit_epoch(run.fold_dir, run.train_cell, meta, write_best=is_best or run.state.best_ema is None,
+                     log=run.log)
+
+
+def summarise(run: FoldRun) -> dict:
+    """Whether the ranks agree, the closing log line, and the run summary ``train_fold`` returns."""
+    state, log = run.state, run.log
+    if run.cfg.locator_iters > 0 and run.parallel.is_main and state.epoch >= run.epochs:
         from src.train.locator_training import train_and_attach  # the first pass of src/infer/locate.py
 
-        train_and_attach(cfg, plan, pre_dir, train_ids, fold_dir, log)
-    identical = weights_identical_across_ranks(network, info)
-    if info.distributed:
-        log(f"world size {info.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")
+        train_and_attach(run.cfg, run.plan, run.pre_dir, run.train_ids, run.fold_dir, log)
+    identical = weights_identical_across_ranks(run.network, run.parallel)
+    if run.parallel.distributed:
+        log(f"world size {run.parallel.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")
     best = "n/a" if state.best_ema is None else f"{state.best_ema:.4f}"
-    log(f"finished {state.epoch}/{epochs} epochs (this session {(clock() - run_started) / 60:.1f} min); "
+    log(f"finished {state.epoch}/{run.epochs} epochs (this session {(clock() - run.started) / 60:.1f} min); "
         f"best EMA pseudo-Dice {best} at epoch {state.best_epoch}")
-    return {"fold_dir": str(fold_dir), "epochs_completed": state.epoch, "epochs": epochs,
+    return {"fold_dir": str(run.fold_dir), "epochs_completed": state.epoch, "epochs": run.epochs,
             "budget": None if state.budget is None else state.budget.to_json(), "best_ema": state.best_ema,
-            "best_epoch": state.best_epoch, "last_pseudo_dice": last_dice, "history": state.history,
-            "world": info.world, "weights_identical": identical}
+            "best_epoch": state.best_epoch, "last_pseudo_dice": run.last_dice, "history": state.history,
+            "world": run.parallel.world, "weights_identical": identical}
+
+
+def train_fold(cfg, pre_dir, fold, out_dir, pretrained=None, resume=False, stop_after_epoch=None,
+               overwrite=False) -> dict:
+    """Train fold ``fold`` (0..N-1 or ``"all"``) on the preprocessed folder ``pre_dir`` into ``out_dir/fold_F``.
+
+    A fold folder holding a run needs ``resume`` (continue it) or ``overwrite`` (delete it, start over).
+    ``stop_after_epoch`` ends this run after that many finished epochs (a later ``resume`` continues).
+    Returns the run summary: fold folder, finished epochs, best EMA and its epoch, last pseudo-Dice,
+    and whether all ranks ended with identical weights.
+    """
+    run = prepare(cfg, pre_dir, fold, out_dir, resume, overwrite)
+    restore(run, resume, pretrained)
+    # the pipelines cover the epochs known now; a train_minutes choice can only shorten them
+    train_batches, val_batches = open_batches(run, max(run.last_epoch(stop_after_epoch) - run.state.epoch, 0))
+    while run.state.epoch < run.last_epoch(stop_after_epoch):
+        save(run, *run_epoch(run, train_batches, val_batches))
+    return summarise(run)

@@ -14,17 +14,36 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.train.distributed import ParallelInfo, all_reduce_sum
+from src.variants import NetworkVariant
 
 
-class ValidationStep(nn.Cell):
+def confusion_counts(predicted, reference):
+    """Per channel of (B, K, ...) 0/1 masks: true positives, false positives, false negatives, summed over
+    the batch and the voxels (a plain function: graph mode compiles it inline)."""
+    axes = (0, 2, 3, 4)
+    tp = ops.reduce_sum(predicted * reference, axes)
+    fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
+    fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+    return tp, fp, fn
+
+
+class _CountingStep(nn.Cell):
+    """The network, its loss, and how many channels the step counts; subclasses say how to count them."""
+    first_foreground = 1
+
+    def __init__(self, forward_network, loss_fn, num_counts: int):
+        super().__init__(auto_prefix=False)
+        self.network = forward_network
+        self.loss_fn = loss_fn
+        self.num_counts = num_counts
+
+
+class ValidationStep(_CountingStep):
     """``(data, seg_0, ...) -> (loss, tp, fp, fn)``, the counts per class (background included)."""
     first_foreground = 1
 
     def __init__(self, forward_network, loss_fn, num_classes: int):
-        super().__init__(auto_prefix=False)
-        self.network = forward_network
-        self.loss_fn = loss_fn
-        self.num_counts = num_classes
+        super().__init__(forward_network, loss_fn, num_classes)
         self.classes = ms.Tensor(np.arange(num_classes, dtype=np.int32).reshape(1, num_classes, 1, 1, 1))
 
     def construct(self, data, *targets):
@@ -37,23 +56,14 @@ class ValidationStep(nn.Cell):
         valid = ops.cast(target >= 0, ms.float32)
         predicted = ops.cast(predicted, ms.float32) * valid
         reference = ops.cast(reference, ms.float32)
-        axes = (0, 2, 3, 4)
-        tp = ops.reduce_sum(predicted * reference, axes)
-        fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
-        fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+        tp, fp, fn = confusion_counts(predicted, reference)
         return loss, tp, fp, fn
 
 
-class PartialLabelValidationStep(nn.Cell):
+class PartialLabelValidationStep(_CountingStep):
     """``(data, task_id, target (B, K, ...) in {0, 1, -1}) -> (loss, tp, fp, fn)`` per output channel;
     every channel is a foreground structure, and -1 voxels (unannotated channel, ignored) are not counted."""
     first_foreground = 0
-
-    def __init__(self, forward_network, loss_fn, num_outputs: int):
-        super().__init__(auto_prefix=False)
-        self.network = forward_network
-        self.loss_fn = loss_fn
-        self.num_counts = num_outputs
 
     def construct(self, data, task_id, *targets):
         logits = self.network(data, task_id)
@@ -63,18 +73,19 @@ class PartialLabelValidationStep(nn.Cell):
         # sigmoid(x) > 0.5 exactly when x > 0
         predicted = ops.cast(logits > 0, ms.float32) * valid
         reference = ops.cast(target > 0, ms.float32)
-        axes = (0, 2, 3, 4)
-        tp = ops.reduce_sum(predicted * reference, axes)
-        fp = ops.reduce_sum(predicted * (1.0 - reference), axes)
-        fn = ops.reduce_sum((1.0 - predicted) * reference, axes)
+        tp, fp, fn = confusion_counts(predicted, reference)
         return loss, tp, fp, fn
 
 
-def build_validation_step(network_name: str, forward_network, loss_fn, plan: dict, num_outputs: int = 2):
-    """The validation step for ``network_name``; ``num_outputs`` is DoDNet's channel count."""
-    if network_name == "dodnet":
-        return PartialLabelValidationStep(forward_network, loss_fn, num_outputs)
-    return ValidationStep(forward_network, loss_fn, int(plan["num_classes"]))
+# The step of each variant's ``validation`` kind, and the network attribute holding its count of channels
+VALIDATION_STEPS = {"softmax": (ValidationStep, "num_classes"), "sigmoid": (PartialLabelValidationStep, "num_outputs")}
+
+
+def build_validation_step(variant: NetworkVariant, forward_network, loss_fn, network):
+    """The validation step of ``variant``, counting each output channel of ``network`` (the bare network;
+    ``forward_network`` is what the step calls, e.g. its amp wrapper)."""
+    step_class, channels = VALIDATION_STEPS[variant.validation]
+    return step_class(forward_network, loss_fn, int(getattr(network, channels)))
 
 
 def dice_per_class(tp, fp, fn) -> list:
@@ -100,7 +111,7 @@ def update_ema(ema, value, alpha: float):
     return float(alpha * ema + (1.0 - alpha) * value)
 
 
-def run_validation(step: ValidationStep, batches, num_classes: int, info: ParallelInfo = ParallelInfo()) -> dict:
+def run_validation(step: ValidationStep, batches, num_classes: int, parallel: ParallelInfo = ParallelInfo()) -> dict:
     """Evaluate ``step`` on every batch of ``batches`` (tuples of Tensors); counts are summed over ranks.
 
     Returns ``loss`` (mean over batches, None without batches), ``dice`` (per foreground class, from the
@@ -111,7 +122,7 @@ def run_validation(step: ValidationStep, batches, num_classes: int, info: Parall
     for batch in batches:
         loss, tp, fp, fn = step(*batch)
         totals += np.concatenate([[float(loss.asnumpy()), 1.0], tp.asnumpy(), fp.asnumpy(), fn.asnumpy()])
-    totals = all_reduce_sum(totals, info).astype(np.float64)
+    totals = all_reduce_sum(totals, parallel).astype(np.float64)
     loss_sum, count = totals[0], totals[1]
     tp, fp, fn = np.split(totals[2:], 3)
     dice = dice_per_class(tp[first:], fp[first:], fn[first:])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.preprocessed import plan_identity
-from src.data.sampler import PLAN_ID_MEMBER, plan_id_array
+from src.data.plan import Plan
+from src.data.preprocessed_case import PLAN_ID_MEMBER, plan_id_array
 
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 DEFAULT_SHAPES = {"case_00000": (24, 40, 40), "case_00001": (20, 36, 44), "case_00002": (28, 32, 32)}
@@ -47,7 +47,7 @@ def foreground_locations(seg, labels=(1, 2), limit=10000) -> dict:
 def write_preprocessed_case(folder, case_id, data, seg, compressed=False, extra_fg=None, plan_id=None) -> Path:
     """``plan_id``: the identity of the plan the case belongs to (default: ``make_plan``'s)."""
     folder = Path(folder)
-    plan_id = plan_identity(make_plan([case_id])) if plan_id is None else plan_id
+    plan_id = Plan.from_json(make_plan([case_id])).identity if plan_id is None else plan_id
     arrays = {"data": data, "seg": seg, PLAN_ID_MEMBER: plan_id_array(plan_id)}
     fg = foreground_locations(seg) if extra_fg is None else extra_fg
     arrays.update({f"fg_{label}": coords for label, coords in fg.items()})
@@ -82,7 +82,7 @@ def make_preprocessed_folder(folder, shapes=None, patch_size=DEFAULT_PATCH, stri
     plan = make_plan(shapes, patch_size, strides)
     for i, (case_id, shape) in enumerate(sorted(shapes.items())):
         data, seg = synthetic_case(shape, seed + i, with_foreground=case_id != empty_case)
-        write_preprocessed_case(folder, case_id, data, seg, compressed=compressed, plan_id=plan_identity(plan))
+        write_preprocessed_case(folder, case_id, data, seg, compressed=compressed, plan_id=Plan.from_json(plan).identity)
     (folder / "plans.json").write_text(json.dumps(plan))
     ids = sorted(shapes)
     (folder / "splits.json").write_text(json.dumps([{"train": ids[1:], "val": ids[:1]}]))

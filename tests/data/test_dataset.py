@@ -3,7 +3,9 @@ import pytest
 
 from src.config import Config
 from src.data.dataset import PatchBatchSource, build_val_dataset, iterate_batches, make_source
-from src.data.sampler import crop_with_padding, load_case, sample_patch_bbox
+from src.data.preprocessed_case import load_case
+from src.data.sampler import crop_with_padding, sample_patch_bbox
+from src.data.plan import Plan
 from src.errors import UserError
 from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder
 
@@ -15,13 +17,12 @@ def config(**changes):
 
 
 def plan_of(folder):
-    import json
-    return json.loads((folder / "plans.json").read_text())
+    return Plan.read(folder / "plans.json")
 
 
 def batches(folder, cfg=None, **kwargs):
     plan = plan_of(folder)
-    return list(iterate_batches(cfg or config(), plan, folder, plan["cases"], **kwargs))
+    return list(iterate_batches(cfg or config(), plan, folder, plan.cases, **kwargs))
 
 
 def assert_same(a, b):
@@ -73,12 +74,12 @@ def test_same_seed_epoch_and_index_give_the_same_batch(preprocessed_dir):
 def test_validation_streams_differ_from_training_and_are_not_augmented(preprocessed_dir):
     cfg = config()
     plan = plan_of(preprocessed_dir)
-    source = make_source(cfg, plan, preprocessed_dir, plan["cases"], epoch=0, train=False)
+    source = make_source(cfg, plan, preprocessed_dir, plan.cases, epoch=0, train=False)
     assert not source.augment
     rng = source.sample_streams(0)[1]
     replay = source.sample_streams(0)[1]
     data, seg = source.sample(rng, force_fg=True)
-    case = load_case(preprocessed_dir, plan["cases"][replay.integers(len(plan["cases"]))])
+    case = load_case(preprocessed_dir, plan.cases[replay.integers(len(plan.cases))])
     box = sample_patch_bbox(case.shape, DEFAULT_PATCH, True, case.fg_locations, replay)
     np.testing.assert_array_equal(data, crop_with_padding(case.data, box, 0.0))
     np.testing.assert_array_equal(seg, np.maximum(crop_with_padding(case.seg, box, -1), 0))
@@ -88,7 +89,7 @@ def test_validation_streams_differ_from_training_and_are_not_augmented(preproces
 
 
 def test_ranks_get_disjoint_shards_of_the_same_epoch(preprocessed_dir):
-    whole = make_source(config(), plan_of(preprocessed_dir), preprocessed_dir, plan_of(preprocessed_dir)["cases"],
+    whole = make_source(config(), plan_of(preprocessed_dir), preprocessed_dir, plan_of(preprocessed_dir).cases,
                         world=2)
     assert len(whole) == 6
     rank0 = batches(preprocessed_dir, rank=0, world=2)
@@ -115,8 +116,6 @@ def test_source_state_is_small_and_checks_its_input(preprocessed_dir):
         source[len(source)]
     with pytest.raises(UserError):
         PatchBatchSource(preprocessed_dir, [], DEFAULT_PATCH, 2, 0.33, [(1, 1, 1)], 0, 0, 1, 1, True)
-    with pytest.raises(UserError, match="patch_size"):
-        make_source(config(), {"strides": [[1, 1, 1]]}, preprocessed_dir, ["case_00000"])
     assert build_val_dataset(config(val_iters=0), plan_of(preprocessed_dir), preprocessed_dir, ["x"]) is None
 
 
@@ -126,7 +125,7 @@ def test_mindspore_dataset_with_two_worker_processes_yields_the_python_batches(p
 
     cfg = config(num_workers=2)
     plan = plan_of(preprocessed_dir)
-    dataset = build_train_dataset(cfg, plan, preprocessed_dir, plan["cases"], epoch=2, rank=rank, world=world)
+    dataset = build_train_dataset(cfg, plan, preprocessed_dir, plan.cases, epoch=2, rank=rank, world=world)
     assert dataset.get_col_names() == ["data", "seg_0", "seg_1", "seg_2"]
     got = list(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
     expected = batches(preprocessed_dir, cfg, epoch=2, rank=rank, world=world)

@@ -5,12 +5,13 @@ import pytest
 
 from src.config import Config
 from src.data.dataset import PartialLabelBatchSource, iterate_batches, make_source
+from src.data.plan import Plan
 from src.data.partial_labels import (DODNET_TASK_CHANNELS, mots_task_channels, partial_target, partial_targets,
                                      plan_task_channels, read_case_tasks, resolve_task_channels)
 from src.data.preprocess import preprocess_dataset
 from src.data.synthetic import MOTS_TASK_CHANNELS
 from src.errors import UserError
-from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_preprocessed_folder
+from tests.data.preprocessed_fixture import DEFAULT_PATCH, make_plan, make_preprocessed_folder
 from tests.data.test_io import write_mots_raw
 
 KIDNEY = ([1, 2], [2])
@@ -66,12 +67,12 @@ def test_synthetic_mots_uses_dodnets_task_channels():
 
 
 def test_plan_channels_by_task_id_with_defaults_for_older_plans():
-    plan = {"tasks": {"1": "kidney", "4": "colon"}}
+    plan = Plan.from_json(dict(make_plan([]), tasks={"1": "kidney", "4": "colon"}))
     assert plan_task_channels(plan) == {1: tuple(KIDNEY), 4: COLON}
-    plan["task_channels"] = {"1": {"organ": [1], "tumor": [2]}}
+    plan = plan.replace(task_channels={"1": {"organ": [1], "tumor": [2]}})
     assert plan_task_channels(plan)[1] == ([1], [2])
     with pytest.raises(UserError, match="no MOTS tasks"):
-        plan_task_channels({"labels": {}})
+        plan_task_channels(Plan.from_json(make_plan([])))
 
 
 def test_case_tasks_are_read_from_the_case_files(tmp_path):
@@ -91,7 +92,7 @@ def test_preprocessing_stores_the_task_channels_in_the_plan(tmp_path):
     plan = preprocess_dataset(raw, tmp_path / "pre", patch_budget_voxels=8 * 16 * 16, num_folds=2, workers=1,
                               progress=False, normalization="ct_clip_scale", clip_window=[-325.0, 325.0])
     saved = json.loads((tmp_path / "pre" / "plans.json").read_text())
-    assert saved["task_channels"] == plan["task_channels"] == {
+    assert saved["task_channels"] == plan.task_channels == {
         "1": {"organ": [1, 2], "tumor": [2]}, "8": {"organ": [1], "tumor": None}}
 
 
@@ -114,7 +115,7 @@ def _mots_preprocessed(folder):
         case = json.loads((folder / f"{case_id}.json").read_text())
         case["task_id"] = tasks[case_id] = 1 if i == 0 else 4
         (folder / f"{case_id}.json").write_text(json.dumps(case))
-    return plan, tasks
+    return Plan.from_json(plan), tasks
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -122,11 +123,11 @@ def test_dodnet_batches_carry_task_ids_and_partial_targets(tmp_path, train):
     plan, tasks = _mots_preprocessed(tmp_path)
     cfg = Config(seed=3, batch_size=3, iters_per_epoch=4, val_iters=4, num_workers=1, network="dodnet",
                  deep_supervision=True)
-    source = make_source(cfg, plan, tmp_path, plan["cases"], train=train)
+    source = make_source(cfg, plan, tmp_path, plan.cases, train=train)
     assert isinstance(source, PartialLabelBatchSource)
     assert source.column_names == ["data", "task_id", "seg_0"]  # DoDNet: full resolution only
     seen = set()
-    for data, task_ids, target in iterate_batches(cfg, plan, tmp_path, plan["cases"], train=train):
+    for data, task_ids, target in iterate_batches(cfg, plan, tmp_path, plan.cases, train=train):
         assert data.shape == (3, 1, *DEFAULT_PATCH) and data.dtype == np.float32
         assert task_ids.shape == (3,) and task_ids.dtype == np.int32
         assert target.shape == (3, 2, *DEFAULT_PATCH) and target.dtype == np.int32
@@ -146,8 +147,8 @@ def test_dodnet_batch_matches_the_plain_batch_it_is_built_from(tmp_path):
     plan, _ = _mots_preprocessed(tmp_path)
     plain_cfg = Config(seed=5, batch_size=2, iters_per_epoch=2, num_workers=1, deep_supervision=False)
     dodnet_cfg = Config(seed=5, batch_size=2, iters_per_epoch=2, num_workers=1, network="dodnet")
-    plain = make_source(plain_cfg, plan, tmp_path, plan["cases"])
-    dodnet = make_source(dodnet_cfg, plan, tmp_path, plan["cases"])
+    plain = make_source(plain_cfg, plan, tmp_path, plan.cases)
+    dodnet = make_source(dodnet_cfg, plan, tmp_path, plan.cases)
     for index in range(len(plain)):
         data, seg = plain[index]
         d_data, task_ids, target = dodnet[index]

@@ -3,6 +3,7 @@ import pytest
 
 from src.data.planning import (coarsen_spacing, initial_patch_size, make_splits, plan_experiment, plan_patch_size,
                                plan_target_spacing, pool_and_conv_props, stage_features)
+from src.data.plan import Plan
 from src.errors import UserError
 
 KITS_LABELS = {"background": 0, "kidney": 1, "tumor": 2}
@@ -68,14 +69,14 @@ def test_coarsened_spacing_leaves_a_small_dataset_alone():
 def test_image_budget_plans_the_spacing_only_when_none_is_given():
     fp = fingerprint([[2.5, 0.8, 0.8], [2.0, 1.0, 1.0], [3.0, 0.9, 0.9]], [[100, 300, 300]] * 3)
     free = plan_experiment(fp, KITS_LABELS, patch_budget_voxels=32 ** 3)
-    budget = np.prod(free["median_shape"]) // 10
+    budget = np.prod(free.get("median_shape")) // 10
     bounded = plan_experiment(fp, KITS_LABELS, patch_budget_voxels=32 ** 3, image_budget_voxels=int(budget))
-    assert free["target_spacing_rule"] == "median" and bounded["target_spacing_rule"].startswith("median, coarsened")
-    assert all(b > f for b, f in zip(bounded["target_spacing"], free["target_spacing"]))
+    assert free.get("target_spacing_rule") == "median" and bounded.get("target_spacing_rule").startswith("median, coarsened")
+    assert all(b > f for b, f in zip(bounded.target_spacing, free.target_spacing))
     # the median image of the bounded plan fits the budget (rounding of each case's shape aside)
-    assert np.prod(bounded["median_shape"]) <= budget * 1.05
+    assert np.prod(bounded.get("median_shape")) <= budget * 1.05
     given = plan_experiment(fp, KITS_LABELS, target_spacing=[2.5, 0.9, 0.9], image_budget_voxels=int(budget))
-    assert given["target_spacing"] == [2.5, 0.9, 0.9] and given["target_spacing_rule"] == "given"
+    assert given.target_spacing == [2.5, 0.9, 0.9] and given.get("target_spacing_rule") == "given"
 
 
 def test_five_stage_isotropic_topology_for_64_cubed():
@@ -85,21 +86,21 @@ def test_five_stage_isotropic_topology_for_64_cubed():
     assert patch == [64, 64, 64] and divisible_by == [16, 16, 16]
     plan = plan_experiment(fingerprint([[1.0, 1.0, 1.0]] * 2, [[64, 64, 64]] * 2), KITS_LABELS,
                            patch_size=[64, 64, 64])
-    assert plan["features"] == [32, 64, 128, 256, 320]
-    assert plan["strides"] == strides and plan["conv_kernel_sizes"] == kernels
-    assert plan["patch_size"] == [64, 64, 64]
+    assert plan.features == [32, 64, 128, 256, 320]
+    assert plan.strides == strides and plan.conv_kernel_sizes == kernels
+    assert plan.patch_size == [64, 64, 64]
 
 
 def test_bdci_fixed_spacing_and_patch_topology():
     plan = plan_experiment(kits19_like_fingerprint(), KITS_LABELS, target_spacing=[3.22, 1.62, 1.62],
                            patch_size=[80, 160, 160])
-    assert plan["target_spacing"] == [3.22, 1.62, 1.62]
-    assert plan["patch_size"] == [80, 160, 160]
+    assert plan.target_spacing == [3.22, 1.62, 1.62]
+    assert plan.patch_size == [80, 160, 160]
     # 3.22 / 1.62 < 2: all axes pool together until the slice axis' map (5) is too small
-    assert plan["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4 + [[1, 2, 2]]
-    assert plan["conv_kernel_sizes"] == [[3, 3, 3]] * 6
-    assert plan["features"] == [32, 64, 128, 256, 320, 320]
-    assert plan["median_shape"] == [int(round(300 / 3.22)), int(round(512 * 0.78125 / 1.62)),
+    assert plan.strides == [[1, 1, 1]] + [[2, 2, 2]] * 4 + [[1, 2, 2]]
+    assert plan.conv_kernel_sizes == [[3, 3, 3]] * 6
+    assert plan.features == [32, 64, 128, 256, 320, 320]
+    assert plan.get("median_shape") == [int(round(300 / 3.22)), int(round(512 * 0.78125 / 1.62)),
                                     int(round(512 * 0.78125 / 1.62))]
 
 
@@ -116,10 +117,10 @@ def test_anisotropic_spacing_gets_in_plane_first_stage():
 def test_config_patch_is_made_pool_compatible():
     plan = plan_experiment(fingerprint([[1.0, 1.0, 1.0]] * 2, [[100, 100, 100]] * 2), KITS_LABELS,
                            patch_size=[30, 50, 70])
-    pools = np.log2(np.prod(np.array(plan["strides"]), axis=0)).astype(int)
-    for size, given, n in zip(plan["patch_size"], [30, 50, 70], pools):
+    pools = np.log2(np.prod(np.array(plan.strides), axis=0)).astype(int)
+    for size, given, n in zip(plan.patch_size, [30, 50, 70], pools):
         assert size >= given and size % 2 ** n == 0 and size - given < 2 ** n
-    assert plan["patch_size"] == [32, 56, 72]
+    assert plan.patch_size == [32, 56, 72]
 
 
 def test_planned_patch_shrinks_largest_relative_axis_first():
@@ -140,37 +141,37 @@ def test_initial_patch_follows_inverse_spacing():
 def test_planned_patch_fits_budget_and_is_pool_compatible(budget):
     fp = kits19_like_fingerprint()
     plan = plan_experiment(fp, KITS_LABELS, target_spacing=[3.22, 1.62, 1.62], patch_budget_voxels=budget)
-    patch = plan["patch_size"]
+    patch = plan.patch_size
     assert np.prod(patch) <= budget
-    pools = np.log2(np.prod(np.array(plan["strides"]), axis=0)).astype(int)
+    pools = np.log2(np.prod(np.array(plan.strides), axis=0)).astype(int)
     assert all(p % 2 ** n == 0 for p, n in zip(patch, pools))
-    assert len(plan["features"]) == len(plan["strides"]) == len(plan["conv_kernel_sizes"])
-    median = plan["median_shape"]
+    assert len(plan.features) == len(plan.strides) == len(plan.conv_kernel_sizes)
+    median = plan.get("median_shape")
     assert all(p <= -(-m // 2 ** n) * 2 ** n for p, m, n in zip(patch, median, pools))
 
 
 def test_max_stages_caps_the_depth():
     plan = plan_experiment(fingerprint([[1.0, 1.0, 1.0]] * 2, [[64, 64, 64]] * 2), KITS_LABELS,
                            patch_size=[64, 64, 64], max_stages=3, base_features=16, max_features=48)
-    assert plan["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
-    assert plan["features"] == [16, 32, 48]
+    assert plan.strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert plan.features == [16, 32, 48]
     assert stage_features(6) == [32, 64, 128, 256, 320, 320]
 
 
 def test_plan_contents():
     plan = plan_experiment(kits19_like_fingerprint(), KITS_LABELS, patch_budget_voxels=64 ** 3, batch_size=3,
                            dataset="kits19")
-    assert plan["dataset"] == "kits19" and plan["num_classes"] == 3 and plan["num_channels"] == 1
-    assert plan["labels"] == KITS_LABELS and plan["batch_size"] == 3
-    assert plan["intensity"] == {k: INTENSITY[k] for k in ("mean", "std", "p005", "p995")}
-    assert plan["normalization"] == "ct" and plan["clip_window"] is None
+    assert plan.get("dataset") == "kits19" and plan.num_classes == 3 and plan.num_channels == 1
+    assert plan.labels == KITS_LABELS and plan.get("batch_size") == 3
+    assert plan.intensity == {k: INTENSITY[k] for k in ("mean", "std", "p005", "p995")}
+    assert plan.normalization == "ct" and plan.clip_window is None
     # the median case is resampled from 3 mm slices to ~0.78 mm: separate z along axis 0
-    assert plan["separate_z"] is True and plan["anisotropy_axis"] == 0
-    assert plan["cases"] == [f"case_{i:05d}" for i in range(10)]
+    assert plan.get("separate_z") is True and plan.get("anisotropy_axis") == 0
+    assert plan.cases == [f"case_{i:05d}" for i in range(10)]
     iso = plan_experiment(fingerprint([[1.0, 1.0, 1.0]] * 2, [[64, 64, 64]] * 2), KITS_LABELS,
                           normalization="ct_clip_scale", clip_window=[-325, 325])
-    assert iso["separate_z"] is False and iso["anisotropy_axis"] is None
-    assert iso["clip_window"] == [-325.0, 325.0]
+    assert iso.get("separate_z") is False and iso.get("anisotropy_axis") is None
+    assert iso.clip_window == [-325.0, 325.0]
 
 
 def test_plan_rejects_bad_arguments():
@@ -226,8 +227,9 @@ def test_plan_for_config_is_identity_for_the_preprocessing_config():
     from src.data.planning import plan_for_config, pool_and_conv_props, stage_features
 
     strides, kernels, patch, _ = pool_and_conv_props([4.0, 3.2, 3.2], [32, 64, 64])
-    plan = {"target_spacing": [4.0, 3.2, 3.2], "patch_size": patch, "strides": strides,
-            "conv_kernel_sizes": kernels, "features": stage_features(len(strides), 16, 128)}
+    plan = Plan.from_json({"target_spacing": [4.0, 3.2, 3.2], "num_classes": 3, "patch_size": patch,
+                           "strides": strides, "conv_kernel_sizes": kernels,
+                           "features": stage_features(len(strides), 16, 128)})
     assert plan_for_config(plan, [4.0, 3.2, 3.2], None, 16, 128, None) == plan
 
 
@@ -235,18 +237,19 @@ def test_plan_for_config_applies_training_overrides():
     from src.data.planning import plan_for_config, pool_and_conv_props, stage_features
 
     strides, kernels, patch, _ = pool_and_conv_props([1.0, 1.0, 1.0], [64, 64, 64])
-    plan = {"target_spacing": [1.0, 1.0, 1.0], "patch_size": patch, "strides": strides,
-            "conv_kernel_sizes": kernels, "features": stage_features(len(strides))}
+    plan = Plan.from_json({"target_spacing": [1.0, 1.0, 1.0], "num_classes": 3, "patch_size": patch,
+                           "strides": strides, "conv_kernel_sizes": kernels, "features": stage_features(len(strides))})
     small = plan_for_config(plan, None, [30, 32, 32], 8, 64, 3)
-    assert small["patch_size"] == [32, 32, 32]
-    assert small["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
-    assert small["features"] == [8, 16, 32]
-    assert plan["patch_size"] == [64, 64, 64]  # the input plan is not modified
+    assert small.patch_size == [32, 32, 32]
+    assert small.strides == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    assert small.features == [8, 16, 32]
+    assert plan.patch_size == [64, 64, 64]  # the input plan is not modified
 
 
 def test_plan_for_config_refuses_a_different_target_spacing():
     from src.data.planning import plan_for_config
 
-    plan = {"target_spacing": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16]}
+    plan = Plan.from_json({"target_spacing": [1.0, 1.0, 1.0], "num_classes": 2, "patch_size": [16, 16, 16],
+                           "strides": [[1, 1, 1]], "conv_kernel_sizes": [[3, 3, 3]], "features": [8]})
     with pytest.raises(UserError, match="preprocess again"):
         plan_for_config(plan, [2.0, 1.0, 1.0])

@@ -6,16 +6,18 @@ import pytest
 from src.data.io import find_cases, load_image
 from src.data.preprocess import (normalize_intensity, preprocess_case, preprocess_dataset,
                                  preprocess_image_for_inference, sample_foreground_coords)
+from src.data.plan import Plan
 from src.errors import UserError
+from tests.data.preprocessed_fixture import make_plan as fixture_plan
 from tests.data.test_io import phantom, write_kits_case, write_mots_raw, write_nifti
 
 LABELS = {"background": 0, "kidney": 1, "tumor": 2}
 
 
 def make_plan(target_spacing, normalization="ct"):
-    return {"labels": LABELS, "normalization": normalization, "clip_window": [-100.0, 200.0],
-            "intensity": {"mean": 100.0, "std": 40.0, "p005": 60.0, "p995": 150.0},
-            "target_spacing": list(target_spacing)}
+    return Plan.from_json(dict(fixture_plan([]), labels=LABELS, normalization=normalization, clip_window=[-100.0, 200.0],
+                               intensity={"mean": 100.0, "std": 40.0, "p005": 60.0, "p995": 150.0},
+                               target_spacing=list(target_spacing)))
 
 
 def load_npz(path):
@@ -131,13 +133,13 @@ def test_preprocess_dataset_end_to_end(tmp_path):
     write_kits_case(tmp_path / "raw", "case_00210", with_label=False)  # a KiTS19 test case is skipped
     plan = _run(tmp_path / "raw", tmp_path / "pre", target_spacing=[2.5, 1.6, 1.6])
     on_disk = json.loads((tmp_path / "pre" / "plans.json").read_text())
-    assert on_disk == json.loads(json.dumps(plan))
-    assert plan["cases"] == [f"case_{i:05d}" for i in range(4)]
-    assert plan["dataset"] == "kits19" and plan["labels"] == LABELS
-    assert np.prod(plan["patch_size"]) <= 8 * 16 * 16
+    assert on_disk == plan.to_json()
+    assert plan.cases == [f"case_{i:05d}" for i in range(4)]
+    assert plan.get("dataset") == "kits19" and plan.labels == LABELS
+    assert np.prod(plan.patch_size) <= 8 * 16 * 16
     splits = json.loads((tmp_path / "pre" / "splits.json").read_text())
-    assert len(splits) == 2 and sorted(splits[0]["val"] + splits[1]["val"]) == plan["cases"]
-    for case_id in plan["cases"]:
+    assert len(splits) == 2 and sorted(splits[0]["val"] + splits[1]["val"]) == plan.cases
+    for case_id in plan.cases:
         arrays = load_npz(tmp_path / "pre" / f"{case_id}.npz")
         case_json = json.loads((tmp_path / "pre" / f"{case_id}.json").read_text())
         assert arrays["data"].shape[1:] == arrays["seg"].shape == tuple(case_json["shape_after_resample"])
@@ -150,8 +152,8 @@ def test_preprocess_dataset_parallel_matches_serial_and_plans_spacing(tmp_path):
     serial = _run(tmp_path / "raw", tmp_path / "serial")
     parallel = _run(tmp_path / "raw", tmp_path / "parallel", workers=2)
     assert serial == parallel
-    assert serial["target_spacing"] == pytest.approx([2.5, 0.8, 0.8], abs=1e-6)  # median spacing
-    for case_id in serial["cases"]:
+    assert serial.target_spacing == pytest.approx([2.5, 0.8, 0.8], abs=1e-6)  # median spacing
+    for case_id in serial.cases:
         a, b = load_npz(tmp_path / "serial" / f"{case_id}.npz"), load_npz(tmp_path / "parallel" / f"{case_id}.npz")
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -159,10 +161,10 @@ def test_preprocess_dataset_parallel_matches_serial_and_plans_spacing(tmp_path):
 def test_image_budget_coarsens_the_planned_spacing_of_the_saved_cases(tmp_path):
     _raw_dataset(tmp_path / "raw", count=3)
     plan = _run(tmp_path / "raw", tmp_path / "pre", image_budget_voxels=1500)
-    assert plan["target_spacing_rule"] == "median, coarsened to 1500 voxels"
-    assert plan["target_spacing"][0] > 2.5 and plan["target_spacing"][1] > 0.8
-    assert np.prod(plan["median_shape"]) <= 1500 * 1.05
-    for case_id in plan["cases"]:
+    assert plan.get("target_spacing_rule") == "median, coarsened to 1500 voxels"
+    assert plan.target_spacing[0] > 2.5 and plan.target_spacing[1] > 0.8
+    assert np.prod(plan.get("median_shape")) <= 1500 * 1.05
+    for case_id in plan.cases:
         props = json.loads((tmp_path / "pre" / f"{case_id}.json").read_text())
         assert load_npz(tmp_path / "pre" / f"{case_id}.npz")["data"].shape[1:] == tuple(props["shape_after_resample"])
 
@@ -173,9 +175,9 @@ def test_broken_case_is_named_and_the_others_finish(tmp_path):
     write_nifti(broken, np.zeros((5, 5, 5), np.uint8))
     with pytest.raises(UserError, match=r"failed for 1 case\(s\): case_00002: .*shape"):
         _run(tmp_path / "raw", tmp_path / "pre")
-    plan = json.loads((tmp_path / "pre" / "plans.json").read_text())
-    assert plan["cases"] == ["case_00000", "case_00001", "case_00003"]
-    for case_id in plan["cases"]:
+    plan = Plan.read(tmp_path / "pre" / "plans.json")
+    assert plan.cases == ["case_00000", "case_00001", "case_00003"]
+    for case_id in plan.cases:
         assert (tmp_path / "pre" / f"{case_id}.npz").exists()
     assert not (tmp_path / "pre" / "case_00002.npz").exists()
 
@@ -203,8 +205,8 @@ def test_mots_dataset_keeps_tasks(tmp_path):
     raw = tmp_path / "raw"
     write_mots_raw(raw, {0: "liver", 1: "kidney"})
     plan = _run(raw, tmp_path / "pre", normalization="ct_clip_scale", clip_window=[-325.0, 325.0])
-    assert plan["dataset"] == "mots" and plan["tasks"] == {"0": "liver", "1": "kidney"}
-    assert plan["labels"] == {"background": 0, "organ": 1, "tumor": 2}
+    assert plan.get("dataset") == "mots" and plan.tasks == {"0": "liver", "1": "kidney"}
+    assert plan.labels == {"background": 0, "organ": 1, "tumor": 2}
     assert json.loads((tmp_path / "pre" / "kidney_1.json").read_text())["task_id"] == 1
     data = load_npz(tmp_path / "pre" / "liver_0.npz")["data"]
     assert data.min() >= -1.0 and data.max() <= 1.0

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from src.data.preprocess import preprocess_dataset
-from src.data.preprocessed import fold_validation_cases, load_plan, load_splits, plan_identity
-from src.data.sampler import load_case
+from src.data.plan import Plan
+from src.data.preprocessed import fold_validation_cases, load_plan, load_splits
+from src.data.preprocessed_case import load_case
 from src.errors import UserError
 from tests.data.test_io import write_kits_case
 from tests.helpers import Killed, dead_pid, killed_at_commit
@@ -39,9 +40,9 @@ def folder_state(pre):
         splits = load_splits(pre)
         for fold in range(len(splits)):
             fold_validation_cases(pre, fold)
-        digest = hashlib.sha256(json.dumps([plan, splits], sort_keys=True).encode())
-        for case_id in plan["cases"]:
-            case = load_case(pre, case_id, plan_identity(plan))
+        digest = hashlib.sha256(json.dumps([plan.to_json(), splits], sort_keys=True).encode())
+        for case_id in plan.cases:
+            case = load_case(pre, case_id, plan.identity)
             digest.update((pre / f"{case_id}.json").read_bytes())
             for array in (case.data, case.seg, *case.fg_locations.values()):
                 digest.update(np.ascontiguousarray(array).tobytes())
@@ -123,7 +124,7 @@ def test_a_mixed_folder_is_refused_by_every_reader(tmp_path, raw, references):
         load_plan(out)
     old_plan = json.loads((old / "plans.json").read_text())
     with pytest.raises(UserError, match="case_00000.npz was written for plan"):
-        load_case(out, "case_00000", plan_identity(old_plan))
+        load_case(out, "case_00000", Plan.from_json(old_plan).identity)
 
 
 def test_temporaries_of_killed_runs_are_removed(tmp_path, raw):
@@ -145,7 +146,7 @@ def test_another_dataset_replaces_the_old_cases_as_a_whole(tmp_path, raw, refere
     (out / "notes.json").write_text(json.dumps({"case_id": "mine"}))  # not a case file: kept
     other = _raw(tmp_path / "other", count=2, first=10)
     plan = _preprocess(other, out, OLD_SPACING)
-    assert plan["cases"] == ["case_00010", "case_00011"]
+    assert plan.cases == ["case_00010", "case_00011"]
     assert folder_state(out) != "refused"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["plans.json", "splits.json", "notes.json"] + [f"case_0001{i}.{ext}" for i in (0, 1) for ext in ("json", "npz")])

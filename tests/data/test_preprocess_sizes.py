@@ -11,11 +11,13 @@ import pytest
 import src.data.preprocess as preprocess_module
 from src.data.io import load_image
 from src.data.preprocess import preprocess_dataset, preprocess_image_for_inference
-from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan, plan_identity
+from src.data.plan import Plan
+from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.data.resample import compute_new_shape, estimate_resampling_bytes
-from src.data.sampler import load_case
+from src.data.preprocessed_case import load_case
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original
+from tests.data.preprocessed_fixture import make_plan
 from tests.data.test_io import write_kits_case, write_nifti
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,9 +51,9 @@ def test_tiny_images_go_through_preprocessing_training_reads_and_prediction(tmp_
     images = [_tiny_case(raw, f"case_0000{i}", shape, spacing, value=100 + 50 * i) for i in range(2)]
     plan = preprocess_dataset(raw, tmp_path / "pre", target_spacing=target, num_folds=5, workers=1,
                               progress=False, foreground_pool_size=100)
-    assert load_plan(tmp_path / "pre") == plan and plan["num_folds"] == 2
-    for case_id in plan["cases"]:
-        case = load_case(tmp_path / "pre", case_id, plan_identity(plan))
+    assert load_plan(tmp_path / "pre") == plan and plan.num_folds == 2
+    for case_id in plan.cases:
+        case = load_case(tmp_path / "pre", case_id, plan.identity)
         assert case.data.shape == (1, *resampled) and case.seg.shape == resampled
         assert np.isfinite(case.data).all() and (np.asarray(case.seg) == 1).all()
         assert len(case.fg_locations[1]) == int(np.prod(resampled))
@@ -87,8 +89,8 @@ def test_resampling_beyond_the_machine_memory_is_refused_naming_file_shape_and_g
     _limit_memory(monkeypatch, 16)
     path = write_nifti(tmp_path / "huge.nii.gz", np.full((16, 16, 16), 100, np.int16), spacing=(100.0, 100.0, 100.0))
     image, meta = load_image(path)
-    plan = {"target_spacing": [1.0, 1.0, 1.0], "normalization": "ct",
-            "intensity": {"mean": 100.0, "std": 10.0, "p005": 0.0, "p995": 200.0}}
+    plan = Plan.from_json(dict(make_plan([]), target_spacing=[1.0, 1.0, 1.0], normalization="ct",
+                               intensity={"mean": 100.0, "std": 10.0, "p005": 0.0, "p995": 200.0}))
     needed = estimate_resampling_bytes([16] * 3, [1600] * 3, 1) / GIB
     assert needed > 16
     with pytest.raises(UserError) as caught:
@@ -97,7 +99,7 @@ def test_resampling_beyond_the_machine_memory_is_refused_naming_file_shape_and_g
     assert "huge.nii.gz" in message and "[16, 16, 16]" in message and "[1600, 1600, 1600]" in message
     assert f"about {needed:.1f} GiB, more than the 16.0 GiB" in message and "\n" not in message
     # under the same limit, a target spacing that does not blow the image up passes
-    data, _ = preprocess_image_for_inference(image, meta, dict(plan, target_spacing=[200.0, 200.0, 200.0]))
+    data, _ = preprocess_image_for_inference(image, meta, plan.replace(target_spacing=[200.0, 200.0, 200.0]))
     assert data.shape == (1, 8, 8, 8)
 
 
@@ -111,7 +113,7 @@ def test_a_case_beyond_memory_is_named_and_the_others_finish(tmp_path, monkeypat
                                         r"resampling .* GiB, more than the 0.0 GiB"):
         preprocess_dataset(raw, tmp_path / "pre", target_spacing=[3.0, 0.8, 0.8], patch_budget_voxels=4096,
                            num_folds=5, workers=1, progress=False, foreground_pool_size=3000)
-    assert load_plan(tmp_path / "pre")["cases"] == ["case_00000", "case_00001", "case_00002"]
+    assert load_plan(tmp_path / "pre").cases == ["case_00000", "case_00001", "case_00002"]
 
 
 def test_estimated_resampling_memory_counts_input_output_and_label_map():
@@ -130,15 +132,15 @@ def test_one_to_four_cases_preprocess_with_as_many_folds_as_they_allow(tmp_path,
     plan = preprocess_dataset(raw, tmp_path / "pre", target_spacing=[3.0, 1.6, 1.6], patch_budget_voxels=4096,
                               num_folds=5, workers=1, progress=False, foreground_pool_size=3000)
     folds = 0 if count == 1 else count
-    assert plan["num_folds"] == folds and load_plan(tmp_path / "pre") == plan
+    assert plan.num_folds == folds and load_plan(tmp_path / "pre") == plan
     splits = json.loads((tmp_path / "pre" / "splits.json").read_text())
     assert len(splits) == folds
     assert sorted(sum((fold_validation_cases(tmp_path / "pre", f) for f in range(folds)), [])) == (
-        plan["cases"] if folds else [])
+        plan.cases if folds else [])
     for fold in range(folds):
         train, val = fold_cases(tmp_path / "pre", plan, fold)
-        assert train and val and sorted(train + val) == plan["cases"]
-    assert fold_cases(tmp_path / "pre", plan, "all") == (plan["cases"], plan["cases"])
+        assert train and val and sorted(train + val) == plan.cases
+    assert fold_cases(tmp_path / "pre", plan, "all") == (plan.cases, plan.cases)
     with pytest.raises(UserError, match=f"--fold {folds} does not exist"):
         fold_cases(tmp_path / "pre", plan, folds)
     note = capsys.readouterr().err

@@ -3,9 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from src.data.preprocessed import (fold_cases, fold_validation_cases, load_plan, load_splits, parse_fold,
-                                   plan_identity)
-from src.data.sampler import load_case
+from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan, load_splits, parse_fold
+from src.data.preprocessed_case import load_case
 from src.errors import UserError
 from tests.data.preprocessed_fixture import make_preprocessed_folder, synthetic_case, write_preprocessed_case
 
@@ -33,7 +32,7 @@ def test_numbered_and_all_folds(pre):
     plan = load_plan(pre)
     assert fold_cases(pre, plan, 1) == (["case_00000"], ["case_00001", "case_00002"])
     assert fold_cases(pre, plan, "all") == (IDS, IDS)
-    assert fold_cases(pre, dict(plan, cases=["b", "a"]), "ALL") == (["a", "b"], ["a", "b"])
+    assert fold_cases(pre, plan.replace(cases=["b", "a"]), "ALL") == (["a", "b"], ["a", "b"])
     assert fold_validation_cases(pre, "0") == ["case_00000"]
 
 
@@ -48,10 +47,10 @@ def test_a_fold_that_does_not_exist_names_the_folds_that_do(pre, fold):
 def test_a_folder_without_folds_offers_only_all(tmp_path):
     make_preprocessed_folder(tmp_path, shapes={"case_00000": (20, 24, 24)})
     plan = _set_splits(tmp_path, [])
-    assert load_plan(tmp_path) == plan
-    assert fold_cases(tmp_path, plan, "all") == (["case_00000"], ["case_00000"])
+    assert load_plan(tmp_path).to_json() == plan
+    assert fold_cases(tmp_path, load_plan(tmp_path), "all") == (["case_00000"], ["case_00000"])
     with pytest.raises(UserError, match=r"--fold 0 does not exist: .* no cross-validation folds .*only 'all'"):
-        fold_cases(tmp_path, plan, 0)
+        fold_cases(tmp_path, load_plan(tmp_path), 0)
 
 
 def test_a_non_number_fold_is_a_user_error(pre):
@@ -79,16 +78,6 @@ def test_missing_and_malformed_index_files(tmp_path, pre):
         load_plan(pre)
 
 
-def test_plan_identity_follows_the_voxel_deciding_entries_only(pre):
-    plan = load_plan(pre)
-    identity = plan_identity(plan)
-    assert plan_identity(json.loads(json.dumps(plan))) == identity
-    assert plan_identity(dict(plan, patch_size=[8, 8, 8], labels={"background": 0, "kidney": 1})) == identity
-    assert plan_identity(dict(plan, target_spacing=[3.0, 1.6, 1.7])) != identity
-    assert plan_identity(dict(plan, intensity=dict(plan["intensity"], std=51.0))) != identity
-    assert plan_identity(dict(plan, normalization="ct_clip_scale", clip_window=[-1.0, 1.0])) != identity
-
-
 def _one_line_refusal(pre, match):
     with pytest.raises(UserError, match=match) as caught:
         load_plan(pre)
@@ -98,7 +87,7 @@ def _one_line_refusal(pre, match):
 def test_a_case_of_another_plan_is_refused(pre):
     """The observed failure: a case resampled to a new spacing under the old plans.json."""
     plan = load_plan(pre)
-    other = plan_identity(dict(plan, target_spacing=[2.0, 1.0, 1.0]))
+    other = plan.replace(target_spacing=[2.0, 1.0, 1.0]).identity
     data, seg = synthetic_case((30, 48, 48), seed=9)
     write_preprocessed_case(pre, "case_00001", data, seg, plan_id=other)
     _one_line_refusal(pre, rf"inconsistent: case case_00001 was written for plan {other}.*preprocess again")
@@ -144,7 +133,7 @@ def test_custom_splits_over_the_plan_cases_are_accepted(pre):
 
 
 def test_load_case_refuses_an_npz_of_another_plan(pre):
-    identity = plan_identity(load_plan(pre))
+    identity = load_plan(pre).identity
     case = load_case(pre, "case_00000", identity)
     assert case.data.shape[1:] == case.seg.shape
     data, seg = synthetic_case((20, 20, 20), seed=1)

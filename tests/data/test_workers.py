@@ -8,6 +8,7 @@ import src.cpu_env as cpu_env
 import src.data.fingerprint as fingerprint_module
 from src.config import Config
 from src.data.dataset import build_train_dataset
+from src.data.plan import Plan
 from src.data.preprocess import preprocess_dataset
 from tests.data.test_io import write_kits_case
 
@@ -36,12 +37,10 @@ def test_requests_above_the_usable_cpus_are_capped_with_one_note(cpus, capsys):
 
 
 def test_the_data_loader_gets_the_capped_worker_count(cpus, capsys, preprocessed_dir):
-    import json
-
     cpus(1)  # one CPU, so the loader MindSpore builds is valid on any machine
-    plan = json.loads((preprocessed_dir / "plans.json").read_text())
+    plan = Plan.read(preprocessed_dir / "plans.json")
     cfg = Config(seed=1, batch_size=2, iters_per_epoch=1, num_workers=8, augment=False)
-    dataset = build_train_dataset(cfg, plan, preprocessed_dir, plan["cases"])
+    dataset = build_train_dataset(cfg, plan, preprocessed_dir, plan.cases)
     assert dataset.num_parallel_workers == 1
     assert "data loader (num_workers): 8 workers capped at 1" in capsys.readouterr().err
 

@@ -48,7 +48,7 @@ def test_references_found_through_the_raw_image_path(dataset, tmp_path):
 def test_oracle_probabilities_score_near_perfect(dataset, tmp_path):
     raw, pre, plan = dataset
     summary = evaluate_cases(["case_00000", "case_00003"], pre, oracle(pre), tmp_path / "ev", "none", [],
-                             plan["labels"], progress=False)
+                             plan.labels, progress=False)
     assert summary["cases"] == 2
     assert summary["kits19_kidney_dice"] > 0.9 and summary["kits19_tumor_dice"] > 0.8
     rows = list(csv.reader((tmp_path / "ev" / "metrics.csv").open()))
@@ -67,18 +67,18 @@ def test_auto_postprocessing_is_decided_stored_and_applied(dataset, tmp_path):
     model.write_bytes(b"stands for a checkpoint: the decision is bound to its sha256")
     cases = ["case_00000", "case_00003"]
     summary = evaluate_cases(cases, pre, oracle(pre, speck=True), tmp_path / "ev", "auto", [model],
-                             plan["labels"], progress=False)
+                             plan.labels, progress=False)
     spec = json.loads((tmp_path / "ev" / "postprocessing.json").read_text())
     assert 2 in spec["per_class"]
     assert json.loads((model.parent / "postprocessing.json").read_text()) == spec
     for case_id in cases:
         label = np.asanyarray(nib.load(tmp_path / "ev" / "predictions" / f"{case_id}.nii.gz").dataobj)
         assert label[0, 0, 0] == 0
-    clean = evaluate_cases(cases, pre, oracle(pre), tmp_path / "ev_clean", "none", [], plan["labels"],
+    clean = evaluate_cases(cases, pre, oracle(pre), tmp_path / "ev_clean", "none", [], plan.labels,
                            progress=False)
     assert summary["kits19_tumor_dice"] == pytest.approx(clean["kits19_tumor_dice"])
     # a second run finds the stored decision next to the model instead of deciding again
-    evaluate_cases(cases, pre, oracle(pre, speck=True), tmp_path / "ev2", "auto", [model], plan["labels"],
+    evaluate_cases(cases, pre, oracle(pre, speck=True), tmp_path / "ev2", "auto", [model], plan.labels,
                    progress=False)
     info = json.loads((tmp_path / "ev2" / "eval_info.json").read_text())
     assert info["postprocessing_source"].endswith("postprocessing.json")
@@ -90,10 +90,10 @@ def test_training_references_give_the_volume_floor_candidates(dataset, tmp_path)
     model = tmp_path / "fold_0" / "checkpoint_best.ckpt"
     model.parent.mkdir()
     model.write_bytes(b"stands for a checkpoint: the decision is bound to its sha256")
-    evaluate_cases(["case_00000"], pre, oracle(pre, speck=True), tmp_path / "ev", "auto", [model], plan["labels"],
+    evaluate_cases(["case_00000"], pre, oracle(pre, speck=True), tmp_path / "ev", "auto", [model], plan.labels,
                    progress=False, training_case_ids=["case_00001", "case_00002"])
     spec = json.loads((tmp_path / "ev" / "postprocessing.json").read_text())
-    voxel_ml = float(np.prod(plan["target_spacing"])) / 1000
+    voxel_ml = float(np.prod(plan.target_spacing)) / 1000
     for value in ("1", "2"):
         smallest = min(np.sum(largest_component(np.load(pre / f"{c}.npz")["seg"] == int(value)))
                        for c in ("case_00001", "case_00002"))

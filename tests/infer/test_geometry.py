@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 
 from src.data.io import load_image
+from src.data.plan import Plan
 from src.data.preprocess import preprocess_image_for_inference
 from src.data.resample import needs_separate_z, resample_segmentation
 from src.infer.geometry import (argmax_resampled, back_separate_z_axis, paste_into_crop_box,
                                 probabilities_to_original, save_prediction)
+from tests.data.preprocessed_fixture import make_plan
 
 SPACING = (3.0, 0.78125, 0.78125)
 KITS19_AFFINE = np.array([[0, 0, -SPACING[2], 0], [0, -SPACING[1], 0, 0], [-SPACING[0], 0, 0, 0], [0, 0, 0, 1]])
@@ -34,8 +36,8 @@ def write_kits19_case(folder, shape=(14, 40, 44)):
 
 
 def plan_for(target_spacing):
-    return {"normalization": "ct", "target_spacing": list(target_spacing),
-            "intensity": {"mean": 100.0, "std": 50.0, "p005": -100.0, "p995": 300.0}}
+    return Plan.from_json(dict(make_plan([]), normalization="ct", target_spacing=list(target_spacing),
+                               intensity={"mean": 100.0, "std": 50.0, "p005": -100.0, "p995": 300.0}))
 
 
 def one_hot(label, num_classes):

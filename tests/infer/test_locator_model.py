@@ -28,7 +28,7 @@ def test_sample_batch_crops_pads_and_centres_on_foreground():
 
 @pytest.mark.slow
 def test_trained_locator_is_stored_in_the_checkpoint_and_loaded_back(tmp_path, restore_mode):
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     setup_device("CPU", mode="graph")
     cfg = tiny_config(locator_iters=3, locator_patch_size=[8, 16, 16], locator_spacing_mm=3.0)
@@ -60,7 +60,7 @@ def test_locate_off_loads_nothing():
 def test_the_locator_travels_with_a_mindir_export_and_predicts_as_the_checkpoint(tmp_path, restore_mode):
     from src.infer.export import export_network
     from src.infer.predictor import load_predictor, read_mindir_sidecar
-    from src.train.device import setup_device
+    from src.runtime.device import setup_device
 
     setup_device("CPU", mode="graph")
     cfg = tiny_config(locator_iters=2, locator_patch_size=[8, 16, 16], locator_spacing_mm=3.0, locate="crop",

@@ -59,13 +59,13 @@ def test_plan_mismatch_is_a_user_error():
 def test_checkpoint_predictor_reproduces_the_network(tmp_path, restore_mode):
     import mindspore as ms
     from src.models import build_network
-    from src.train.checkpoint import load_network_weights
+    from src.runtime.checkpoint import load_network_weights
 
     ckpts = [write_tiny_checkpoint(tmp_path / f"m{i}.ckpt",
                                    seed=i) for i in range(2)]
     cfg = tiny_config(sw_batch_size=1)
     predictor = load_predictor(cfg, ckpts=[ckpts[0]], plan=tiny_plan(), progress=False)
-    assert predictor.num_classes == 3 and predictor.patch_size == [8, 16, 16]
+    assert predictor.plan.num_classes == 3 and predictor.plan.patch_size == [8, 16, 16]
 
     reference = build_network(tiny_config(), tiny_plan())
     load_network_weights(reference, ckpts[0])

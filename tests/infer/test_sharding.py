@@ -94,7 +94,7 @@ def _hand_partials(out, cases, world, run_id="run-1", context=None):
 
 def test_merged_rows_written_by_hand_give_the_single_process_files(tmp_path):
     cases = ["c", "a", "b", "d", "e"]  # a single process takes them in this (fold) order
-    context = {"decide_here": False, "spec": None, "spec_source": "postprocess=none", "info": {"fold": 0}}
+    context = {"decide_here": False, "spec": None, "spec_source": "postprocess=none", "run_record": {"fold": 0}}
     rows = _hand_partials(tmp_path / "ev", cases, world=3, context=context)
     summary = merge_evaluation(tmp_path / "ev")
     write_metrics_csv(rows, tmp_path / "single.csv")
@@ -168,16 +168,16 @@ def test_sharded_evaluation_merges_to_the_single_process_results(dataset, tmp_pa
     model = tmp_path / "fold_0" / "checkpoint_best.ckpt"
     model.parent.mkdir()
     model.write_bytes(b"stands for a checkpoint: the decision is bound to its sha256")
-    settings = dict(progress=False, info={"fold": 0}, training_case_ids=["case_00001", "case_00002"])
+    settings = dict(progress=False, run_record={"fold": 0}, training_case_ids=["case_00001", "case_00002"])
     single = evaluate_cases(CASES, pre, oracle_with_speck(pre), tmp_path / "single", postprocess, [model],
-                            plan["labels"], **settings)
+                            plan.labels, **settings)
     decision = model.parent / "postprocessing.json"
     if postprocess == "auto":  # the sharded run must decide again, on all the cases, not read this one
         decided_single = decision.read_bytes()
         decision.unlink()
     sharded = tmp_path / "sharded"
     for rank in (2, 0, 1):  # ranks run concurrently: any order
-        partial = evaluate_cases(CASES, pre, oracle_with_speck(pre), sharded, postprocess, [model], plan["labels"],
+        partial = evaluate_cases(CASES, pre, oracle_with_speck(pre), sharded, postprocess, [model], plan.labels,
                                  shard=Shard(rank, 3), **settings)
         assert partial["cases"] == CASES[rank::3]
         assert not (sharded / "summary.json").exists()

@@ -1,14 +1,14 @@
 """A tiny trained-looking model for inference tests: a 2-stage U-Net (features 4-8) saved as a training
 checkpoint with its plan and config (the fixture that restores MindSpore's execution mode,
 ``restore_mode``, is in tests/conftest.py)."""
-import copy
 from pathlib import Path
 
 import mindspore as ms
 
 from src.config import Config
+from src.data.plan import Plan
 from src.models import build_network
-from src.train.checkpoint import save_training_checkpoint
+from src.runtime.checkpoint import save_training_checkpoint
 
 TINY_PLAN = {
     "dataset": "kits19",
@@ -28,10 +28,8 @@ TINY_PLAN = {
 }
 
 
-def tiny_plan(**changes) -> dict:
-    plan = copy.deepcopy(TINY_PLAN)
-    plan.update(changes)
-    return plan
+def tiny_plan(**changes) -> Plan:
+    return Plan.from_json({**TINY_PLAN, **changes})
 
 
 def tiny_config(**changes) -> Config:
@@ -40,14 +38,14 @@ def tiny_config(**changes) -> Config:
     return base.replace(**changes)
 
 
-def write_tiny_checkpoint(path, seed: int = 0, plan: dict = None, cfg: Config = None):
+def write_tiny_checkpoint(path, seed: int = 0, plan: Plan = None, cfg: Config = None):
     """A training checkpoint (network weights + plan + config) of a randomly initialised tiny U-Net."""
     plan = plan or tiny_plan()
     cfg = cfg or tiny_config()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     ms.set_seed(seed)
     network = build_network(cfg, plan)
-    save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan, "epoch": 1})
+    save_training_checkpoint(path, network, {"config": cfg.to_dict(), "plan": plan.to_json(), "epoch": 1})
     return path
 
 

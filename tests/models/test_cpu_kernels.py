@@ -18,7 +18,7 @@ from src.models.cpu_kernels import conv as conv_module
 from src.models.cpu_kernels.conv import OneDNNConvTranspose3d, isa_capped
 from src.models.layers import ConvNormAct, ConvTranspose3d, conv3d, transposed_conv3d
 from src.models.unet3d import PlainUNet3D
-from src.train.device import setup_device
+from src.runtime.device import setup_device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -222,7 +222,7 @@ import src
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
-from src.train.device import setup_device
+from src.runtime.device import setup_device
 from src.models.cpu_kernels import select_cpu_kernels
 from src.models.unet3d import PlainUNet3D
 from src.losses import DiceCELoss

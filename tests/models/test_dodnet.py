@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from src.data.plan import Plan
 from src.models import build_network
 from src.models.dodnet import DoDNet, dynamic_param_count
 from src.models.res_unet_aspp import ResUNetASPP
@@ -83,8 +84,8 @@ def test_build_network_makes_a_dodnet_with_the_plan_task_count():
         downsample = "conv"
         deep_supervision = False
 
-    plan = {"features": FEATURES, "conv_kernel_sizes": KERNELS, "strides": STRIDES, "num_channels": 1,
-            "num_classes": 3, "tasks": {"0": "liver", "1": "kidney"}}
+    plan = Plan.from_json({"features": FEATURES, "conv_kernel_sizes": KERNELS, "strides": STRIDES, "num_channels": 1,
+                           "num_classes": 3, "patch_size": [16, 16, 16], "tasks": {"0": "liver", "1": "kidney"}})
     net = build_network(Cfg(), plan)
     assert isinstance(net, DoDNet) and net.num_tasks == 2
     with pytest.raises(ValueError):

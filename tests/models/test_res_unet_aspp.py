@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
+from src.data.plan import Plan
 from src.models import build_network
 from src.models.res_unet_aspp import ASPP, ResidualBlock, ResUNetASPP, default_extra_blocks
 
@@ -56,8 +57,8 @@ def test_outputs_with_and_without_deep_supervision():
 
 
 def test_build_network_dispatches_to_the_residual_net():
-    plan = {"features": FEATURES, "conv_kernel_sizes": KERNELS, "strides": STRIDES, "num_channels": 1,
-            "num_classes": 4}
+    plan = Plan.from_json({"features": FEATURES, "conv_kernel_sizes": KERNELS, "strides": STRIDES, "num_channels": 1,
+                           "num_classes": 4, "patch_size": [16, 16, 16]})
     assert isinstance(build_network(Cfg(), plan), ResUNetASPP)
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from mindspore import Tensor, nn
 
+from src.data.plan import Plan
 from src.models import build_network
 from src.models.layers import count_parameters
 from src.models.unet3d import PlainUNet3D
@@ -91,8 +92,8 @@ def test_bad_topology_is_rejected():
 
 
 def test_build_network_reads_the_plan_and_config():
-    plan = {"features": SMALL_FEATURES, "conv_kernel_sizes": SMALL_KERNELS, "strides": SMALL_STRIDES,
-            "num_channels": 2, "num_classes": 4}
+    plan = Plan.from_json({"features": SMALL_FEATURES, "conv_kernel_sizes": SMALL_KERNELS, "strides": SMALL_STRIDES,
+                           "num_channels": 2, "num_classes": 4, "patch_size": [16, 16, 16]})
     net = build_network(Cfg(deep_supervision=False, downsample="maxpool"), plan)
     assert isinstance(net, PlainUNet3D) and not net.deep_supervision
     net.set_train(True)

@@ -23,8 +23,8 @@ import pytest
 import src.files
 from src.errors import UserError
 from src.train import run_state, trainer
-from src.train.checkpoint import read_training_checkpoint
-from src.train.device import setup_device
+from src.runtime.checkpoint import read_training_checkpoint
+from src.runtime.device import setup_device
 from src.train.run_folder import BEST, LATEST, LOG, PREVIOUS
 from src.train.trainer import train_fold
 from tests.helpers import dead_pid

@@ -10,15 +10,18 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from src.config import load_config
+from src.data.plan import Plan
 from src.data.planning import plan_for_config
 from src.losses import DeepSupervisionLoss, DoDNetLoss
 from src.models import build_network
 from src.models.dodnet import DoDNet
-from src.train.device import setup_device
+from src.models.res_unet_aspp import ResUNetASPP
+from src.runtime.device import setup_device
 from src.train.train_cell import NetworkWithLoss, build_train_cell
-from src.train.checkpoint import read_training_checkpoint
+from src.runtime.checkpoint import read_training_checkpoint
 from src.train.trainer import BEST, TRANSFER_REPORT, load_pretrained, train_fold
 from src.train.validation import PartialLabelValidationStep, build_validation_step, run_validation
+from src.variants import network_variant
 from tests.data.preprocessed_fixture import make_preprocessed_folder
 from tests.data.test_partial_labels import _mots_preprocessed
 
@@ -58,8 +61,9 @@ def test_validation_counts_sigmoid_positives_on_annotated_voxels_only():
 def test_validation_step_follows_the_network():
     net = DoDNet(1, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]])
     loss = DeepSupervisionLoss(DoDNetLoss(), [1.0])
-    assert isinstance(build_validation_step("dodnet", net, loss, {"num_classes": 3}), PartialLabelValidationStep)
-    plain = build_validation_step("res_unet_aspp", net, loss, {"num_classes": 4})
+    assert isinstance(build_validation_step(network_variant("dodnet"), net, loss, net), PartialLabelValidationStep)
+    res_unet = ResUNetASPP(1, 4, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]])
+    plain = build_validation_step(network_variant("res_unet_aspp"), res_unet, loss, res_unet)
     assert plain.num_counts == 4 and plain.first_foreground == 1
 
 
@@ -117,7 +121,7 @@ def test_transfer_loads_the_pretrained_backbone_and_skips_the_dynamic_head(dodne
     kits = tmp_path / "pre_kits"
     make_preprocessed_folder(kits)
     cfg = tiny_config("kits21_transfer.yaml")
-    network = build_network(cfg, plan_for_config(json.loads((kits / "plans.json").read_text()), None, None,
+    network = build_network(cfg, plan_for_config(Plan.read(kits / "plans.json"), None, None,
                                                  cfg.base_features, cfg.max_features, cfg.max_stages))
     report = load_pretrained(network, fold_dir / BEST, tmp_path, write=True)
     assert json.loads((tmp_path / TRANSFER_REPORT).read_text()) == report

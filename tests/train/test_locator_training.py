@@ -1,7 +1,7 @@
 """train.py trains the locator after the main network and stores it in the fold's checkpoints."""
 import pytest
 
-from src.train.checkpoint import read_training_checkpoint
+from src.runtime.checkpoint import read_training_checkpoint
 from src.train.locator_training import PREFIX
 from src.train.trainer import train_fold
 from tests.train.tiny_training import tiny_config

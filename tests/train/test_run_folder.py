@@ -12,8 +12,8 @@ import src.files
 from src.errors import UserError
 from src.infer.postprocess import POSTPROCESSING_FILE
 from src.train import run_folder
-from src.train.checkpoint import keep_previous, read_training_checkpoint
-from src.train.device import setup_device
+from src.runtime.checkpoint import read_training_checkpoint
+from src.runtime.device import setup_device
 from src.train.run_folder import (BEST, LATEST, LOG, PREVIOUS, PROGRESS, RUN_FILES, TRANSFER_REPORT,
                                   check_run_folder, commit_epoch, reconcile_log)
 from src.train.run_state import RunState, TrainingLog
@@ -192,27 +192,6 @@ def test_a_failed_first_save_says_no_epoch_was_saved(tmp_path, monkeypatch):
     monkeypatch.setattr(src.files, "commit", lambda tmp, path: (_ for _ in ()).throw(OSError(28, "No space")))
     with pytest.raises(UserError, match="no epoch was saved; start again with --overwrite"):
         _epoch(tmp_path, _cell(), RunState(), TrainingLog(tmp_path / LOG), 0.5)
-
-
-def test_keep_previous_survives_the_replacement_of_its_source(tmp_path):
-    source, previous = tmp_path / "a.ckpt", tmp_path / "a.prev.ckpt"
-    source.write_bytes(b"epoch 1")
-    keep_previous(source, previous)
-    keep_previous(source, previous)                    # the same file twice: still one file, no temporary
-    src.files.atomic_write_bytes(source, b"epoch 2")
-    assert previous.read_bytes() == b"epoch 1" and source.read_bytes() == b"epoch 2"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "a.prev.ckpt"]
-
-
-def test_keep_previous_copies_where_hard_links_fail(tmp_path, monkeypatch):
-    def no_links(*args):
-        raise OSError(1, "Operation not permitted")
-
-    monkeypatch.setattr(os, "link", no_links)
-    source, previous = tmp_path / "a.ckpt", tmp_path / "a.prev.ckpt"
-    source.write_bytes(b"epoch 1")
-    keep_previous(source, previous)
-    assert previous.read_bytes() == b"epoch 1" and not previous.samefile(source)
 
 
 def test_reconcile_log_keeps_closing_lines_and_drops_uncommitted_epochs(tmp_path):

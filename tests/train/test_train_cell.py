@@ -4,7 +4,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.train.train_cell import (ClippedLossScaleTrainOneStepCell, NetworkWithLoss, build_train_cell,
-                                  loss_scale_of, resolve_amp_level, set_learning_rate)
+                                  loss_scale_of, set_learning_rate)
 
 
 # the trainer always runs the one-step cell compiled (graph_mode: tests/conftest.py)
@@ -44,12 +44,6 @@ def _optimizer(net, lr=0.1):
 
 def _weights(net):
     return [p.asnumpy().copy() for p in net.trainable_params()]
-
-
-def test_resolve_amp_level():
-    assert resolve_amp_level("auto", "Ascend") == "O2"
-    assert resolve_amp_level("auto", "CPU") == "O0"
-    assert resolve_amp_level("O2", "CPU") == "O2"
 
 
 def test_step_lowers_the_loss_and_clipping_bounds_the_update():

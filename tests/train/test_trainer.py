@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.train.checkpoint import read_training_checkpoint
+from src.runtime.checkpoint import read_training_checkpoint
 from src.train import trainer
 from src.train.run_state import RunState, epoch_line
-from src.train.device import setup_device
+from src.runtime.device import setup_device
 from src.train.schedule import epochs_within_budget, poly_lr
 from src.train.trainer import BEST, LATEST, LOG, PROGRESS, TRANSFER_REPORT, train_fold
 from tests.data.preprocessed_fixture import make_preprocessed_folder

@@ -18,7 +18,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import mindspore as ms
 from mindspore import nn
 
 from src import cpu_env
+from src.files import atomic_produce
 
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "conv.cc", FOLDER / "instance_norm.cc")
@@ -74,20 +74,19 @@ def build_library(out_dir: Path) -> Path:
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=".kitseg_cpu_kernels-", suffix=".so", dir=out_dir)
-    os.close(fd)
-    # -fopenmp-simd: honour the sources' "omp simd" loop hints (no OpenMP runtime is linked)
-    command = [compiler, "-O3", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", *map(str, SOURCES),
-               "-o", partial, f"-L{library.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{library.parent}", "-lpthread"]
-    try:
+
+    def compile_to(partial):
+        # -fopenmp-simd: honour the sources' "omp simd" loop hints (no OpenMP runtime is linked)
+        command = [compiler, "-O3", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", *map(str, SOURCES),
+                   "-o", str(partial), f"-L{library.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{library.parent}",
+                   "-lpthread"]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no message"])[-1]
             raise RuntimeError(f"compiling the CPU kernels failed: {last}")
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+
+    # processes compiling at once each write their own temporary; the last rename wins, with equal bytes
+    atomic_produce(target, compile_to, suffix=".so")
     return target
 
 

@@ -7,7 +7,7 @@ import mindspore as ms
 from mindspore import nn
 
 from src.errors import UserError
-from src.train.checkpoint import (is_training_state, load_network_weights, read_checkpoint_meta,
+from src.runtime.checkpoint import (is_training_state, load_network_weights, read_checkpoint_meta,
                                   read_training_checkpoint, restore_parameters, save_training_checkpoint)
 
 

@@ -6,14 +6,12 @@ count, the EMA bookkeeping, the per-epoch history, the RNG state, and copies of 
 so evaluation, prediction and export can rebuild the network from the checkpoint alone.
 """
 import json
-import os
 from pathlib import Path
 
 import mindspore as ms
 
-from src import files
 from src.errors import UserError
-from src.files import atomic_copy, atomic_produce
+from src.files import atomic_produce
 
 META_KEY = "kitseg_meta"
 FORMAT_VERSION = 1
@@ -35,32 +33,6 @@ def save_training_checkpoint(path, cell, meta: dict) -> None:
     # save_checkpoint appends ".ckpt" to names without it, so the temporary name must already end in it.
     atomic_produce(path, lambda tmp: ms.save_checkpoint(cell, str(tmp), append_dict={META_KEY: json.dumps(payload)}),
                    suffix=".ckpt")
-
-
-def keep_previous(path, previous) -> None:
-    """Make ``previous`` the same file as ``path`` in one step (before ``path`` is replaced by a newer one).
-
-    A hard link costs no copy and stays intact when ``path`` is later replaced by a rename; where the file
-    system has no hard links the bytes are copied. Either way ``previous`` is never half-written.
-    """
-    path, previous = Path(path), Path(previous)
-    tmp = files.temporary_path(previous)
-    try:
-        os.link(path, tmp)
-    except OSError:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        atomic_copy(path, previous)
-        return
-    try:
-        files.commit(tmp, previous)
-    finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def load_checkpoint_file(path) -> dict:

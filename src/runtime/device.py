@@ -8,9 +8,9 @@ import os
 import sys
 
 from src import cpu_env
+from src.config import DEVICE_TARGETS
 from src.errors import UserError
 
-DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 MODES = ("graph", "pynative")
 # O0 runs the kernels as they are; O1 adds graph-kernel fusion, which measured slower on CPU.
 CPU_JIT_LEVEL = "O0"

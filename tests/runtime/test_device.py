@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
-from src.train.device import cpu_thread_count, normalize_device_target
+from src.runtime.device import cpu_thread_count, normalize_device_target
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ import src
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, ops
-from src.train.device import setup_device, fast_path_active
+from src.runtime.device import setup_device, fast_path_active
 used = setup_device("CPU", "graph")
 ms.set_seed(7)
 from src.models.unet3d import PlainUNet3D
@@ -86,7 +86,7 @@ def test_setup_device_in_a_fresh_process(tmp_path):
     script = tmp_path / "setup.py"
     script.write_text(
         "import src, mindspore as ms\n"
-        "from src.train.device import setup_device, fast_path_active\n"
+        "from src.runtime.device import setup_device, fast_path_active\n"
         "from src.errors import UserError\n"
         "print(setup_device('Ascend', 'pynative'), ms.get_context('mode') == ms.PYNATIVE_MODE)\n"
         "print(setup_device('cpu', 'graph'), ms.get_context('mode') == ms.GRAPH_MODE, fast_path_active())\n"
@@ -106,7 +106,7 @@ def test_setup_device_after_kernels_already_ran(tmp_path):
     script = tmp_path / "late_setup.py"
     script.write_text(
         "import src\nimport numpy as np\nimport mindspore as ms\n"
-        "from src.train.device import setup_device\n"
+        "from src.runtime.device import setup_device\n"
         "print(float((ms.Tensor(np.ones(2, np.float32)) + 1).asnumpy().sum()))\n"
         "print(setup_device('CPU', mode='graph'), setup_device('CPU', mode='pynative'))\n")
     root = Path(__file__).resolve().parents[2]
