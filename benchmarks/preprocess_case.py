@@ -29,7 +29,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from src.data.io import KITS19_LABELS, CaseFiles, load_image, load_label
+from src.data.io import load_image, load_label
+
+from src.data.layouts import KITS19_LABELS, CaseFiles
 from src.data.fingerprint import crop_to_nonzero
 from src.data.plan import Plan
 from src.data.preprocess import normalize_intensity, preprocess_case

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.preprocess_case import our_plan
-from src.data.io import KITS19_LABELS, ImageMeta, find_cases, load_label
+from src.data.io import ImageMeta, load_label
+from src.data.layouts import KITS19_LABELS, find_cases
 from src.data.preprocess import preprocess_case
 from src.data.preprocessed_case import load_case
 from src.errors import UserError, exit_on_user_error

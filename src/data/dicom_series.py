@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from src.data.image_formats import LPS_TO_RAS, meta_from_affine
-from src.data.io import CaseFiles, ImageMeta
+from src.data.io import ImageMeta
+from src.data.layouts import CaseFiles
 from src.errors import UserError
 from src.files import file_digest
 

@@ -13,7 +13,9 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import ndimage
 
-from src.data.io import CaseFiles, load_image, load_label
+from src.data.io import load_image, load_label
+
+from src.data.layouts import CaseFiles
 from src.errors import UserError
 
 # nnU-Net v2 pools this many foreground samples, spread evenly over the cases.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.data.io import MOTS_INDEX
+from src.data.layouts import MOTS_INDEX
 from src.data.plan import Plan
 from src.files import read_json
 from src.errors import UserError

@@ -22,7 +22,8 @@ import numpy as np
 from src.cpu_env import cap_workers, memory_limit_bytes
 from src.data.fingerprint import (FOREGROUND_POOL_SIZE, compute_fingerprint, crop_to_nonzero, map_cases,
                                   raise_for_failures)
-from src.data.io import CaseFiles, ImageMeta, dataset_labels, dataset_tasks, detect_layout, find_cases, load_image, load_label
+from src.data.io import ImageMeta, load_image, load_label
+from src.data.layouts import CaseFiles, dataset_labels, dataset_tasks, detect_layout, find_cases
 from src.data.partial_labels import mots_task_channels
 from src.data.planning import cross_validation_splits, fold_count, plan_experiment
 from src.data.plan import PLAN_FILE, Plan

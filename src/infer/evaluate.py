@@ -19,7 +19,9 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from src.data.io import ImageMeta, find_cases, load_label
+from src.data.io import ImageMeta, load_label
+
+from src.data.layouts import find_cases
 from src.files import (atomic_write_json, check_not_input, check_output_dir, overlapping_inputs, read_json,
                        remove_stale_temporaries)
 from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Sequence
 
-from src.data.io import CaseFiles, ImageMeta, save_label
+from src.data.io import ImageMeta, save_label
+
+from src.data.layouts import CaseFiles
 from src.errors import UserError
 
 LABEL_SUFFIXES = {"nifti": ".nii.gz", "dicom_seg": "_seg.dcm", "nrrd": ".nrrd"}

@@ -20,7 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from src.data.io import find_cases, load_image
+from src.data.io import load_image
+
+from src.data.layouts import find_cases
 from src.data.plan import Plan
 from src.data.preprocess import preprocess_image_for_inference
 from src.errors import UserError

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from src.config import Config
-from src.data.io import CaseFiles, case_image_digest
+from src.data.layouts import CaseFiles, case_image_digest
 from src.errors import UserError
 from src.files import (atomic_write_json, atomic_write_text, check_not_input, check_output_dir, file_digest,
                        overlapping_inputs, read_json_if_valid)

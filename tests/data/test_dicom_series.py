@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from src.data.dicom_series import read_series
 from src.data.image_formats import save_label_itk
-from src.data.io import find_cases, load_image, read_geometry, save_label
+from src.data.io import load_image, read_geometry, save_label
+from src.data.layouts import find_cases
 from src.data.phantom import sample_phantom
 from src.data.synthetic_dicom import write_ct_series
 from src.errors import UserError

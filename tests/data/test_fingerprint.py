@@ -5,7 +5,7 @@ import pytest
 from src.data.fingerprint import (FOREGROUND_SAMPLE_SEED, analyze_case, bounding_box, compute_fingerprint,
                                   crop_to_nonzero, intensity_statistics, labels_present, memory_order_axes,
                                   nonzero_mask)
-from src.data.io import find_cases
+from src.data.layouts import find_cases
 from src.errors import UserError
 from tests.data.test_io import phantom, write_kits_case, write_nifti
 

@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from src.data.io import find_cases, load_image
+from src.data.io import load_image
+
+from src.data.layouts import find_cases
 from src.data.preprocess import (normalize_intensity, preprocess_case, preprocess_dataset,
                                  preprocess_image_for_inference, sample_foreground_coords)
 from src.data.plan import Plan

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from src.data import io
+from src.data import io, layouts
 from src.data.phantom import STRUCTURE_IDS, make_phantom, sample_geometry, sample_phantom
 from src.data.synthetic import MOTS_TASKS, case_options, write_synthetic_dataset
 from src.errors import UserError
@@ -85,12 +85,12 @@ def test_kits21_uses_majority_label_file_and_cyst_label(kits21):
 
 
 def test_layouts_are_read_by_the_io_module(kits19, kits21, mots):
-    assert io.detect_layout(kits19[0]) == "kits19"
-    assert io.detect_layout(kits21[0]) == "kits21"
-    assert io.detect_layout(mots[0]) == "mots"
-    cases = io.find_cases(mots[0])
+    assert layouts.detect_layout(kits19[0]) == "kits19"
+    assert layouts.detect_layout(kits21[0]) == "kits21"
+    assert layouts.detect_layout(mots[0]) == "mots"
+    cases = layouts.find_cases(mots[0])
     assert sorted(c.case_id for c in cases) == sorted(mots[1])
-    for case in io.find_cases(kits21[0]):
+    for case in layouts.find_cases(kits21[0]):
         image, meta = io.load_image(case.image)
         assert io.load_label(case.label, meta).shape == image.shape
 
@@ -262,4 +262,4 @@ def test_output_folder_rules(tmp_path):
     assert "SYNTHETIC" in (target / "SYNTHETIC_README.txt").read_text()
     write_synthetic_dataset(target, "kits19", 1, 0, progress=False)
     assert not (target / "case_00001").exists(), "a rerun with fewer cases leaves no stale case behind"
-    assert [c.case_id for c in io.find_cases(target)] == ["case_00000"]
+    assert [c.case_id for c in layouts.find_cases(target)] == ["case_00000"]

@@ -5,7 +5,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from src.data.io import CaseFiles, find_cases, load_image
+from src.data.io import load_image
+
+from src.data.layouts import CaseFiles, find_cases
 from src.data.phantom import sample_phantom
 from src.data.synthetic_dicom import write_ct_series
 from src.errors import UserError

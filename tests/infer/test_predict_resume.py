@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from src.data.io import find_cases
+from src.data.layouts import find_cases
 from src.errors import UserError
 from src.infer import predict_cases
 from src.infer.predict_cases import predict_files
