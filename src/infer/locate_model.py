@@ -27,7 +27,7 @@ def checkpoint_locator(path, settings: LocateSettings) -> Optional[Locator]:
     from src.infer.predictor import CellNetFn
     from src.models.cpu_kernels import select_cpu_kernels
     from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
-    from src.train.locator_training import build_locator_network
+    from src.models.locator import build_locator_network
 
     params, meta = read_training_checkpoint(path)
     lplan = meta.get("locator")
@@ -87,7 +87,7 @@ def export_locator(ckpt, target, file_format: str) -> Optional[dict]:
 
     from src.files import atomic_produce
     from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
-    from src.train.locator_training import build_locator_network
+    from src.models.locator import build_locator_network
 
     params, meta = read_training_checkpoint(ckpt)
     lplan = meta.get("locator")

@@ -16,6 +16,7 @@ import numpy as np
 from mindspore import nn
 
 from src.infer.locate import block_reduce, coarse_factors
+from src.models.locator import build_locator_network
 
 PREFIX = "locator."
 FEATURES = (8, 16, 32, 64)
@@ -30,13 +31,6 @@ def locator_plan(cfg, plan: dict) -> dict:
             "factors": list(coarse_factors(plan.get("target_spacing"), cfg.locator_spacing_mm)),
             "spacing_mm": float(cfg.locator_spacing_mm), "num_classes": 2,
             "num_channels": int(plan.get("num_channels", 1))}
-
-
-def build_locator_network(lplan: dict):
-    from src.models.unet3d import PlainUNet3D
-
-    return PlainUNet3D(int(lplan["num_channels"]), 2, [int(f) for f in lplan["features"]],
-                       lplan["conv_kernel_sizes"], lplan["strides"], downsample="conv", deep_supervision=False)
 
 
 def coarse_cases(pre_dir, case_ids, plan, factors) -> list:
