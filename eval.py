@@ -29,6 +29,7 @@ postprocess auto and no stored decision, decides the postprocessing on all the c
 scores, as a single process does - so the results equal a single-process run's.
 """
 from src import cli
+from src.metrics.report import METRIC_LABELS
 from src.errors import UserError
 from src.msrun_env import is_msrun_scheduler, worker_shard
 
@@ -54,7 +55,7 @@ def build_parser():
     score = cli.add_command(commands, "score", "score existing predictions against references")
     score.add_argument("--pred", required=True, help="folder of <case>.nii.gz predictions")
     score.add_argument("--ref", required=True, help="references: KiTS case folders or flat <case>.nii.gz")
-    score.add_argument("--metric", required=True, choices=("kits19", "kits21"), help="label set of the references")
+    score.add_argument("--metric", required=True, choices=tuple(METRIC_LABELS), help="label set of the references")
     cli.add_output(score, "metrics CSV to write; <name>_summary.json goes next to it", "--out")
     return parser
 

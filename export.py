@@ -15,6 +15,7 @@ instant leaves the old export, the new one, or one that readers refuse and the n
 All of this is checked before the checkpoint loads.
 """
 from src import cli
+from src.infer.mindir import EXPORT_FORMATS
 
 
 def build_parser():
@@ -22,7 +23,7 @@ def build_parser():
     cli.add_config(parser, "device_target, amp_level")
     parser.add_argument("--ckpt", required=True, help="training checkpoint (carries plan and config)")
     parser.add_argument("--file_name", required=True, help="output file; .mindir/.air is appended if missing")
-    parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=("MINDIR", "AIR"))
+    parser.add_argument("--file_format", default="MINDIR", type=str.upper, choices=tuple(EXPORT_FORMATS))
     cli.add_overwrite(parser, "replace an earlier export of this name (never a file export.py did not write)")
     return parser
 

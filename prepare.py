@@ -6,6 +6,7 @@
 (--out is --output's older spelling and still accepted.)
 """
 from src import cli
+from src.data.synthetic import FORMATS as SYNTHETIC_FORMATS
 from src.errors import UserError
 
 
@@ -14,7 +15,7 @@ def build_parser():
     commands = cli.add_commands(parser)
 
     synth = cli.add_command(commands, "synth", "write synthetic (phantom) cases in a dataset's on-disk layout")
-    synth.add_argument("--format", required=True, choices=("kits19", "kits21", "mots", "dicom"),
+    synth.add_argument("--format", required=True, choices=SYNTHETIC_FORMATS + ("dicom",),
                        help="dicom: one CT series folder per case (the KiTS19 phantoms of this seed; needs "
                             "requirements-dicom.txt)")
     synth.add_argument("--cases", type=int, required=True, help="number of cases")

@@ -19,15 +19,14 @@ from src.config import Config
 from src.files import atomic_produce, atomic_write_json, check_output_file, file_digest, remove_stale_temporaries
 from src.errors import UserError
 from src.infer.postprocess import POSTPROCESSING_FILE, load_postprocessing
-from src.infer.mindir import SIDECAR_COMPLETE, SIDECAR_PRODUCER, mindir_sidecar, read_own_sidecar
+from src.infer.mindir import EXPORT_FORMATS, SIDECAR_COMPLETE, SIDECAR_PRODUCER, mindir_sidecar, read_own_sidecar
 from src.infer.predictor import load_checkpoint_network
 
-FORMATS = {"MINDIR": ".mindir", "AIR": ".air"}
 
 
 def export_target(file_name, file_format: str) -> Path:
     """``file_name`` with the format's suffix (added when missing, as mindspore.export does)."""
-    suffix = FORMATS[file_format]
+    suffix = EXPORT_FORMATS[file_format]
     path = Path(file_name)
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
@@ -65,8 +64,8 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
     from src.runtime.device import setup_device
 
     file_format = str(file_format).upper()
-    if file_format not in FORMATS:
-        raise UserError(f"--file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+    if file_format not in EXPORT_FORMATS:
+        raise UserError(f"--file_format must be one of {', '.join(EXPORT_FORMATS)}, got {file_format!r}")
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     target = export_target(file_name, file_format)

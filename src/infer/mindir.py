@@ -9,6 +9,9 @@ from pathlib import Path
 from src.errors import UserError
 from src.files import file_digest, read_json, read_json_if_valid
 
+# export.py --file_format: the file suffix of each (AIR only on Ascend)
+EXPORT_FORMATS = {"MINDIR": ".mindir", "AIR": ".air"}
+
 SIDECAR_PRODUCER = "export.py"
 SIDECAR_COMPLETE = "complete"
 SIDECAR_KEYS = ("plan", "batch_size", "input_shape", "model_digest")
