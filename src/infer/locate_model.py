@@ -21,23 +21,33 @@ def settings_for(cfg) -> Optional[LocateSettings]:
     return LocateSettings.from_config(cfg, "crop" if cfg.locate == "crop" else "windows")
 
 
-def checkpoint_locator(path, settings: LocateSettings) -> Optional[Locator]:
+def restored_locator(path):
+    """(locator network with the checkpoint's weights, in inference mode, its plan), or (None, None) when
+    the checkpoint ``path`` carries no locator."""
     import mindspore as ms
 
-    from src.infer.predictor import CellNetFn
-    from src.models.cpu_kernels import select_cpu_kernels
     from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
     from src.models.locator import build_locator_network
 
     params, meta = read_training_checkpoint(path)
     lplan = meta.get("locator")
     if not lplan:
-        return None
+        return None, None
     network = build_locator_network(lplan)
     weights = {name[len(PREFIX):]: ms.Parameter(value.data, name=name[len(PREFIX):])
                for name, value in params.items() if name.startswith(PREFIX)}
     restore_parameters(network, weights, f"{path} (locator)")
     network.set_train(False)
+    return network, lplan
+
+
+def checkpoint_locator(path, settings: LocateSettings) -> Optional[Locator]:
+    from src.infer.predictor import CellNetFn
+    from src.models.cpu_kernels import select_cpu_kernels
+
+    network, lplan = restored_locator(path)
+    if network is None:
+        return None
     select_cpu_kernels(network)
     return Locator(CellNetFn(network), lplan["patch_size"], lplan["factors"], settings)
 
@@ -86,18 +96,12 @@ def export_locator(ckpt, target, file_format: str) -> Optional[dict]:
     import numpy as np
 
     from src.files import atomic_produce
-    from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
-    from src.models.locator import build_locator_network
 
-    params, meta = read_training_checkpoint(ckpt)
-    lplan = meta.get("locator")
-    if not lplan or str(file_format).upper() != "MINDIR":
+    if str(file_format).upper() != "MINDIR":
         return None
-    network = build_locator_network(lplan)
-    weights = {name[len(PREFIX):]: ms.Parameter(value.data, name=name[len(PREFIX):])
-               for name, value in params.items() if name.startswith(PREFIX)}
-    restore_parameters(network, weights, f"{ckpt} (locator)")
-    network.set_train(False)
+    network, lplan = restored_locator(ckpt)
+    if network is None:
+        return None
     example = ms.Tensor(np.zeros([1, int(lplan["num_channels"])] + [int(p) for p in lplan["patch_size"]],
                                  dtype=np.float32))
     path = locator_file(target)
