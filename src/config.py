@@ -64,6 +64,9 @@ class Config:
     ds_weights: Optional[List[float]] = None
     # optimisation
     batch_size: int = 2
+    # samples per forward/backward: "auto" (the whole batch, on CPU what fits the memory) or a divisor of
+    # batch_size; the gradients of the micro-batches add up to the whole batch's (src/train/micro_batches.py)
+    micro_batch_size: str = "auto"
     epochs: int = 1000
     # minutes of training wall time: the first epoch is measured and ``epochs`` lowered to what fits
     train_minutes: Optional[float] = None
@@ -187,6 +190,13 @@ def _validated(cfg: Config) -> Config:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise UserError(f"config key '{key}' must be at least 1, got {getattr(cfg, key)}")
+    if cfg.micro_batch_size != "auto":
+        size = _micro_batch_size(cfg.micro_batch_size)
+        if size is None or size < 1 or cfg.batch_size % size:
+            raise UserError(f"config key 'micro_batch_size' must be auto or a whole number dividing batch_size "
+                            f"{cfg.batch_size}, got {cfg.micro_batch_size!r}")
+        if cfg.micro_batch_size != str(size):
+            cfg = dataclasses.replace(cfg, micro_batch_size=str(size))
     if cfg.image_budget_voxels is not None and cfg.image_budget_voxels < 1:
         raise UserError(f"config key 'image_budget_voxels' must be at least 1, got {cfg.image_budget_voxels}")
     if cfg.train_minutes is not None and not 0 < cfg.train_minutes < float("inf"):
@@ -209,6 +219,15 @@ def _validated(cfg: Config) -> Config:
     if any(p % 8 for p in cfg.locator_patch_size):
         raise UserError("config key 'locator_patch_size' must be a multiple of 8 per axis (3 poolings)")
     return cfg
+
+
+def _micro_batch_size(value: str):
+    """The whole number a micro_batch_size string means (``2``, ``2.0``), or None."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
 
 
 def config_from_dict(values: dict) -> Config:

@@ -65,13 +65,28 @@ class DiceCELoss(nn.Cell):
         self.hec_masses_weight = weights[1]
 
     def construct(self, logits, target):
+        valid = (target >= 0).astype(logits.dtype)
+        return self.loss_with(logits, target, valid, ops.maximum(valid.sum(), 1.0), None)
+
+    def normalizers(self, target):
+        """What the loss divides by, from the target alone: [valid voxels (at least 1), samples x foreground
+        classes] (the Dice mean's count). A part of a batch scored with the whole batch's normalizers
+        (``part``) gives that part's share: the shares of a split batch sum to the batch's loss."""
+        valid = (target >= 0).astype(ms.float32)
+        dice_count = ops.fill(ms.float32, (), target.shape[0] * (self.num_classes - 1))
+        return ops.stack((ops.maximum(valid.sum(), 1.0), dice_count))
+
+    def part(self, logits, target, norms):
+        valid = (target >= 0).astype(logits.dtype)
+        return self.loss_with(logits, target, valid, norms[0], norms[1])
+
+    def loss_with(self, logits, target, valid, num_valid, dice_count):
+        """The loss with given normalizers; ``dice_count`` None takes the Dice mean over this batch."""
         # log-softmax as logits - logsumexp: on CPU the fused op's gradient runs oneDNN's reference
         # kernel, this form's gradient is elementwise (docs/PERFORMANCE.md, "Levers, one at a time")
         log_probs = logits - ops.logsumexp(logits, 1, True)
         probs = ops.exp(log_probs)
         onehot = (target == self.class_ids).astype(logits.dtype)
-        valid = (target >= 0).astype(logits.dtype)
-        num_valid = ops.maximum(valid.sum(), 1.0)
         ce = -(log_probs * onehot).sum() / num_valid
 
         axes = spatial_axes(logits)
@@ -79,7 +94,10 @@ class DiceCELoss(nn.Cell):
         sum_pred = (probs * valid).sum(axes)[:, 1:]
         sum_gt = onehot.sum(axes)[:, 1:]
         dice = (2.0 * intersect + self.smooth) / ops.maximum(sum_pred + sum_gt + self.smooth, 1e-8)
-        loss = ce - dice.mean()
+        if dice_count is None:
+            loss = ce - dice.mean()
+        else:
+            loss = ce - dice.sum() / dice_count
         if self.use_hec:
             loss = loss + self.hec_kidney_weight * self.group_bce(log_probs, target, valid, num_valid, 1)
             loss = loss + self.hec_masses_weight * self.group_bce(log_probs, target, valid, num_valid, 2)
@@ -116,6 +134,28 @@ class DeepSupervisionLoss(nn.Cell):
                 total = total + self.weights[i] * self.scale_loss(outputs[i], targets[i])
         return total
 
+    def normalizers(self, targets):
+        """(scales, k): the per-resolution loss's normalizers of each target (``DiceCELoss.normalizers``)."""
+        if not isinstance(targets, (tuple, list)):
+            return ops.stack((self.scale_loss.normalizers(targets),))
+        count = len(self.weights) if len(self.weights) < len(targets) else len(targets)
+        norms = ()
+        for i in range(count):
+            norms = norms + (self.scale_loss.normalizers(targets[i]),)
+        return ops.stack(norms)
+
+    def part(self, outputs, targets, norms):
+        """This part of a batch's share of the batch's loss, ``norms`` being the whole batch's normalizers."""
+        if not isinstance(targets, (tuple, list)):
+            return self.scale_loss.part(outputs, targets, norms[0])
+        if not isinstance(outputs, (tuple, list)):
+            return self.scale_loss.part(outputs, targets[0], norms[0])
+        total = 0.0
+        for i in range(len(self.weights)):
+            if self.weights[i] != 0.0:
+                total = total + self.weights[i] * self.scale_loss.part(outputs[i], targets[i], norms[i])
+        return total
+
 
 class DoDNetLoss(nn.Cell):
     """Partial-label loss on sigmoid outputs (B, 2, ...) against targets (B, 2, ...) in {0, 1, -1}.
@@ -131,6 +171,22 @@ class DoDNetLoss(nn.Cell):
 
     def construct(self, logits, target):
         valid = (target >= 0).astype(logits.dtype)
+        labelled = (valid.sum(spatial_axes(logits)) > 0).astype(logits.dtype)
+        return self.loss_with(logits, target, valid, labelled, ops.maximum(labelled.sum(), 1.0),
+                              ops.maximum(valid.sum(), 1.0))
+
+    def normalizers(self, target):
+        """[labelled (sample, channel) pairs, labelled voxels], each at least 1, from the target alone."""
+        valid = (target >= 0).astype(ms.float32)
+        labelled = (valid.sum(spatial_axes(target)) > 0).astype(ms.float32)
+        return ops.stack((ops.maximum(labelled.sum(), 1.0), ops.maximum(valid.sum(), 1.0)))
+
+    def part(self, logits, target, norms):
+        valid = (target >= 0).astype(logits.dtype)
+        labelled = (valid.sum(spatial_axes(logits)) > 0).astype(logits.dtype)
+        return self.loss_with(logits, target, valid, labelled, norms[0], norms[1])
+
+    def loss_with(self, logits, target, valid, labelled, num_labelled, num_valid):
         truth = (target > 0).astype(logits.dtype)
         probs = ops.sigmoid(logits)
         axes = spatial_axes(logits)
@@ -138,11 +194,10 @@ class DoDNetLoss(nn.Cell):
         sum_pred = (probs * valid).sum(axes)
         sum_gt = truth.sum(axes)
         dice_loss = 1.0 - 2.0 * intersect / (sum_pred + sum_gt + self.smooth)
-        labelled = (valid.sum(axes) > 0).astype(logits.dtype)
-        dice_term = (dice_loss * labelled).sum() / ops.maximum(labelled.sum(), 1.0)
+        dice_term = (dice_loss * labelled).sum() / num_labelled
         # BCE with logits, the overflow-free form: max(x, 0) - x t + log(1 + exp(-|x|))
         bce = ops.relu(logits) - logits * truth + ops.log1p(ops.exp(-ops.abs(logits)))
-        bce_term = (bce * valid).sum() / ops.maximum(valid.sum(), 1.0)
+        bce_term = (bce * valid).sum() / num_valid
         return dice_term + bce_term
 
 

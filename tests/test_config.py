@@ -92,3 +92,23 @@ def test_train_minutes_is_off_by_default_and_a_number_of_minutes_when_set(tmp_pa
     # the demo's length is a budget of minutes; epochs only caps it
     demo = load_config(CONFIG_DIR / "demo.yaml")
     assert demo.train_minutes is not None and demo.train_minutes > 0
+
+
+def test_micro_batch_size_defaults_to_auto_and_parses_from_the_command_line():
+    assert Config().micro_batch_size == "auto"
+    demo = str(CONFIG_DIR / "demo.yaml")
+    assert config_from_args(_args(["--config", demo])).micro_batch_size == "auto"
+    cfg = config_from_args(_args(["--config", demo, "--batch_size", "4", "--micro_batch_size", "2"]))
+    assert cfg.batch_size == 4 and cfg.micro_batch_size == "2"
+    assert load_config(CONFIG_DIR / "demo.yaml", {"micro_batch_size": 1.0}).micro_batch_size == "1"
+    assert config_from_args(_args(["--config", demo, "--micro_batch_size", "auto"])).micro_batch_size == "auto"
+
+
+@pytest.mark.parametrize("value", ["3", "0", "-1", "half", "1.5"])
+def test_micro_batch_size_must_divide_the_batch(value):
+    with pytest.raises(UserError) as err:
+        config_from_args(_args(["--config", str(CONFIG_DIR / "demo.yaml"), "--micro_batch_size", value]))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == (f"config key 'micro_batch_size' must be auto or a whole number dividing batch_size 2, "
+                       f"got '{value}'")

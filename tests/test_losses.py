@@ -150,3 +150,35 @@ def test_build_loss_uses_the_plan_depth_and_config():
         build_loss(cfg(network="dodnet"), plan)
     with pytest.raises(UserError):
         build_loss(cfg(loss="dice_ce_hec"), plan.replace(num_classes=2))
+
+
+def _split_batch_cases():
+    rng = np.random.default_rng(4)
+    logits = [rng.standard_normal((3, 3, 6, 6, 6)), rng.standard_normal((3, 3, 3, 3, 3))]
+    seg = rng.integers(0, 3, (3, 1, 6, 6, 6))
+    seg[0, :, :2] = -1
+    seg[2, :, :, :5] = -1
+    targets = [seg, seg[:, :, ::2, ::2, ::2]]
+    dodnet_target = rng.integers(0, 2, (3, 2, 6, 6, 6))
+    dodnet_target[0, 1] = -1  # sample 0's task annotates the organ only
+    dodnet_target[2, :, :4] = -1
+    return [
+        (DeepSupervisionLoss(DiceCELoss(3), [0.6, 0.4]), logits, targets),
+        (DeepSupervisionLoss(DiceCELoss(3, hec_weights=[0.5, 0.8]), [0.6, 0.4]), logits, targets),
+        (DeepSupervisionLoss(DoDNetLoss(), [1.0]), rng.standard_normal((3, 2, 6, 6, 6)), dodnet_target),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3), ids=["dice_ce_deep_supervision", "hec", "dodnet_partial_labels"])
+def test_parts_scored_with_the_batch_normalizers_sum_to_the_batch_loss(case):
+    loss_fn, logits, targets = _split_batch_cases()[case]
+    pick = (lambda x, s: [t32(a[s]) for a in x]) if isinstance(logits, list) else (lambda x, s: t32(x[s]))
+    pick_t = (lambda x, s: [ti32(a[s]) for a in x]) if isinstance(targets, list) else (lambda x, s: ti32(x[s]))
+    whole = float(loss_fn(pick(logits, slice(None)), pick_t(targets, slice(None))).asnumpy())
+    norms = loss_fn.normalizers(pick_t(targets, slice(None)))
+    parts = [slice(0, 1), slice(1, 3)]
+    shares = [float(loss_fn.part(pick(logits, s), pick_t(targets, s), norms).asnumpy()) for s in parts]
+    assert sum(shares) == pytest.approx(whole, rel=1e-5, abs=1e-6)
+    # the parts' own losses, averaged, are not the batch's loss: the normalizers matter
+    own = [float(loss_fn(pick(logits, s), pick_t(targets, s)).asnumpy()) for s in parts]
+    assert abs(np.mean(own) - whole) > 1e-3 and abs(sum(own) - whole) > 1e-3

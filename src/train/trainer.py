@@ -60,6 +60,7 @@ from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TR
 from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
 from src.train.schedule import epochs_within_budget, poly_lr
 from src.runtime.amp import apply_amp, resolve_amp_level
+from src.train.micro_batches import build_step
 from src.train.train_cell import build_train_cell, loss_scale_of, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema
 
@@ -217,7 +218,8 @@ class FoldRun:
     log: TrainingLog
     amp_level: str
     network: object
-    train_cell: object
+    train_cell: object  # what checkpoints hold (weights, optimizer and loss-scale state)
+    step: object  # what a training batch is given to: the train cell, or micro-batches sharing its parameters
     optimizer: object
     val_step: object
     kernels: str
@@ -259,13 +261,15 @@ def prepare(cfg, pre_dir, fold, out_dir, resume: bool, overwrite: bool) -> FoldR
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
     train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, cfg.variant.task_conditioned)
+    step, step_line = build_step(cfg, plan, device, train_cell, forward, loss_fn, cfg.variant.task_conditioned)
+    notes.append(step_line)  # logged after a resume has restored the log
     # Validation runs the network in training mode, as nnU-Net v2 does (deep supervision on, the loss over
     # all heads): instance norm has no running statistics, so only the extra heads differ, and never
     # flipping the mode means neither compiled graph is ever rebuilt with the other mode's flags.
     train_cell.set_train(True)
     val_step = build_validation_step(cfg.variant, forward, loss_fn, network)
     return FoldRun(cfg, pre_dir, fold, fold_dir, plan, train_ids, val_ids, device, parallel, log, amp_level,
-                   network, train_cell, optimizer, val_step, kernels, started, notes)
+                   network, train_cell, step, optimizer, val_step, kernels, started, notes)
 
 
 def restore(run: FoldRun, resume: bool, pretrained) -> None:
@@ -318,7 +322,7 @@ def run_epoch(run: FoldRun, train_batches, val_batches) -> tuple:
     lr = poly_lr(cfg.lr, epoch, run.epochs, cfg.poly_exponent)
     set_learning_rate(run.optimizer, lr)
     epoch_train = _Batches(train_batches, cfg.iters_per_epoch)
-    train_loss = _train_epoch(run.train_cell, epoch_train, epoch, run.epochs, run.parallel.is_main)
+    train_loss = _train_epoch(run.step, epoch_train, epoch, run.epochs, run.parallel.is_main)
     val = {"loss": None, "dice": [], "pseudo_dice": None}
     epoch_val = None
     if val_batches is not None:

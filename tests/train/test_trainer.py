@@ -154,6 +154,36 @@ def test_train_py_reports_user_errors_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_train_py_refuses_a_micro_batch_size_not_dividing_the_batch_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "config" / "demo.yaml"),
+                             "--data", str(tmp_path / "missing"), "--fold", "0", "--output", str(tmp_path / "out"),
+                             "--micro_batch_size", "3"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: config key 'micro_batch_size' must be auto or a whole number dividing "
+                                     "batch_size 2, got '3'")
+
+
+def test_micro_batched_session_resumes_into_the_weights_of_a_whole_batch_run(tiny_data, straight_run, tmp_path):
+    # the straight run chose the whole batch (auto, a tiny network); here epoch 1 runs in micro-batches of 1
+    # and the resumed epoch 2 as one forward: same batches, same weights
+    out = tmp_path / "mixed"
+    train_fold(tiny_config(micro_batch_size=1), tiny_data, 0, out, stop_after_epoch=1)
+    result = train_fold(tiny_config(micro_batch_size=2), tiny_data, 0, out, resume=True)
+    straight, straight_dir = straight_run
+    expected = _network_weights(straight_dir / "fold_0" / LATEST)
+    resumed = _network_weights(out / "fold_0" / LATEST)
+    assert expected.keys() == resumed.keys()
+    for name, value in expected.items():
+        np.testing.assert_allclose(resumed[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(result["history"]["train_loss"], straight["history"]["train_loss"], rtol=1e-4)
+    # each line after its time stamp
+    lines = [line.split("  ", 1)[1] for line in (out / "fold_0" / LOG).read_text().splitlines()]
+    assert "batch 2 as 2 micro-batches of 1 (micro_batch_size 1)" in lines
+    assert "batch 2 as one forward (micro_batch_size 2)" in lines
+    straight_lines = [line.split("  ", 1)[1] for line in (straight_dir / "fold_0" / LOG).read_text().splitlines()]
+    assert any(line.startswith("batch 2 as one forward (estimated ") for line in straight_lines)
+
+
 @pytest.mark.slow
 def test_float16_loss_scale_path_runs_and_resumes_exactly(tiny_data, tmp_path):
     # amp O2 is what Ascend uses; MindSpore's CPU back end runs float16 Conv3d too, slowly

@@ -1,0 +1,186 @@
+"""How many samples one forward/backward may hold on a CPU: the training memory estimate behind
+``micro_batch_size: auto``.
+
+A pure function of (plan, config, bytes available); nothing here reads the machine. The estimate of the
+training process's peak, for a forward over ``m`` samples, is
+
+    BASE + FIXED_BYTES_PER_PARAMETER x parameters + CASE_COPIES x median case x 5 bytes
+         + m x BYTES_PER_FEATURE_VOXEL x feature voxels of one sample
+
+- *feature voxels*: the channels x voxels of every tensor the network keeps for its backward pass, at
+  the plan's patch: each conv unit (conv + norm + activation) counts 3 maps of its output, each
+  concatenation, residual sum, upsampling or pooling output 1 map, and each segmentation head its classes
+  (``feature_voxels``; the architecture of each network of ``src/models`` written out per stage);
+- *parameters*: counted the same way (convolution weights, norm affines, biases);
+- *fixed part*: weights, gradients, the accumulated gradients of micro-batching, momentum / Adam moments:
+  4 float32 copies, 16 bytes a parameter;
+- *case copies*: the data loader's workers hold whole preprocessed cases (float32 data + int8 labels);
+- *BASE*: the MindSpore runtime, compiled graphs and kernels.
+
+Calibration (docs: README, "Training"; the rehearsal of commit 417763b on an idle 23 GB machine, float32,
+data: two 100-slice synthetic cases): ``kits19_bdci`` (plain U-Net, 6 stages, 80 x 160 x 160, batch 2)
+peaked at 18.0 GB; ``kits21_nnunet`` (the same network at 128^3, batch 2) passed 20.2 GB and ran out of
+memory. The two patches have nearly the same feature voxels (2.4 % apart), so the difference lies in
+what grows with the data: its cases at 0.78 mm are 518 x 512 x 512 (0.68 GB each), BDCI's at
+3.22 x 1.62 x 1.62 mm about 126 x 247 x 247 (0.04 GB). With BASE 1.0 GB, CASE_COPIES = 4 is the round
+number that puts kits21_nnunet above its 20.2 GB lower bound (20.8 GB), and BYTES_PER_FEATURE_VOXEL then
+follows from BDCI's 18.0 GB (6.16 bytes, about 1.5 float32 per counted map). Nothing larger was
+measured: the residual networks (res_unet_aspp, DoDNet) are extrapolated from their layer counts.
+"""
+from dataclasses import dataclass
+from math import prod
+
+BASE_BYTES = 1.0e9
+FIXED_BYTES_PER_PARAMETER = 16
+CASE_COPIES = 4
+CASE_BYTES_PER_VOXEL = 5  # float32 image + int8 labels
+BYTES_PER_FEATURE_VOXEL = 6.16
+# the largest share of the available memory the estimate may take
+MARGIN = 0.9
+GB = 1e9
+
+# conv units (conv + norm + activation) keep about three maps of their output; other ops one
+CONV_MAPS = 3
+# residual encoder blocks per downsampling stage (src/models/res_unet_aspp.py default_extra_blocks)
+SEED_EXTRA_BLOCKS = (2, 3, 5, 2)
+ASPP_BRANCHES = 4
+# DoDNet: the controller maps (bottleneck features, task one-hot) to the 162 dynamic head parameters
+DODNET_TASKS = 7
+DODNET_HEAD_PARAMS = 162
+
+
+@dataclass(frozen=True)
+class Estimate:
+    parameters: int
+    feature_voxels: int  # per sample
+    fixed_bytes: float  # everything but the activations
+    sample_bytes: float  # the activations of one sample
+
+    def bytes_for(self, samples: int) -> float:
+        return self.fixed_bytes + samples * self.sample_bytes
+
+
+@dataclass(frozen=True)
+class MicroBatchChoice:
+    micro_batch_size: int
+    line: str  # the training log's line
+
+
+def _extra_blocks(downsamplings: int) -> list:
+    if downsamplings <= len(SEED_EXTRA_BLOCKS):
+        return list(SEED_EXTRA_BLOCKS[:downsamplings - 1]) + [SEED_EXTRA_BLOCKS[-1]]
+    return [2, 3] + [5] * (downsamplings - 3) + [2]
+
+
+def _stage_voxels(plan) -> list:
+    size = [int(p) for p in plan.patch_size]
+    voxels = []
+    for stride in plan.strides:
+        size = [-(-s // int(st)) for s, st in zip(size, stride)]
+        voxels.append(prod(size))
+    return voxels
+
+
+def _plain_unet(plan, cfg, heads: int):
+    """(feature voxels, parameters) of src/models/unet3d.py."""
+    features, voxels = plan.features, _stage_voxels(plan)
+    kernels = [prod(k) for k in plan.conv_kernel_sizes]
+    maps, params = 0, 0
+    channels = plan.num_channels
+    for s, (f, v, k) in enumerate(zip(features, voxels, kernels)):
+        pools = cfg.downsample == "maxpool" and s > 0
+        maps += 2 * CONV_MAPS * f * v + (channels * v if pools else 0)
+        params += k * (channels * f + f * f) + 4 * f
+        channels = f
+    for s in range(len(features) - 1):
+        f, v, k = features[s], voxels[s], kernels[s]
+        maps += (f + 2 * f) * v + 2 * CONV_MAPS * f * v  # upsampled, concatenated, two conv units
+        params += prod(plan.strides[s + 1]) * features[s + 1] * f + k * (2 * f * f + f * f) + 4 * f
+        params += f * plan.num_classes + plan.num_classes
+        if s < heads:
+            maps += plan.num_classes * v
+    return maps, params
+
+
+def _residual_unet(plan, heads: int, outputs: int):
+    """(feature voxels, parameters) of the ResUNetBackbone (src/models/res_unet_aspp.py) and its heads."""
+    features, voxels = plan.features, _stage_voxels(plan)
+    kernels = [prod(k) for k in plan.conv_kernel_sizes]
+    blocks = [1] + [1 + n for n in _extra_blocks(len(features) - 1)]
+    maps, params = 0, 0
+    channels = plan.num_channels
+    for f, v, k, count in zip(features, voxels, kernels, blocks):
+        # each block: 3 conv units and the residual sum; the first one a 1x1x1 projection too
+        maps += count * (3 * CONV_MAPS + 1) * f * v + CONV_MAPS * f * v
+        params += k * (channels * f + 2 * f * f) + channels * f + 8 * f
+        params += (count - 1) * (3 * k * f * f + 6 * f)
+        channels = f
+    f, v, k = features[-1], voxels[-1], kernels[-1]
+    maps += (ASPP_BRANCHES * CONV_MAPS + (ASPP_BRANCHES + 1) + 2 + CONV_MAPS) * f * v
+    params += f * f + (ASPP_BRANCHES - 1) * k * f * f + f * f + (ASPP_BRANCHES + 1) * f * f + 11 * f
+    for s in range(len(features) - 1):
+        f, v, k = features[s], voxels[s], kernels[s]
+        # upsampled, concatenated (2f), two conv units, a 1x1x1 projection, the residual sum
+        maps += (1 + 2 + 3 * CONV_MAPS + 1) * f * v
+        params += prod(plan.strides[s + 1]) * features[s + 1] * f + k * (2 * f * f + f * f) + 2 * f * f + 6 * f
+        if s < heads:
+            maps += outputs * v
+            params += f * outputs + outputs
+    return maps, params
+
+
+def feature_voxels_and_parameters(plan, cfg) -> tuple:
+    """(channels x voxels kept per sample, parameters) of ``cfg.network`` at the plan's patch."""
+    deep = cfg.variant.deep_supervision and cfg.deep_supervision
+    heads = len(plan.features) - 1 if deep else 1
+    if cfg.network == "plain_unet":
+        return _plain_unet(plan, cfg, heads)
+    if cfg.network == "res_unet_aspp":
+        return _residual_unet(plan, heads, plan.num_classes)
+    # DoDNet: the backbone, an 8-channel head and three dynamic 1x1x1 convs at full resolution
+    maps, params = _residual_unet(plan, 0, 0)
+    full = _stage_voxels(plan)[0]
+    tasks = len(plan.tasks) if plan.tasks else DODNET_TASKS
+    head = 8 * plan.features[0] + 8 + (plan.features[-1] + tasks + 1) * DODNET_HEAD_PARAMS
+    return maps + (8 * 3 + 2) * full, params + head
+
+
+def estimate(plan, cfg) -> Estimate:
+    maps, params = feature_voxels_and_parameters(plan, cfg)
+    median_shape = plan.get("median_shape")
+    case_voxels = prod(int(s) for s in median_shape) if median_shape else 0
+    fixed = BASE_BYTES + FIXED_BYTES_PER_PARAMETER * params + CASE_COPIES * CASE_BYTES_PER_VOXEL * case_voxels
+    return Estimate(int(params), int(maps), float(fixed), float(BYTES_PER_FEATURE_VOXEL * maps))
+
+
+def choose_micro_batch_size(plan, cfg, device: str, available_bytes) -> MicroBatchChoice:
+    """``cfg.micro_batch_size`` resolved: an integer as given; ``auto``: the whole batch on Ascend and GPU
+    (and when the available memory is unknown), on CPU the largest divisor of ``batch_size`` whose
+    estimate fits ``MARGIN`` of ``available_bytes``, at least 1 (with a warning when even that does not)."""
+    batch = int(cfg.batch_size)
+    if cfg.micro_batch_size != "auto":
+        size = int(cfg.micro_batch_size)
+        return MicroBatchChoice(size, _line(batch, size, f"micro_batch_size {size}"))
+    if device != "CPU":
+        return MicroBatchChoice(batch, _line(batch, batch, f"micro_batch_size auto on {device}"))
+    if not available_bytes:
+        return MicroBatchChoice(batch, _line(batch, batch, "micro_batch_size auto: available memory unknown"))
+    est = estimate(plan, cfg)
+    budget = MARGIN * float(available_bytes)
+    why = f"estimated {est.bytes_for(batch) / GB:.1f} GB for the whole batch, {available_bytes / GB:.1f} GB available"
+    fitting = [m for m in range(batch, 0, -1) if batch % m == 0 and est.bytes_for(m) <= budget]
+    if fitting:
+        size = fitting[0]
+        if size < batch:
+            why += f", {est.bytes_for(size) / GB:.1f} GB as micro-batches"
+        return MicroBatchChoice(size, _line(batch, size, why))
+    line = _line(batch, 1, f"{why}; warning: even 1 sample is estimated at {est.bytes_for(1) / GB:.1f} GB, "
+                           f"more than {MARGIN:.0%} of the available memory: training may run out of memory "
+                           f"(a smaller --patch_size needs less)")
+    return MicroBatchChoice(1, line)
+
+
+def _line(batch: int, size: int, why: str) -> str:
+    if size == batch:
+        return f"batch {batch} as one forward ({why})"
+    return f"batch {batch} as {batch // size} micro-batches of {size} ({why})"
