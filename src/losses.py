@@ -5,6 +5,11 @@ softmax probabilities, soft Dice per sample and per foreground class (background
 ``dice = (2 I + 1e-5) / max(sum_pred + sum_gt + 1e-5, 1e-8)``, averaged over samples and classes,
 and ``loss = CE - mean dice`` (the Dice term is returned as -dice, so the loss can go below 0).
 Label -1 marks ignored voxels: they are left out of the CE mean and of every Dice sum.
+
+Micro-batching (``src/train/micro_batches.py``): every loss also has ``normalizers(target)``, what it
+divides by, computed from the targets alone, and ``part(output, target, norms)``, a part of the batch
+scored with the whole batch's normalizers; the parts of a split batch sum to the batch's loss. Called as
+``loss(output, target)`` the losses compute exactly what they always did.
 """
 import numpy as np
 import mindspore as ms

@@ -155,32 +155,48 @@ class MicroBatchedStep:
 
 
 def process_memory_budget() -> int | None:
-    """Bytes this process may grow to: what it holds now plus the machine's MemAvailable, at most its memory
-    limit (physical or cgroup) minus what the rest of its cgroup holds; None when unreadable."""
+    """Bytes this process may grow to: what it holds now plus the machine's MemAvailable; under a cgroup
+    memory limit below the physical memory, at most that limit minus what the rest of the cgroup holds
+    (its usage without reclaimable file cache). None when /proc cannot be read."""
     try:
-        with open("/proc/meminfo") as handle:
-            fields = dict(line.split(":", 1) for line in handle)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
+        available = _meminfo_bytes("/proc/meminfo", "MemAvailable")
         with open("/proc/self/statm") as handle:
             own = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, KeyError, ValueError, IndexError):
         return None
     budget = available + own
     limit = memory_limit_bytes()
-    used_by_group = _cgroup_usage()
-    if limit is not None:
-        budget = min(budget, limit - max((used_by_group or own) - own, 0))
-    return budget
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if limit is not None and limit < physical:
+        others = max(_cgroup_usage() - own, 0)
+        budget = min(budget, limit - others)
+    return max(int(budget), 0)
 
 
-def _cgroup_usage() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes"):
+def _meminfo_bytes(path: str, key: str) -> int:
+    with open(path) as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(fields[key].split()[0]) * 1024
+
+
+def _cgroup_usage() -> int:
+    """The cgroup's memory usage without its inactive file cache (v2, then v1); 0 when unreadable."""
+    for usage_path, stat_path, cache_key in (
+            ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
+            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file")):
         try:
-            with open(path) as handle:
-                return int(handle.read().strip())
+            with open(usage_path) as handle:
+                usage = int(handle.read().strip())
         except (OSError, ValueError):
             continue
-    return None
+        try:
+            with open(stat_path) as handle:
+                stats = dict(line.split() for line in handle if len(line.split()) == 2)
+            usage -= int(stats.get(cache_key, 0))
+        except (OSError, ValueError):
+            pass
+        return max(usage, 0)
+    return 0
 
 
 def build_step(cfg, plan, device: str, train_cell, forward_network, loss_fn, task_conditioned: bool = False,

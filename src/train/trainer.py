@@ -4,7 +4,8 @@ Per epoch: the learning rate is set by the poly schedule, ``iters_per_epoch`` op
 whose sampling depends only on (seed, epoch, rank), the pseudo-Dice is measured on ``val_iters`` batches
 of the validation cases, its EMA updated, and the epoch committed (``run_folder.commit_epoch``). Because a
 checkpoint holds the weights, the optimizer state (momentum, LR, loss scale), the epoch count and the
-RNG state, a run resumed from epoch k ends with the same weights as one that never stopped.
+RNG state, a run resumed from epoch k ends with the same weights as one that never stopped. A step may run
+its batch as micro-batches (``micro_batches.build_step``); that changes neither batches nor results.
 
 With ``train_minutes`` set, the run's length is a time budget: the first epoch times its steps (the first
 training step and the first validation batch, which compile their graphs, are left out), the epochs that

@@ -48,7 +48,8 @@ def test_weight_check_compares_every_rank(monkeypatch):
 
 
 @pytest.mark.slow
-def test_distribute_script_trains_two_cpu_workers_to_identical_weights(tmp_path):
+@pytest.mark.parametrize("micro_batch_size", ["auto", "1"])
+def test_distribute_script_trains_two_cpu_workers_to_identical_weights(tmp_path, micro_batch_size):
     data = tmp_path / "pre"
     make_preprocessed_folder(data, patch_size=(16, 16, 16), strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]])
     out = tmp_path / "out"
@@ -56,12 +57,14 @@ def test_distribute_script_trains_two_cpu_workers_to_identical_weights(tmp_path)
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "run_distribute_train.sh"), str(ROOT / "config" / "demo.yaml"), str(data),
          str(out), "2", "--epochs", "1", "--iters_per_epoch", "2", "--val_iters", "1", "--num_workers", "0",
-         "--target_spacing", "null"],
+         "--target_spacing", "null", "--micro_batch_size", micro_batch_size],
         capture_output=True, text=True, env=env, timeout=900)
     log = (out / "fold_0" / "training_log.txt").read_text() if (out / "fold_0" / "training_log.txt").exists() else ""
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "world size 2" in log
     assert "world size 2: all ranks hold identical weights: yes" in log
+    # 1: each rank's step sums its micro-batches' gradients before the one all-reduce
+    assert ("batch 2 as 2 micro-batches of 1" in log) == (micro_batch_size == "1")
     assert (out / "fold_0" / "checkpoint_latest.ckpt").is_file()
     assert (out / "msrun_log" / "worker_1.log").is_file()
 
@@ -142,11 +145,13 @@ def test_two_nodes_on_one_host_train_to_identical_weights(tmp_path):
         nodes.append(subprocess.Popen(
             ["bash", str(ROOT / "scripts" / "run_distribute_train.sh"), str(ROOT / "config" / "demo.yaml"),
              str(data), str(out), "1", "--epochs", "1", "--iters_per_epoch", "2", "--val_iters", "1",
-             "--num_workers", "0", "--target_spacing", "null"],
+             "--num_workers", "0", "--target_spacing", "null", "--micro_batch_size", micro_batch_size],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     outputs = [node.communicate(timeout=900)[0] for node in nodes]
     log_file = out / "fold_0" / "training_log.txt"
     log = log_file.read_text() if log_file.exists() else ""
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "world size 2: all ranks hold identical weights: yes" in log
+    # 1: each rank's step sums its micro-batches' gradients before the one all-reduce
+    assert ("batch 2 as 2 micro-batches of 1" in log) == (micro_batch_size == "1")
     assert (out / "msrun_log" / "worker_0.log").is_file() and (out / "msrun_log" / "worker_1.log").is_file()

@@ -109,3 +109,15 @@ def test_build_step_keeps_the_whole_batch_cell_or_splits():
     assert isinstance(step, MicroBatchedStep) and line == "batch 2 as 2 micro-batches of 1 (micro_batch_size 1)"
     step, _ = build_step(cfg, plan, "GPU", cell, network, loss_fn, available_bytes=1e6)
     assert step is cell
+
+
+def test_process_memory_budget_is_at_least_what_the_process_holds():
+    import os
+
+    from src.train.micro_batches import process_memory_budget
+
+    budget = process_memory_budget()
+    with open("/proc/self/statm") as handle:
+        own = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert own <= budget <= physical
