@@ -186,7 +186,9 @@ def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print) ->
                 f"locate with its own")
             return {"differ": carrying}
         if len(carrying) == len(paths):
-            log(f"locator: already stored in {', '.join(carrying)}; not trained again")
+            other = "" if source[1] == locator_plan(cfg, plan) else \
+                " (it was made for other locator settings than the configured ones, which are not applied)"
+            log(f"locator: already stored in {', '.join(carrying)}; not trained again{other}")
             return {"reused": carrying[0]}
         if source[1] == locator_plan(cfg, plan):
             for path in paths:
