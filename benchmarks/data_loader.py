@@ -2,9 +2,13 @@
 
     python -m benchmarks.data_loader [--json] [--batches N] [--workers 1 2] [--skip_train_step]
 
-Two settings: the demo config's patch (32 x 64 x 64 unless --demo_patch) on a case of 100 x 128 x 128,
-and the BDCI patch 80 x 160 x 160 on a KiTS19-sized case at 3.22 x 1.62 x 1.62 mm (128 x 248 x 248).
-Each fake case is written once as ``<case>.npz`` exactly as preprocessing does. For each setting:
+Two settings: the demo config's patch (32 x 64 x 64 unless --demo_patch) on a case of 100 x 128 x 128 at
+1 mm, and the BDCI patch 80 x 160 x 160 on a KiTS19-sized case at 3.22 x 1.62 x 1.62 mm (128 x 248 x 248).
+Each setting's plan is made by the planner (``src.data.planning.plan_experiment`` with the setting's spacing
+and patch: the strides, hence the deep-supervision targets, are the planned ones) and each fake case is
+written once as ``<case>.npz`` with the members preprocessing writes (data, seg, ``fg_<label>`` drawn by
+``sample_foreground_coords``, the plan's identity), so the loader reads it as a training run does. For
+each setting:
 the cost of every transform when forced to fire (median ms per sample) and its expected cost per sample
 at nnU-Net's probabilities; batches per second in this process; and batches per second out of the
 MindSpore dataset with 1 and 2 workers (the first batch, which pays for worker start-up, is not
@@ -29,15 +33,30 @@ from src.data.augment import (AddGaussianNoise, GammaCorrection, GaussianBlur, M
                               ScaleContrast, SimulateLowResolution, SpatialTransform, build_train_transforms,
                               rotation_matrix)
 from src.data.dataset import iterate_batches
+from src.data.layouts import KITS19_LABELS
+from src.data.plan import Plan
+from src.data.planning import plan_experiment
+from src.data.preprocess import sample_foreground_coords
+from src.data.preprocessed_case import PLAN_ID_MEMBER, plan_id_array
 from src.errors import UserError, exit_on_user_error
 
-SETTINGS = {"demo": {"case_shape": (100, 128, 128)}, "bdci": {"case_shape": (128, 248, 248),
-                                                              "patch": (80, 160, 160)}}
-STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+SETTINGS = {"demo": {"case_shape": (100, 128, 128), "spacing": (1.0, 1.0, 1.0)},
+            "bdci": {"case_shape": (128, 248, 248), "spacing": (3.22, 1.62, 1.62), "patch": (80, 160, 160)}}
+# the fake cases are normalized already: these only enter the plan's identity
+INTENSITY = {"mean": 0.0, "std": 1.0, "p005": -3.0, "p995": 3.0}
 
 
-def write_fake_case(folder: Path, case_id: str, shape, seed: int = 0) -> None:
-    """A CT-like normalized volume with a kidney-sized ellipsoid and a tumour, as preprocessing writes it."""
+def setting_plan(case_ids, case_shape, spacing, patch) -> Plan:
+    """The plan preprocessing would write for ``case_ids`` of ``case_shape`` at ``spacing`` with ``patch``."""
+    fingerprint = {"spacings": [list(spacing)] * len(case_ids), "shapes_after_crop": [list(case_shape)] * len(case_ids),
+                   "intensity": INTENSITY, "case_ids": list(case_ids)}
+    return plan_experiment(fingerprint, KITS19_LABELS, target_spacing=spacing, patch_size=patch,
+                           dataset="data_loader benchmark")
+
+
+def write_fake_case(folder: Path, case_id: str, shape, plan: Plan, seed: int = 0) -> None:
+    """A CT-like normalized volume with a kidney-sized ellipsoid and a tumour, in the npz members
+    preprocessing writes for ``plan``."""
     rng = np.random.default_rng(seed)
     data = rng.normal(0.0, 1.0, size=(1, *shape)).astype(np.float32)
     grid = np.ogrid[tuple(slice(0, s) for s in shape)]
@@ -48,11 +67,9 @@ def write_fake_case(folder: Path, case_id: str, shape, seed: int = 0) -> None:
     seg = np.zeros(shape, dtype=np.int8)
     seg[kidney] = 1
     seg[tumour] = 2
-    arrays = {"data": data, "seg": seg}
-    for label in (1, 2):
-        coords = np.argwhere(seg == label)
-        pick = np.sort(rng.choice(len(coords), min(len(coords), 10000), replace=False))
-        arrays[f"fg_{label}"] = coords[pick].astype(np.int32)
+    arrays = {"data": data, "seg": seg, PLAN_ID_MEMBER: plan_id_array(plan.identity)}
+    coords = sample_foreground_coords(seg, [v for v in plan.labels.values() if v > 0])
+    arrays.update({f"fg_{value}": c for value, c in coords.items()})
     np.savez(folder / f"{case_id}.npz", **arrays)
 
 
@@ -118,12 +135,14 @@ def train_step_seconds(patch, stages: int, repeats: int):
     return json.loads(lines[-1])["train_step_s"]
 
 
-def run_setting(name, patch, case_shape, args, folder: Path) -> dict:
+def run_setting(name, patch, case_shape, spacing, args, folder: Path) -> dict:
     case_ids = [f"{name}_case_{i}" for i in range(2)]
+    plan = setting_plan(case_ids, case_shape, spacing, patch)
+    patch = tuple(plan.patch_size)
     for i, case_id in enumerate(case_ids):
-        write_fake_case(folder, case_id, case_shape, seed=i)
-    plan = {"patch_size": list(patch), "strides": STRIDES}
-    result = {"patch": list(patch), "case_shape": list(case_shape),
+        write_fake_case(folder, case_id, case_shape, plan, seed=i)
+    result = {"patch": list(patch), "case_shape": list(case_shape), "spacing": list(spacing),
+              "strides": plan.strides,
               "spatial_in_plane_only": build_train_transforms(patch).spatial.in_plane_only,
               "transforms": forced_transform_costs(patch, args.transform_repeats)}
     result["expected_augment_ms_per_sample"] = round(sum(c["expected_ms"] for c in result["transforms"].values()), 1)
@@ -159,7 +178,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="loader_bench_") as tmp:
         for name in args.settings:
             patch = tuple(SETTINGS[name].get("patch", args.demo_patch))
-            result = run_setting(name, patch, SETTINGS[name]["case_shape"], args, Path(tmp))
+            setting = SETTINGS[name]
+            result = run_setting(name, patch, setting["case_shape"], setting["spacing"], args, Path(tmp))
             summary[name] = result
             costs = ", ".join(f"{k} {v['fired_ms']:.0f}" for k, v in result["transforms"].items())
             print(f"{name}: patch {patch}, case {result['case_shape']}; ms per sample when fired: {costs}; "
@@ -168,7 +188,7 @@ def main(argv=None):
             print(f"{name}: batches/s (batch 2): in-process {result['in_process_batches_per_s']:.2f}; "
                   f"MindSpore dataset {rates}")
     if not args.skip_train_step and "demo" in summary:
-        step = train_step_seconds(summary["demo"]["patch"], 5, args.train_step_repeats)
+        step = train_step_seconds(summary["demo"]["patch"], len(summary["demo"]["strides"]), args.train_step_repeats)
         summary["demo"]["train_step_s"] = step
         if step:
             best = max(summary["demo"][f"workers_{w}"]["batches_per_s"] for w in args.workers)

@@ -35,7 +35,6 @@ from src.data.io import voxel_volume_ml
 from src.errors import UserError
 from src.files import atomic_write_json, file_digest
 from src.infer.slabs import Components
-from src.metrics.kits import dice
 
 POSTPROCESSING_FILE = "postprocessing.json"
 
@@ -116,22 +115,124 @@ def component_floor_ml(references: Iterable[np.ndarray], spacing, labels: Sequen
     return {str(v): 0.5 * size * voxel_volume_ml(spacing) for v, size in sorted(smallest.items())}
 
 
-def _class_dices(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    return np.array([dice(pred == c, ref == c) for c in labels])
+def _foreground_kept(pred: np.ndarray) -> np.ndarray:
+    """Boolean mask of the voxels step 1 keeps: the largest foreground component (all foreground when
+    there is at most one), found slab by slab like ``_keep_largest_inplace``."""
+    components = Components(pred, lambda part: part > 0)
+    if components.count <= 1:
+        return pred > 0
+    kept = np.zeros(pred.shape, dtype=bool)
+    for start, stop, keep, _ in components.masks(components.largest()):
+        kept[start:stop] = keep
+    return kept
 
 
-def _variants(pred: np.ndarray, labels: Sequence[int], floors_ml: Dict[str, float], spacing):
-    """(name, label map) of every candidate the decision scores for one case: raw, step 1, and each
-    class's step 2, step 3 and step 2+3 on top of raw or of step 1."""
-    for base, base_pred in (("raw", pred), ("fg", apply_postprocessing(pred, {"all_foreground": True}))):
-        yield base, base_pred
-        for c in labels:
-            lcc = apply_postprocessing(base_pred, {"all_foreground": False, "per_class": [c]})
-            yield f"{base}+lcc{c}", lcc
+class _ClassComponents:
+    """The components of one class in a prediction, measured once for every candidate of the decision.
+
+    Per component (``ndimage.label`` order, i.e. by first voxel in C order, the tie-break of
+    ``_keep_largest_inplace``): its size, how many of its voxels the reference gives the class
+    (``hits``), whether step 1 keeps it (``kept``: a component of one class lies in one foreground
+    component), and for the components under the volume floor the label step 3 gives them (``target``,
+    ``remove_small_components``' rule) with the reference's voxels of that label among them (``gains``).
+    The target is read on the raw prediction: a component's face neighbours are background or voxels of
+    its own foreground component, which step 1 keeps with it and step 2 of its class never touches, so it
+    is the label step 3 would read after steps 1 and 2 as well.
+    """
+
+    def __init__(self, pred, ref, value: int, kept: np.ndarray, min_voxels: Optional[float]):
+        mask = pred == value
+        components, count = ndimage.label(mask)
+        ids = components[mask]
+        self.sizes = np.bincount(ids, minlength=count + 1)[1:]
+        self.hits = np.bincount(ids[ref[mask] == value], minlength=count + 1)[1:]
+        self.kept = np.bincount(ids[kept[mask]], minlength=count + 1)[1:] > 0
+        del ids
+        self.target = np.zeros(count, dtype=np.int64)
+        self.gains = np.zeros(count, dtype=np.int64)
+        self.small = np.zeros(count, dtype=bool) if min_voxels is None else self.sizes < min_voxels
+        if self.small.any():
+            boxes = ndimage.find_objects(components)
+            for index in np.flatnonzero(self.small):
+                box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in boxes[index])
+                blob = components[box] == index + 1
+                shell = ndimage.binary_dilation(blob) & ~blob
+                around = np.bincount(pred[box][shell].astype(np.int64), minlength=value + 1)
+                around[value] = 0
+                self.target[index] = int(np.argmax(around)) if around.any() else 0
+                self.gains[index] = np.count_nonzero(ref[box][blob] == self.target[index])
+
+    def largest(self, among: np.ndarray) -> np.ndarray:
+        """The components step 2 keeps of the ones in ``among``: the largest (first on ties), or all of
+        them when there is at most one."""
+        if np.count_nonzero(among) <= 1:
+            return among
+        keep = np.zeros_like(among)
+        sizes = np.where(among, self.sizes, -1)
+        keep[int(np.argmax(sizes))] = True
+        return keep
+
+
+def _counts_after(counts, index: int, labels: Sequence[int], table: _ClassComponents, removed: np.ndarray,
+                  relabel: bool):
+    """``counts`` ((predicted voxels, overlap) per class) once the components ``removed`` of class
+    ``labels[index]`` become background, or with ``relabel`` the label step 3 gives each of them."""
+    predicted, overlap = counts[0].copy(), counts[1].copy()
+    predicted[index] -= int(table.sizes[removed].sum())
+    overlap[index] -= int(table.hits[removed].sum())
+    if relabel:
+        for j in np.flatnonzero(removed):
+            target = int(table.target[j])
+            if target in labels:
+                predicted[labels.index(target)] += int(table.sizes[j])
+                overlap[labels.index(target)] += int(table.gains[j])
+    return predicted, overlap
+
+
+def _case_scores(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], floors_ml: Dict[str, float],
+                 spacing) -> Dict[str, np.ndarray]:
+    """Per-class Dice of every candidate the decision scores for one case: raw, step 1, and each class's
+    step 2, step 3 and step 2+3 on top of raw or of step 1.
+
+    No candidate label map is made: each class's components are labelled once (``_ClassComponents``),
+    a candidate is a set of components relabelled, and its Dice follows from voxel counts (the same
+    integers, so the same figures, as comparing the candidate map with the reference).
+    """
+    labels = list(labels)
+    kept = _foreground_kept(pred)
+    tables = {}
+    for c in labels:
+        floor = floors_ml.get(str(c))
+        min_voxels = None if floor is None else floor / voxel_volume_ml(spacing)
+        tables[c] = _ClassComponents(pred, ref, c, kept, min_voxels)
+    del kept
+    reference = np.array([np.count_nonzero(ref == c) for c in labels], dtype=np.int64)
+
+    def dices(counts) -> np.ndarray:
+        predicted, overlap = counts
+        return np.array([1.0 if p + r == 0 else 2.0 * int(o) / int(p + r)
+                         for p, o, r in zip(predicted, overlap, reference)])
+
+    raw = (np.array([t.sizes.sum() for t in tables.values()], dtype=np.int64),
+           np.array([t.hits.sum() for t in tables.values()], dtype=np.int64))
+    fg = raw
+    for i, c in enumerate(labels):
+        fg = _counts_after(fg, i, labels, tables[c], ~tables[c].kept, relabel=False)
+    scores = {}
+    for base, counts in (("raw", raw), ("fg", fg)):
+        scores[base] = dices(counts)
+        for i, c in enumerate(labels):
+            table = tables[c]
+            present = table.kept if base == "fg" else np.ones_like(table.kept)
+            largest = table.largest(present)
+            lcc = _counts_after(counts, i, labels, table, present & ~largest, relabel=False)
+            scores[f"{base}+lcc{c}"] = dices(lcc)
             if str(c) in floors_ml:
-                floor = {"min_component_ml": {str(c): floors_ml[str(c)]}}
-                yield f"{base}+floor{c}", apply_postprocessing(base_pred, floor, spacing)
-                yield f"{base}+lcc{c}+floor{c}", apply_postprocessing(lcc, floor, spacing)
+                scores[f"{base}+floor{c}"] = dices(_counts_after(counts, i, labels, table, present & table.small,
+                                                                  relabel=True))
+                scores[f"{base}+lcc{c}+floor{c}"] = dices(_counts_after(lcc, i, labels, table,
+                                                                        largest & table.small, relabel=True))
+    return scores
 
 
 def _helps(after: np.ndarray, before: np.ndarray, target: Optional[int] = None) -> bool:
@@ -159,8 +260,8 @@ def decide_postprocessing(cases: Iterable[Tuple[np.ndarray, np.ndarray, Sequence
         if pred.shape != ref.shape:
             raise UserError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
         count += 1
-        for name, variant in _variants(pred, labels, floors_ml, spacing):
-            scores.setdefault(name, []).append(_class_dices(variant, ref, labels))
+        for name, dices in _case_scores(pred, ref, labels, floors_ml, spacing).items():
+            scores.setdefault(name, []).append(dices)
     if not count:
         raise UserError("no cases to decide postprocessing on")
     mean = {key: np.mean(np.asarray(value, dtype=np.float64), axis=0) for key, value in scores.items()}

@@ -123,6 +123,11 @@ class _SingleOutputLoss(nn.Cell):
 
 def attach_locator(ckpt_path, network, lplan: dict) -> None:
     """Rewrite the training checkpoint ``ckpt_path`` (atomically) with the locator's weights and plan added."""
+    _attach(ckpt_path, {p.name: p for p in network.get_parameters()}, lplan)
+
+
+def _attach(ckpt_path, weights: dict, lplan: dict) -> None:
+    """``attach_locator`` with the locator's ``weights`` by name (without the prefix)."""
     import mindspore as ms
 
     from src.files import atomic_produce
@@ -131,18 +136,72 @@ def attach_locator(ckpt_path, network, lplan: dict) -> None:
     path = Path(ckpt_path)
     params, meta = split_checkpoint(load_checkpoint_file(path), path)
     entries = [{"name": name, "data": value} for name, value in params.items() if not name.startswith(PREFIX)]
-    entries += [{"name": PREFIX + p.name, "data": p} for p in network.get_parameters()]
+    entries += [{"name": PREFIX + name, "data": value} for name, value in weights.items()]
     meta = dict(meta or {}, locator=lplan)
     atomic_produce(path, lambda tmp: ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}),
                    suffix=".ckpt")
 
 
+def stored_locator(ckpt_path):
+    """``(weights by name without the prefix, plan)`` of the locator the checkpoint carries, or None."""
+    from src.runtime.checkpoint import load_checkpoint_file, split_checkpoint
+
+    path = Path(ckpt_path)
+    params, meta = split_checkpoint(load_checkpoint_file(path), path)
+    weights = {name[len(PREFIX):]: value for name, value in params.items() if name.startswith(PREFIX)}
+    lplan = (meta or {}).get("locator")
+    return (weights, lplan) if lplan and weights else None
+
+
+def same_locator(one, other) -> bool:
+    """Whether two ``stored_locator`` results are the same locator: equal plans, equal weights bit for bit."""
+    (weights, lplan), (other_weights, other_plan) = one, other
+    return lplan == other_plan and weights.keys() == other_weights.keys() and all(
+        np.array_equal(value.asnumpy(), other_weights[name].asnumpy()) for name, value in weights.items())
+
+
+CHECKPOINTS = ("checkpoint_best.ckpt", "checkpoint_latest.ckpt")  # the order the locator is written in
+
+
 def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print) -> dict:
-    """train.py's hook: train the locator on the fold's training cases and add it to the fold's checkpoints."""
+    """train.py's hook: train the locator on the fold's training cases and add it to the fold's checkpoints.
+
+    Crash consistency: each checkpoint is rewritten in one rename, the best before the latest, so a kill
+    leaves each checkpoint with the locator or without it. A finished run that runs this again (``--resume``
+    of a finished or killed run) first looks at what the checkpoints carry: a locator in every checkpoint
+    is kept (not trained again); a locator in one and none in the other is completed from the one that
+    has it (the same weights in both, no training) when it was made for the configured plan; two
+    different locators are reported and left as they are. Only a fold without one trains it.
+    Returns the training stats, or ``{"reused": <checkpoint name>}`` / ``{"differ": [names]}``.
+    """
+    fold_dir = Path(fold_dir)
+    paths = [fold_dir / name for name in CHECKPOINTS if (fold_dir / name).is_file()]
+    stored = {path.name: stored_locator(path) for path in paths}
+    carrying = [name for name in stored if stored[name] is not None]
+    if carrying:
+        source = stored[carrying[0]]
+        if any(not same_locator(source, stored[name]) for name in carrying[1:]):
+            log(f"warning: {' and '.join(carrying)} carry different locators (a run of an older version killed "
+                f"while storing it, or files copied by hand); left as they are: predictions from each file "
+                f"locate with its own")
+            return {"differ": carrying}
+        if len(carrying) == len(paths):
+            other = "" if source[1] == locator_plan(cfg, plan) else \
+                " (it was made for other locator settings than the configured ones, which are not applied)"
+            log(f"locator: already stored in {', '.join(carrying)}; not trained again{other}")
+            return {"reused": carrying[0]}
+        if source[1] == locator_plan(cfg, plan):
+            for path in paths:
+                if stored[path.name] is None:
+                    _attach(path, *source)
+            log(f"locator: completed {', '.join(p.name for p in paths if stored[p.name] is None)} with the "
+                f"locator of {carrying[0]} (a run stopped while storing it); not trained again")
+            return {"reused": carrying[0]}
+        log(f"locator: the one in {carrying[0]} was made for other settings than the configured ones; "
+            f"training it again")
     network, lplan, stats = train_locator(cfg, plan, pre_dir, case_ids, log)
-    for name in ("checkpoint_best.ckpt", "checkpoint_latest.ckpt"):
-        if (Path(fold_dir) / name).is_file():
-            attach_locator(Path(fold_dir) / name, network, lplan)
+    for path in paths:
+        attach_locator(path, network, lplan)
     log(f"locator: {stats['iters']} steps in {stats['seconds']} s, last loss {stats['last_loss']:.4f}, "
         f"coarse blocks {lplan['factors']}, patch {lplan['patch_size']}; stored in the fold's checkpoints")
     return stats

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from src.errors import UserError
+from src.metrics.kits import dice
 from src.infer.postprocess import (apply_postprocessing, component_floor_ml, decide_postprocessing,
                                    largest_component, remove_small_components, spec_summary,
                                    lcc_everything, load_postprocessing, resolve_postprocessing,
@@ -248,3 +249,72 @@ def test_load_rejects_malformed_files(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserError):
         load_postprocessing(path)
+
+
+# ---------------------------------------------------------------- the decision's scores, checked against
+# the straightforward method: every candidate label map made and compared with the reference
+
+def reference_case_scores(pred, ref, labels, floors_ml, spacing):
+    def dices(variant):
+        return np.array([dice(variant == c, ref == c) for c in labels])
+
+    scores = {}
+    for base, base_pred in (("raw", pred), ("fg", apply_postprocessing(pred, {"all_foreground": True}))):
+        scores[base] = dices(base_pred)
+        for c in labels:
+            lcc = apply_postprocessing(base_pred, {"all_foreground": False, "per_class": [c]})
+            scores[f"{base}+lcc{c}"] = dices(lcc)
+            if str(c) in floors_ml:
+                floor = {"min_component_ml": {str(c): floors_ml[str(c)]}}
+                scores[f"{base}+floor{c}"] = dices(apply_postprocessing(base_pred, floor, spacing))
+                scores[f"{base}+lcc{c}+floor{c}"] = dices(apply_postprocessing(lcc, floor, spacing))
+    return scores
+
+
+def random_label_map(rng, shape=(10, 14, 14), labels=(1, 2), blobs=6):
+    """Boxes of random labels, sizes and places: touching, nested and lone components, some single voxels."""
+    label = np.zeros(shape, np.uint8)
+    for _ in range(blobs):
+        size = rng.integers(1, 6, size=3)
+        corner = [int(rng.integers(0, s)) for s in shape]
+        label[tuple(slice(c, c + int(n)) for c, n in zip(corner, size))] = rng.choice(labels)
+    specks = rng.random(shape) < 0.01
+    label[specks] = rng.choice(labels, size=int(specks.sum()))
+    return label
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_scores_and_decision_equal_those_of_the_candidate_label_maps(seed, monkeypatch):
+    import src.infer.postprocess as postprocess
+
+    rng = np.random.default_rng(seed)
+    labels = [1, 2, 3] if seed % 3 == 0 else [1, 2]
+    cases = []
+    for _ in range(3):
+        reference = random_label_map(rng, labels=labels)
+        prediction = reference.copy() if rng.random() < 0.3 else random_label_map(rng, labels=labels)
+        prediction[random_label_map(rng, labels=labels, blobs=3) > 0] = rng.choice(labels + [0])
+        cases.append((prediction, reference, (1.0, float(rng.choice([1.0, 2.0])), 1.0)))
+    floors = {"1": 0.02, "2": float(rng.choice([0.004, 0.03]))}
+    for pred, ref, spacing in cases:
+        expected = reference_case_scores(pred, ref, labels, floors, spacing)
+        got = postprocess._case_scores(pred, ref, labels, floors, spacing)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert np.array_equal(got[name], expected[name]), name   # the same figures, not approximately
+    decided = decide_postprocessing(cases, labels, floors)
+    monkeypatch.setattr(postprocess, "_case_scores", reference_case_scores)
+    assert decided == decide_postprocessing(cases, labels, floors)
+
+
+def test_the_decision_makes_no_candidate_label_map(monkeypatch):
+    import src.infer.postprocess as postprocess
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a candidate label map was made")
+
+    monkeypatch.setattr(postprocess, "apply_postprocessing", refused)
+    monkeypatch.setattr(postprocess, "remove_small_components", refused)
+    prediction = two_kidneys_and_a_speck()
+    spec = decide_postprocessing([(prediction, two_kidneys_and_a_speck(), MM)], [1, 2], floors_ml={"2": 0.004})
+    assert spec["cases"] == 1
