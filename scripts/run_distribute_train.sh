@@ -62,6 +62,8 @@ VENV_BIN="$ROOT/.venv/bin"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # graph compiles of a 3D U-Net can take minutes before the first collective
 export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-1200}
+# the workers of this node share its memory (micro_batch_size: auto divides it among them)
+export KITSEG_LOCAL_WORKERS="$WORKERS"
 
 ARGS=(--config "$CFG" --data "$DATA" --output "$OUT")
 [ -n "${DEVICE_TARGET:-}" ] && ARGS+=(--device_target "$DEVICE_TARGET")

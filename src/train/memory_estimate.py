@@ -17,24 +17,27 @@ training process's peak, for a forward over ``m`` samples, is
 - *case copies*: the data loader's workers hold whole preprocessed cases (float32 data + int8 labels);
 - *BASE*: the MindSpore runtime, compiled graphs and kernels.
 
-Calibration (docs: README, "Training"; the rehearsal of commit 417763b on an idle 23 GB machine, float32,
-data: two 100-slice synthetic cases): ``kits19_bdci`` (plain U-Net, 6 stages, 80 x 160 x 160, batch 2)
-peaked at 18.0 GB; ``kits21_nnunet`` (the same network at 128^3, batch 2) passed 20.2 GB and ran out of
-memory. The two patches have nearly the same feature voxels (2.4 % apart), so the difference lies in
-what grows with the data: its cases at 0.78 mm are 518 x 512 x 512 (0.68 GB each), BDCI's at
-3.22 x 1.62 x 1.62 mm about 126 x 247 x 247 (0.04 GB). With BASE 1.0 GB, CASE_COPIES = 4 is the round
-number that puts kits21_nnunet above its 20.2 GB lower bound (20.8 GB), and BYTES_PER_FEATURE_VOXEL then
-follows from BDCI's 18.0 GB (6.16 bytes, about 1.5 float32 per counted map). Nothing larger was
-measured: the residual networks (res_unet_aspp, DoDNet) are extrapolated from their layer counts.
+Calibration: the full-size rehearsal (``python -m benchmarks.rehearsal --config C --steps preprocess train``,
+docs/PERFORMANCE.md "Full-size rehearsal"; float32, two synthetic 100-slice cases, their resampled median
+shape in the plan) on a 23 GB machine measured two peaks of the training process: ``kits19_bdci`` (plain
+U-Net at 80 x 160 x 160) 18.0 GB with both samples in one forward, ``kits21_nnunet`` (the same network at
+128^3, 2.79 x 0.78 x 0.78 mm) 13.09 GB as micro-batches of 1. BASE_BYTES and BYTES_PER_FEATURE_VOXEL are
+the two-point fit to them (CASE_COPIES and the 16 bytes a parameter fixed beforehand). Checked against the
+rest: kits21_nnunet's whole batch ran out of memory past 20.2 GB (estimate 22.4); ``kits21_transfer``
+(res_unet_aspp, 128^3 at 0.78 mm) and ``mots_dodnet`` (DoDNet, 64 x 192 x 192) passed 21.4-21.6 GB with one
+sample per forward before the rehearsal stopped them (estimates 22.9 and 24.3 GB); a plain U-Net at
+64 x 96 x 96 kept about 5.2 bytes per counted feature voxel.
 """
 from dataclasses import dataclass
 from math import prod
 
-BASE_BYTES = 1.0e9
+from src.errors import UserError
+
+BASE_BYTES = 2.6e9
 FIXED_BYTES_PER_PARAMETER = 16
 CASE_COPIES = 4
 CASE_BYTES_PER_VOXEL = 5  # float32 image + int8 labels
-BYTES_PER_FEATURE_VOXEL = 6.16
+BYTES_PER_FEATURE_VOXEL = 5.55
 # the largest share of the available memory the estimate may take
 MARGIN = 0.9
 GB = 1e9
@@ -156,7 +159,9 @@ def estimate(plan, cfg) -> Estimate:
 def choose_micro_batch_size(plan, cfg, device: str, available_bytes) -> MicroBatchChoice:
     """``cfg.micro_batch_size`` resolved: an integer as given; ``auto``: the whole batch on Ascend and GPU
     (and when the available memory is unknown), on CPU the largest divisor of ``batch_size`` whose
-    estimate fits ``MARGIN`` of ``available_bytes``, at least 1 (with a warning when even that does not)."""
+    estimate fits ``MARGIN`` of ``available_bytes``, else 1 with a warning while one sample's estimate is within
+    ``available_bytes``; beyond it a ``UserError`` (one line: a run that the kernel's OOM killer would stop after
+    minutes of compiling). A size given explicitly is taken as it is."""
     batch = int(cfg.batch_size)
     if cfg.micro_batch_size != "auto":
         size = int(cfg.micro_batch_size)
@@ -174,7 +179,15 @@ def choose_micro_batch_size(plan, cfg, device: str, available_bytes) -> MicroBat
         if size < batch:
             why += f", {est.bytes_for(size) / GB:.1f} GB as micro-batches"
         return MicroBatchChoice(size, _line(batch, size, why))
-    line = _line(batch, 1, f"{why}; warning: even 1 sample is estimated at {est.bytes_for(1) / GB:.1f} GB, "
+    one = est.bytes_for(1)
+    if one > available_bytes:
+        patch = " x ".join(str(int(p)) for p in plan.patch_size)
+        raise UserError(f"training {cfg.network} at patch {patch} on CPU needs about {one / GB:.1f} GB even with one "
+                        f"sample per forward (estimate), more than the {available_bytes / GB:.1f} GB this process may "
+                        f"use: train with a smaller --patch_size (the {est.sample_bytes / GB:.1f} GB of activations "
+                        f"scale with its voxels), on a machine with more memory or on Ascend, or force it with "
+                        f"--micro_batch_size 1")
+    line = _line(batch, 1, f"{why}; warning: even 1 sample is estimated at {one / GB:.1f} GB, "
                            f"more than {MARGIN:.0%} of the available memory: training may run out of memory "
                            f"(a smaller --patch_size needs less)")
     return MicroBatchChoice(1, line)

@@ -19,7 +19,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.cpu_env import memory_limit_bytes
-from src.train.memory_estimate import choose_micro_batch_size
+from src.train.memory_estimate import MicroBatchChoice, choose_micro_batch_size
 from src.train.train_cell import ClippedLossScaleTrainOneStepCell, _unscale
 
 
@@ -154,17 +154,27 @@ class MicroBatchedStep:
         return loss
 
 
-def process_memory_budget() -> int | None:
-    """Bytes this process may grow to: what it holds now plus the machine's MemAvailable; under a cgroup
-    memory limit below the physical memory, at most that limit minus what the rest of the cgroup holds
-    (its usage without reclaimable file cache). None when /proc cannot be read."""
+def local_workers(world: int = 1, environ=None) -> int:
+    """The training processes that share this machine's memory: ``KITSEG_LOCAL_WORKERS`` (exported by
+    scripts/run_distribute_train.sh), else the world size (every rank on this node, the safe side)."""
+    env = os.environ if environ is None else environ
+    try:
+        return max(int(env["KITSEG_LOCAL_WORKERS"]), 1)
+    except (KeyError, ValueError):
+        return max(int(world), 1)
+
+
+def process_memory_budget(sharers: int = 1) -> int | None:
+    """Bytes this process may grow to: what it holds now plus its share (1 / ``sharers``) of the machine's
+    MemAvailable; under a cgroup memory limit below the physical memory, at most that limit minus what the
+    rest of the cgroup holds (its usage without reclaimable file cache). None when /proc cannot be read."""
     try:
         available = _meminfo_bytes("/proc/meminfo", "MemAvailable")
         with open("/proc/self/statm") as handle:
             own = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, KeyError, ValueError, IndexError):
         return None
-    budget = available + own
+    budget = available // max(int(sharers), 1) + own
     limit = memory_limit_bytes()
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if limit is not None and limit < physical:
@@ -199,13 +209,21 @@ def _cgroup_usage() -> int:
     return 0
 
 
-def build_step(cfg, plan, device: str, train_cell, forward_network, loss_fn, task_conditioned: bool = False,
-               available_bytes=None):
-    """``(step, log line)``: ``train_cell`` itself for the whole batch, else a ``MicroBatchedStep``.
-    ``available_bytes`` None reads this process's budget (``process_memory_budget``) when the choice needs it."""
+def choose_step(cfg, plan, device: str, world: int = 1, available_bytes=None) -> MicroBatchChoice:
+    """The micro-batch size of this process's steps and its log line (``memory_estimate``); a
+    ``UserError`` when ``auto`` finds that even one sample cannot fit. ``available_bytes`` None reads this
+    process's share of the machine (``process_memory_budget``) when the choice needs it."""
     if cfg.micro_batch_size == "auto" and device == "CPU" and available_bytes is None:
-        available_bytes = process_memory_budget()
-    choice = choose_micro_batch_size(plan, cfg, device, available_bytes)
+        available_bytes = process_memory_budget(local_workers(world))
+    return choose_micro_batch_size(plan, cfg, device, available_bytes)
+
+
+def build_step(cfg, plan, device: str, train_cell, forward_network, loss_fn, task_conditioned: bool = False,
+               available_bytes=None, choice: MicroBatchChoice = None):
+    """``(step, log line)``: ``train_cell`` itself for the whole batch, else a ``MicroBatchedStep``;
+    ``choice`` from ``choose_step`` (made here when None)."""
+    if choice is None:
+        choice = choose_step(cfg, plan, device, available_bytes=available_bytes)
     if choice.micro_batch_size == int(cfg.batch_size):
         return train_cell, choice.line
     step = MicroBatchedStep(train_cell, forward_network, loss_fn, choice.micro_batch_size, task_conditioned)

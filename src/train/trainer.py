@@ -61,7 +61,7 @@ from src.train.run_folder import (BEST, CONFIG, LATEST, LOG, PLANS, PROGRESS, TR
 from src.train.run_state import RunState, TrainingLog, capture_rng, check_same_topology, epoch_line, restore_rng
 from src.train.schedule import epochs_within_budget, poly_lr
 from src.runtime.amp import apply_amp, resolve_amp_level
-from src.train.micro_batches import build_step
+from src.train.micro_batches import build_step, choose_step
 from src.train.train_cell import build_train_cell, loss_scale_of, set_learning_rate
 from src.train.validation import build_validation_step, run_validation, update_ema
 
@@ -250,6 +250,8 @@ def prepare(cfg, pre_dir, fold, out_dir, resume: bool, overwrite: bool) -> FoldR
 
     device = setup_device(cfg.device_target, mode="graph")
     parallel = init_data_parallel()
+    # before the fold folder is touched: a run that cannot fit stops here and destroys nothing
+    step_choice = choose_step(cfg, plan, device, parallel.world)
     notes = prepare_fold_folder(fold_dir, overwrite) if parallel.is_main else []
     log = TrainingLog(fold_dir / LOG, enabled=parallel.is_main)
     amp_level = resolve_amp_level(cfg.amp_level, device)
@@ -262,7 +264,8 @@ def prepare(cfg, pre_dir, fold, out_dir, resume: bool, overwrite: bool) -> FoldR
     loss_fn = build_loss(cfg, plan)
     optimizer = build_optimizer(cfg, network, poly_lr(cfg.lr, 0, cfg.epochs, cfg.poly_exponent))
     train_cell = build_train_cell(forward, loss_fn, optimizer, cfg.grad_clip, amp_level, cfg.variant.task_conditioned)
-    step, step_line = build_step(cfg, plan, device, train_cell, forward, loss_fn, cfg.variant.task_conditioned)
+    step, step_line = build_step(cfg, plan, device, train_cell, forward, loss_fn, cfg.variant.task_conditioned,
+                                 choice=step_choice)
     notes.append(step_line)  # logged after a resume has restored the log
     # Validation runs the network in training mode, as nnU-Net v2 does (deep supervision on, the loss over
     # all heads): instance norm has no running statistics, so only the extra heads differ, and never

@@ -7,6 +7,7 @@ import mindspore as ms
 from src.data.plan import Plan
 from src.losses import build_loss
 from src.models import build_network
+from src.train.memory_estimate import estimate
 from src.train.micro_batches import MicroBatchedStep, build_step
 from src.train.train_cell import build_train_cell, loss_scale_of
 from src.train.trainer import build_optimizer
@@ -103,7 +104,8 @@ def test_build_step_keeps_the_whole_batch_cell_or_splits():
     cell = build_train_cell(network, loss_fn, build_optimizer(cfg, network, 0.01), 12.0, "O0")
     step, line = build_step(cfg, plan, "CPU", cell, network, loss_fn, available_bytes=100e9)
     assert step is cell and line.startswith("batch 2 as one forward (estimated ")
-    step, line = build_step(cfg, plan, "CPU", cell, network, loss_fn, available_bytes=1e6)
+    just_one = estimate(plan, cfg).bytes_for(1) + 1e3  # one sample fits the memory, not its margin
+    step, line = build_step(cfg, plan, "CPU", cell, network, loss_fn, available_bytes=just_one)
     assert isinstance(step, MicroBatchedStep) and step.micro_batch_size == 1
     assert line.startswith("batch 2 as 2 micro-batches of 1 (") and "warning" in line
     step, line = build_step(cfg.replace(micro_batch_size="1"), plan, "Ascend", cell, network, loss_fn)

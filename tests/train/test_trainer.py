@@ -185,6 +185,20 @@ def test_micro_batched_session_resumes_into_the_weights_of_a_whole_batch_run(tin
 
 
 @pytest.mark.slow
+def test_a_run_that_cannot_fit_stops_before_touching_the_fold_folder(tiny_data, straight_run, tmp_path, monkeypatch):
+    # --overwrite would delete the finished run first: the memory check must come before it
+    import shutil
+
+    from src.train import micro_batches
+    out = tmp_path / "kept"
+    shutil.copytree(straight_run[1], out)
+    before = {p.name: p.read_bytes() for p in (out / "fold_0").iterdir() if p.is_file()}
+    monkeypatch.setattr(micro_batches, "process_memory_budget", lambda sharers=1: 1_000_000)
+    with pytest.raises(UserError, match=r"needs about .* GB even with one sample per forward .* --micro_batch_size 1"):
+        train_fold(tiny_config(), tiny_data, 0, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (out / "fold_0").iterdir() if p.is_file()} == before
+
+
 def test_float16_loss_scale_path_runs_and_resumes_exactly(tiny_data, tmp_path):
     # amp O2 is what Ascend uses; MindSpore's CPU back end runs float16 Conv3d too, slowly
     cfg = tiny_config(amp_level="O2", iters_per_epoch=1)
