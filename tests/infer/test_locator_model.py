@@ -53,7 +53,8 @@ def test_trained_locator_is_stored_in_the_checkpoint_and_loaded_back(tmp_path, r
 
 def test_locate_off_loads_nothing():
     assert settings_for(tiny_config(locate="off")) is None
-    assert settings_for(tiny_config()) == LocateSettings(mode="windows")
+    assert settings_for(tiny_config()) == LocateSettings(mode="crop")  # auto
+    assert settings_for(tiny_config(locate="windows")) == LocateSettings(mode="windows")
 
 
 @pytest.mark.slow
