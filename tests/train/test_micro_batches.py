@@ -76,6 +76,7 @@ def test_plain_unet_dice_ce_with_deep_supervision_and_ignored_voxels():
     _assert_same_training(tiny_config(ds_weights=[0.7, 0.3], loss="dice_ce"))
 
 
+@pytest.mark.slow  # the same exactness as the Dice + CE test through another loss (16 s)
 def test_hec_loss():
     _assert_same_training(tiny_config(ds_weights=[0.7, 0.3], loss="dice_ce_hec", hec_weights=[0.5, 0.5]))
 
@@ -84,6 +85,7 @@ def test_dodnet_with_partial_labels():
     _assert_same_training(tiny_config(network="dodnet", loss="dodnet", deep_supervision=False, momentum=0.9))
 
 
+@pytest.mark.slow  # amp O2 is the Ascend path (16 s)
 def test_loss_scale_cell_micro_batched_and_overflow_skips_the_whole_step():
     cfg = tiny_config(ds_weights=[0.7, 0.3], loss="dice_ce")
     network, step = _assert_same_training(cfg, "O2")
