@@ -81,6 +81,7 @@ def test_hec_loss():
     _assert_same_training(tiny_config(ds_weights=[0.7, 0.3], loss="dice_ce_hec", hec_weights=[0.5, 0.5]))
 
 
+@pytest.mark.slow  # 28 s; tests/test_losses.py checks DoDNet's part losses sum to the batch's in the fast suite
 def test_dodnet_with_partial_labels():
     _assert_same_training(tiny_config(network="dodnet", loss="dodnet", deep_supervision=False, momentum=0.9))
 
