@@ -14,7 +14,8 @@ through the compiled kernels (the trainer, and the predictor on checkpoints; nev
 It also says what this machine lets the process use, so nothing depends on the developer's machine:
 ``cap_workers`` holds every pool of worker processes (preprocessing, MindSpore's data loader, which
 refuses more workers than CPUs) to the CPUs in the process's affinity mask, and ``memory_limit_bytes``
-is the physical memory or the cgroup limit when that is lower (checked before large allocations).
+is the physical memory or the cgroup limit when that is lower (checked before large allocations);
+``process_memory_budget`` is what a training process may still grow to (the micro-batch choice).
 """
 import os
 import sys
@@ -113,3 +114,47 @@ def memory_limit_bytes() -> int | None:
     if cgroup is not None:
         limits.append(cgroup)
     return min(limits) if limits else None
+
+
+def process_memory_budget(sharers: int = 1) -> int | None:
+    """Bytes this process may grow to: what it holds now plus its share (1 / ``sharers``) of the machine's
+    MemAvailable; under a cgroup memory limit below the physical memory, at most that limit minus what the
+    rest of the cgroup holds (its usage without reclaimable file cache). None when /proc cannot be read."""
+    try:
+        available = _meminfo_bytes("/proc/meminfo", "MemAvailable")
+        with open("/proc/self/statm") as handle:
+            own = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    budget = available // max(int(sharers), 1) + own
+    limit = _cgroup_memory_limit()
+    if limit is not None and limit < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        others = max(_cgroup_usage() - own, 0)
+        budget = min(budget, limit - others)
+    return max(int(budget), 0)
+
+
+def _meminfo_bytes(path: str, key: str) -> int:
+    with open(path) as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(fields[key].split()[0]) * 1024
+
+
+def _cgroup_usage() -> int:
+    """The cgroup's memory usage without its inactive file cache (v2, then v1); 0 when unreadable."""
+    for usage_path, stat_path, cache_key in (
+            ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
+            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file")):
+        try:
+            with open(usage_path) as handle:
+                usage = int(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            with open(stat_path) as handle:
+                stats = dict(line.split() for line in handle if len(line.split()) == 2)
+            usage -= int(stats.get(cache_key, 0))
+        except (OSError, ValueError):
+            pass
+        return max(usage, 0)
+    return 0

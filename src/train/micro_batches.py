@@ -18,7 +18,7 @@ import os
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.cpu_env import memory_limit_bytes
+from src.cpu_env import process_memory_budget
 from src.train.memory_estimate import MicroBatchChoice, choose_micro_batch_size
 from src.train.train_cell import ClippedLossScaleTrainOneStepCell, _unscale
 
@@ -162,51 +162,6 @@ def local_workers(world: int = 1, environ=None) -> int:
         return max(int(env["KITSEG_LOCAL_WORKERS"]), 1)
     except (KeyError, ValueError):
         return max(int(world), 1)
-
-
-def process_memory_budget(sharers: int = 1) -> int | None:
-    """Bytes this process may grow to: what it holds now plus its share (1 / ``sharers``) of the machine's
-    MemAvailable; under a cgroup memory limit below the physical memory, at most that limit minus what the
-    rest of the cgroup holds (its usage without reclaimable file cache). None when /proc cannot be read."""
-    try:
-        available = _meminfo_bytes("/proc/meminfo", "MemAvailable")
-        with open("/proc/self/statm") as handle:
-            own = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-    budget = available // max(int(sharers), 1) + own
-    limit = memory_limit_bytes()
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if limit is not None and limit < physical:
-        others = max(_cgroup_usage() - own, 0)
-        budget = min(budget, limit - others)
-    return max(int(budget), 0)
-
-
-def _meminfo_bytes(path: str, key: str) -> int:
-    with open(path) as handle:
-        fields = dict(line.split(":", 1) for line in handle if ":" in line)
-    return int(fields[key].split()[0]) * 1024
-
-
-def _cgroup_usage() -> int:
-    """The cgroup's memory usage without its inactive file cache (v2, then v1); 0 when unreadable."""
-    for usage_path, stat_path, cache_key in (
-            ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
-            ("/sys/fs/cgroup/memory/memory.usage_in_bytes", "/sys/fs/cgroup/memory/memory.stat", "total_inactive_file")):
-        try:
-            with open(usage_path) as handle:
-                usage = int(handle.read().strip())
-        except (OSError, ValueError):
-            continue
-        try:
-            with open(stat_path) as handle:
-                stats = dict(line.split() for line in handle if len(line.split()) == 2)
-            usage -= int(stats.get(cache_key, 0))
-        except (OSError, ValueError):
-            pass
-        return max(usage, 0)
-    return 0
 
 
 def choose_step(cfg, plan, device: str, world: int = 1, available_bytes=None) -> MicroBatchChoice:
