@@ -179,7 +179,7 @@ class ConvNormAct(nn.Cell):
     def construct(self, x):
         x = self.conv(x)
         if self.fused is not None:
-            return self.fused(x, self.norm.norm.gamma, self.norm.norm.beta)
+            return self.fused(x, self.norm.norm.gamma, self.norm.norm.beta)[0]
         x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)

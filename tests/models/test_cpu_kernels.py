@@ -190,6 +190,47 @@ def test_fused_norm_matches_groupnorm_and_leaky_relu(activation, shape):
     assert assert_same_outputs_and_gradients(reference, fast, x, seed=5, atol=1e-4, rtol=1e-4) == len(names)
 
 
+@pytest.mark.parametrize("gamma", [(-1.5, -0.2, 0.05, 3.0), (0.01, -0.02, 1.0, 0.5)])
+def test_fused_norm_backward_from_its_output_inverts_any_nonzero_gamma(gamma):
+    # the backward reads the normalized input back from y through gamma and beta: negative and small gammas,
+    # and a beta far larger than gamma, must still give GroupNorm's gradients
+    shape = (2, 4, 5, 6, 3)
+    reference = ConvNormAct(4, 4, 1, 1, 1, True)
+    fast = ConvNormAct(4, 4, 1, 1, 1, True)
+    fast.conv.weight.set_data(reference.conv.weight.data.copy())
+    for unit in (reference, fast):
+        unit.norm.norm.gamma.set_data(ms.Tensor(np.array(gamma, dtype=np.float32)))
+        unit.norm.norm.beta.set_data(ms.Tensor(np.array([0.5, -2.0, 0.3, 0.0], dtype=np.float32)))
+    assert fast.use_cpu_kernel(cpu_kernels.availability()[1]) is True
+    x = ms.Tensor(np.random.default_rng(9).normal(-1.0, 3.0, size=shape).astype(np.float32))
+    assert assert_same_outputs_and_gradients(reference, fast, x, seed=6, atol=1e-4, rtol=2e-4) == 3
+
+
+def test_fused_norm_with_zero_gamma_gives_no_gamma_gradient_and_a_finite_rest():
+    # gamma 0 loses the normalized input; the kernel then keeps every gradient finite, gives that channel's
+    # gamma no gradient, and beta's and the input's stay exact (the input's is 0: y does not depend on x)
+    reference = ConvNormAct(3, 3, 1, 1, 1, True)
+    fast = ConvNormAct(3, 3, 1, 1, 1, True)
+    fast.conv.weight.set_data(reference.conv.weight.data.copy())
+    for unit in (reference, fast):
+        unit.norm.norm.gamma.set_data(ms.Tensor(np.array([1.0, 0.0, -0.7], dtype=np.float32)))
+        unit.norm.norm.beta.set_data(ms.Tensor(np.array([0.1, 0.4, -0.2], dtype=np.float32)))
+    assert fast.use_cpu_kernel(cpu_kernels.availability()[1]) is True
+    x = ms.Tensor(np.random.default_rng(10).normal(size=(1, 3, 4, 5, 6)).astype(np.float32))
+    target = ms.Tensor(np.random.default_rng(11).normal(size=(1, 3, 4, 5, 6)).astype(np.float32))
+    want = gradients(SquaredError(reference), x, target)
+    got = gradients(SquaredError(fast), x, target)
+    names = [p.name for p in fast.trainable_params()]
+    grads = {name: (g.asnumpy(), w.asnumpy()) for name, g, w in zip(names, got[1], want[1])}
+    assert all(np.isfinite(g).all() for g, _ in grads.values()) and np.isfinite(got[0].asnumpy()).all()
+    (gamma_got, gamma_want), = [v for n, v in grads.items() if "gamma" in n]
+    (beta_got, beta_want), = [v for n, v in grads.items() if "beta" in n]
+    assert gamma_got[1] == 0.0 and gamma_want[1] != 0.0
+    np.testing.assert_allclose(gamma_got[[0, 2]], gamma_want[[0, 2]], rtol=1e-4)
+    np.testing.assert_allclose(beta_got, beta_want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[0].asnumpy(), want[0].asnumpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("slab_bytes", ["0", "2000"])  # 0: the default 64 MB; 2000: one input row per slab
 @pytest.mark.parametrize("stride,shape", [((2, 2, 2), (2, 6, 3, 4, 5)), ((1, 2, 2), (1, 6, 4, 3, 3))])
 def test_transposed_conv_matches_mindspore(monkeypatch, slab_bytes, stride, shape):

@@ -2,10 +2,16 @@
 // back end (ops.Custom aot). MindSpore runs the same unit as GroupNorm + maximum, several passes over the
 // activations per direction; here the forward reads x twice and writes once.
 //
-// Forward:  params = x (N, C, D, H, W), gamma (C), beta (C), options float32[2] = (eps, slope), out y.
-// Backward: params = x, gamma, beta, options, y, dy, out dx (like x), dgamma (C), dbeta (C).
-// slope 1 gives the plain instance norm. Statistics are accumulated in double precision and recomputed in
-// the backward pass (one extra read of x instead of two more tensors kept alive between the passes).
+// Forward:  params = x (N, C, D, H, W), gamma (C), beta (C), options float32[2] = (eps, slope),
+//           out y (like x), inv_std (N, C).
+// Backward: params = gamma, beta, options, y, inv_std, dy, out dx (like y), dgamma (C), dbeta (C).
+// slope 1 gives the plain instance norm. The backward is computed from the output, as in-place activated
+// batch norm does (Rota Bulo et al., 2018): the normalized input is recovered from y, gamma and beta
+// (LeakyReLU with a positive slope and the affine step are invertible), so the norm's input - the
+// convolution's output - need not stay alive between the passes: one map less per conv unit. The inverse
+// needs gamma != 0; a channel with |gamma| below kMinGamma gets no gamma gradient (its xhat is unknown) and the
+// exact input gradient scale * (dn - mean(dn)) - scale * xhat * mean(dn xhat), whose second term vanishes with
+// gamma. Statistics are accumulated in double precision.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -60,18 +66,21 @@ void PlaneStatistics(const float *x, int64_t size, float eps, float &mean, float
 
 int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   Planes p;
-  if (!ReadShapes(nparam, 5, ndims, shapes, dtypes, p)) return 2;
+  if (!ReadShapes(nparam, 6, ndims, shapes, dtypes, p)) return 2;
+  if (ndims[5] != 2 || shapes[5][0] != p.batch || shapes[5][1] != p.channels) return 2;
   const float *x = static_cast<const float *>(params[0]);
   const float *gamma = static_cast<const float *>(params[1]);
   const float *beta = static_cast<const float *>(params[2]);
   const float eps = static_cast<const float *>(params[3])[0], slope = static_cast<const float *>(params[3])[1];
   float *y = static_cast<float *>(params[4]);
+  float *plane_inv_std = static_cast<float *>(params[5]);
   Runtime &rt = GetRuntime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   rt.pool->parallel_for(static_cast<int>(p.batch * p.channels), [&](int plane, int) {
     const int64_t c = plane % p.channels, offset = plane * p.size;
     float mean, inv_std;
     PlaneStatistics(x + offset, p.size, eps, mean, inv_std);
+    plane_inv_std[plane] = inv_std;
     const float scale = gamma[c] * inv_std, shift = beta[c] - mean * scale;
     const float *in = x + offset;
     float *out = y + offset;
@@ -84,36 +93,55 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   return 0;
 }
 
+// below this |gamma| the normalized input cannot be recovered from the output (file comment)
+constexpr float kMinGamma = 1e-12f;
+
 int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 9 || ndims[3] < 3) return 2;
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0) return 2;
   Planes p;
-  if (!ReadShapes(nparam, 9, ndims, shapes, dtypes, p)) return 2;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *gamma = static_cast<const float *>(params[1]);
-  const float eps = static_cast<const float *>(params[3])[0], slope = static_cast<const float *>(params[3])[1];
-  const float *y = static_cast<const float *>(params[4]);
+  p.batch = shapes[3][0];
+  p.channels = shapes[3][1];
+  p.size = 1;
+  for (int d = 2; d < ndims[3]; ++d) p.size *= shapes[3][d];
+  if (ndims[0] != 1 || shapes[0][0] != p.channels || ndims[1] != 1 || shapes[1][0] != p.channels ||
+      ndims[2] != 1 || shapes[2][0] != 2 || ndims[4] != 2 || shapes[4][0] != p.batch ||
+      shapes[4][1] != p.channels || ndims[5] != ndims[3] || ndims[6] != ndims[3])
+    return 2;
+  const float *gamma = static_cast<const float *>(params[0]);
+  const float *beta = static_cast<const float *>(params[1]);
+  const float slope = static_cast<const float *>(params[2])[1];
+  const float *y = static_cast<const float *>(params[3]);
+  const float *plane_inv_std = static_cast<const float *>(params[4]);
   const float *dy = static_cast<const float *>(params[5]);
   float *dx = static_cast<float *>(params[6]);
   float *dgamma = static_cast<float *>(params[7]);
   float *dbeta = static_cast<float *>(params[8]);
   const int64_t planes = p.batch * p.channels;
+  const float inv_slope = 1.0f / slope;
   // per plane: sum of the gradient before the affine step (dn) and of dn * normalized x
   std::vector<double> sum_dn(planes), sum_dn_xhat(planes);
   Runtime &rt = GetRuntime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   rt.pool->parallel_for(static_cast<int>(planes), [&](int plane, int) {
     const int64_t c = plane % p.channels, offset = plane * p.size;
-    float mean, inv_std;
-    PlaneStatistics(x + offset, p.size, eps, mean, inv_std);
-    const float *in = x + offset, *out = y + offset, *grad = dy + offset;
+    // a one-voxel plane normalizes to exactly 0: take that rather than its rounding noise read back from y
+    const bool invertible = p.size > 1 && std::fabs(gamma[c]) >= kMinGamma;
+    const float inv_gamma = invertible ? 1.0f / gamma[c] : 0.0f, shift = beta[c];
+    const float *out = y + offset, *grad = dy + offset;
+    // y > 0 exactly where the affine output v is, and v = y there, y / slope elsewhere; xhat = (v - beta) / gamma
     double s1 = 0.0, s2 = 0.0;
     for (int64_t start = 0; start < p.size; start += kBlock) {
       const int64_t stop = std::min(p.size, start + kBlock);
       float block_dn = 0.0f, block_dn_xhat = 0.0f;
 #pragma omp simd reduction(+ : block_dn, block_dn_xhat)
       for (int64_t i = start; i < stop; ++i) {
-        const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;  // y > 0 exactly where the norm output is
+        const bool positive = out[i] > 0.0f;
+        const float dn = positive ? grad[i] : grad[i] * slope;
+        const float xhat = ((positive ? out[i] : out[i] * inv_slope) - shift) * inv_gamma;
         block_dn += dn;
-        block_dn_xhat += dn * ((in[i] - mean) * inv_std);
+        block_dn_xhat += dn * xhat;
       }
       s1 += block_dn;
       s2 += block_dn_xhat;
@@ -121,12 +149,13 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
     sum_dn[plane] = s1;
     sum_dn_xhat[plane] = s2;
     const float mean_dn = static_cast<float>(s1 / p.size), mean_dn_xhat = static_cast<float>(s2 / p.size);
-    const float scale = gamma[c] * inv_std;
+    const float scale = gamma[c] * plane_inv_std[plane];
     float *result = dx + offset;
 #pragma omp simd
     for (int64_t i = 0; i < p.size; ++i) {
-      const float dn = out[i] > 0.0f ? grad[i] : grad[i] * slope;
-      const float xhat = (in[i] - mean) * inv_std;
+      const bool positive = out[i] > 0.0f;
+      const float dn = positive ? grad[i] : grad[i] * slope;
+      const float xhat = ((positive ? out[i] : out[i] * inv_slope) - shift) * inv_gamma;
       result[i] = scale * (dn - mean_dn - xhat * mean_dn_xhat);
     }
   });
