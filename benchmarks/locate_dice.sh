@@ -2,6 +2,8 @@
 # Dice of predict.py --locate off|windows|crop on a finished demo's held-out fold-0 cases and its test set.
 # Usage: bash benchmarks/locate_dice.sh DEMO_DIR   (a `make demo` / scripts/run_demo.sh output folder whose
 # model carries a first pass, e.g. bash scripts/run_demo.sh DEMO_DIR --locator_iters 300)
+# SHIFTS="4 9" also scores off and crop on copies of the held-out cases moved by that many voxels in-plane
+# (benchmarks/shifted_cases.py): how much the Dice moves with the window layout alone.
 set -euo pipefail
 D=${1:?usage: bash benchmarks/locate_dice.sh DEMO_DIR}
 PY=${PYTHON:-.venv/bin/python}
@@ -20,5 +22,17 @@ for mode in off windows crop; do
     $PY eval.py score --pred "$OUT" --ref "$IN" --metric kits19 --output "$D/locate_$mode/${set}_metrics.csv" > /dev/null
     $PY -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'kidney %.4f tumour %.4f' % (s['kits19_kidney_dice'], s['kits19_tumor_dice']), 'windows run', sys.argv[3] or 'all')" \
       "$D/locate_$mode/${set}_metrics_summary.json" "$mode $set" "$windows"
+  done
+done
+for k in ${SHIFTS:-}; do
+  IN=$D/heldout_shift$k
+  $PY -m benchmarks.shifted_cases --input "$D/heldout_raw" --output "$IN" --voxels "$k" > /dev/null
+  for mode in off crop; do
+    OUT=$D/locate_$mode/heldout_shift$k
+    $PY predict.py --config config/demo.yaml --mindir "$M" --input "$IN" --output "$OUT" --locate "$mode" \
+      --overwrite 2> "$D/locate_${mode}_shift$k.err" > /dev/null || { tail -3 "$D/locate_${mode}_shift$k.err"; exit 1; }
+    $PY eval.py score --pred "$OUT" --ref "$IN" --metric kits19 --output "$D/locate_$mode/heldout_shift${k}_metrics.csv" > /dev/null
+    $PY -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'kidney %.4f tumour %.4f' % (s['kits19_kidney_dice'], s['kits19_tumor_dice']))" \
+      "$D/locate_$mode/heldout_shift${k}_metrics_summary.json" "$mode heldout shifted by $k"
   done
 done

@@ -7,6 +7,7 @@ Its state is a few paths and plan numbers, cheap to copy into worker processes.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,19 @@ def _to_mindspore(source: PatchBatchSource, num_workers: int, rank: int, world: 
     # same but is deprecated and warns.
     return msds.GeneratorDataset(source, column_names=source.column_names, shuffle=False,
                                  num_parallel_workers=workers, python_multiprocessing=workers > 1, **shards)
+
+
+def started_batches(dataset):
+    """The batches of ``dataset`` (one tuple iterator over all its epochs) with its worker processes running.
+
+    MindSpore forks a pipeline's workers, and a clean-up process, when its first batch is asked for. A fork
+    made later, from a trainer that holds its activations, keeps a copy of every page the trainer then
+    rewrites (copy-on-write): in the kits21_transfer rehearsal the validation pipeline's three processes,
+    forked at its first validation from a 17.6 GB trainer, grew by 4.4 GB each within seconds. So the first
+    batch is asked for here, before any graph has run, and handed out first."""
+    batches = dataset.create_tuple_iterator(num_epochs=1)
+    first = next(batches)
+    return itertools.chain([first], batches)
 
 
 def build_train_dataset(cfg, plan: Plan, pre_dir, case_ids, epoch: int = 0, rank: int = 0, world: int = 1,

@@ -41,7 +41,7 @@ import mindspore as ms
 from mindspore import nn
 
 from src.config import save_config
-from src.data.dataset import build_train_dataset, build_val_dataset
+from src.data.dataset import build_train_dataset, build_val_dataset, started_batches
 from src.files import atomic_write_json
 from src.data.plan import Plan
 from src.data.planning import plan_for_config
@@ -187,7 +187,7 @@ def _planned_epochs(cfg, state: RunState, log) -> tuple:
 def _batch_iterator(dataset):
     # One pipeline for all remaining epochs: its workers prefetch across epoch boundaries, and batch i of
     # epoch e is a function of (seed, e, i) only, whichever epoch the pipeline started at.
-    return None if dataset is None else dataset.create_tuple_iterator(num_epochs=1)
+    return None if dataset is None else started_batches(dataset)
 
 
 def _train_epoch(train_cell, batches, epoch: int, epochs: int, show: bool):

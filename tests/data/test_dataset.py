@@ -133,3 +133,37 @@ def test_mindspore_dataset_with_two_worker_processes_yields_the_python_batches(p
     for a, b in zip(got, expected):
         assert [x.dtype for x in a] == [np.float32, np.int32, np.int32, np.int32]
         assert_same(a, b)
+
+
+def child_pids() -> set:
+    import os
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                children.add(int(entry))
+    return children
+
+
+def test_started_batches_forks_the_workers_before_returning_and_hands_out_every_batch(preprocessed_dir):
+    # the workers must be forked while the trainer is small, not at the first batch it asks for
+    from src.data.dataset import build_val_dataset, started_batches
+
+    cfg = config(num_workers=2)
+    plan = plan_of(preprocessed_dir)
+    before = child_pids()
+    dataset = build_val_dataset(cfg, plan, preprocessed_dir, plan.cases, num_epochs=2)
+    created = child_pids() - before
+    batches_out = started_batches(dataset)
+    running = child_pids() - before - created
+    assert len(running) >= 2  # the two workers (and MindSpore's clean-up process)
+    got = [tuple(t.asnumpy() for t in batch) for batch in batches_out]
+    expected = batches(preprocessed_dir, cfg, train=False, num_epochs=2)
+    assert len(got) == len(expected) == 4
+    for a, b in zip(got, expected):
+        assert_same(a, b)
