@@ -4,7 +4,7 @@ predict, each as the user runs it, with wall time and peak memory per step.
     python -m benchmarks.rehearsal --config config/kits19_bdci.yaml [--slices 100 300 1000]
         [--train_slices 100] [--train_cases 2] [--rows 512] [--steps preprocess train export predict]
         [--fold 0] [--slice_mm 3] [--tta_mirror true|false] [--untrained] [--max_rss_gb 12]
-        [--min_free_gb 1] [--keep DIR] [--json] [--key value ...]
+        [--min_free_gb 1] [--max_step_minutes M] [--keep DIR] [--json] [--key value ...]
 
 Data: ``--train_cases`` synthetic phantoms (``src.data.synthetic``, kidneys and tumours) in the config's
 dataset layout (kits19, kits21 or MOTS), each rendered at the generator's native size and written again
@@ -30,13 +30,16 @@ no one, since forked copy-on-write pages are in the child's own figure; read eve
 give the process tree's memory, whose maximum is ``peak_tree_gb`` (sampled, so a spike shorter than
 0.5 s can be missed; the sampling's CPU time is ``monitor_cpu_s``). A step whose tree passes
 ``--max_rss_gb``, or during which the machine's available memory falls below ``--min_free_gb``, is
-stopped (the whole group), so a runaway run cannot exhaust a shared machine.
+stopped (the whole group), so a runaway run cannot exhaust a shared machine; so is a step running longer
+than ``--max_step_minutes``, whose ``progress`` then records the last progress-bar count it printed (e.g.
+``37/294`` windows), so that a step too long for the machine still gives its rate and its memory so far.
 The last line printed is one JSON object; the exit status is 1 when a step failed or was stopped.
 """
 import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -79,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop a step whose process tree's memory passes this")
     parser.add_argument("--min_free_gb", type=float, default=1.0,
                         help="stop a step when the machine's available memory falls below this")
+    parser.add_argument("--max_step_minutes", type=float, default=None,
+                        help="stop a step running longer than this (its progress so far is reported)")
     parser.add_argument("--keep", default=None, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     return parser
@@ -203,7 +208,17 @@ def descendants_private_kb(root: int) -> int:
     return sum(proc_kb(f"/proc/{p}/smaps_rollup", *keys) for p in tree_pids(root)[1:])
 
 
-def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, interval: float = 0.5) -> dict:
+def last_progress(lines) -> str:
+    """The last ``done/total`` count a tqdm bar printed in ``lines`` ('' when none)."""
+    for line in reversed(lines):
+        counts = re.findall(r"\|\s*(\d+/\d+)\s*\[", line)
+        if counts:
+            return counts[-1]
+    return ""
+
+
+def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, interval: float = 0.5,
+             max_minutes: float = None) -> dict:
     """Run ``command``; its wall time, its own peak RSS and its process tree's peak PSS.
 
     Linux carries the parent's high-water mark into a child across fork and exec, so wait4's ``ru_maxrss``
@@ -228,9 +243,11 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
                 now_kb = proc_kb(f"/proc/{child.pid}/status", "VmRSS:") + workers_kb
                 peak_tree_kb = max(peak_tree_kb, now_kb)
                 available_gb = proc_kb("/proc/meminfo", "MemAvailable:") * 1024 / GB
-                if not stopped and (now_kb * 1024 > max_gb * GB or available_gb < min_free_gb):
-                    stopped = f"the process tree passed --max_rss_gb {max_gb}" if now_kb * 1024 > max_gb * GB \
-                        else f"the machine's available memory fell below --min_free_gb {min_free_gb}"
+                over_time = max_minutes is not None and time.perf_counter() - start > 60 * max_minutes
+                if not stopped and (now_kb * 1024 > max_gb * GB or available_gb < min_free_gb or over_time):
+                    stopped = (f"the process tree passed --max_rss_gb {max_gb}" if now_kb * 1024 > max_gb * GB
+                               else f"the machine's available memory fell below --min_free_gb {min_free_gb}"
+                               if available_gb < min_free_gb else f"the step passed --max_step_minutes {max_minutes:g}")
                     os.killpg(child.pid, signal.SIGTERM)
                 time.sleep(interval)
         except BaseException:
@@ -249,6 +266,7 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
               "command": " ".join(str(c) for c in command)}
     if stopped:
         result["error"] = f"stopped: {stopped}"
+        result["progress"] = last_progress(stderr)  # splitlines split tqdm's carriage-return redraws too
     elif child.returncode != 0:
         result["error"] = stderr[-1] if stderr else f"exit status {child.returncode}"
     elif stdout:
@@ -332,7 +350,8 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
             result["steps"][step] = {"ok": False, "error": f"not run: {failed} failed"}
             continue
         say(f"{step}: {' '.join(map(str, commands[step]))}")
-        result["steps"][step] = outcome = run_step(commands[step], work / "logs" / step, args.max_rss_gb, args.min_free_gb)
+        result["steps"][step] = outcome = run_step(commands[step], work / "logs" / step, args.max_rss_gb, args.min_free_gb,
+                                                       max_minutes=args.max_step_minutes)
         say(f"{step}: {summary(outcome)}")
         failed = None if outcome["ok"] or (step == "train" and args.untrained) else step
     if "predict" in steps:
@@ -349,7 +368,8 @@ def rehearse(args, overrides, work: Path, say=print) -> dict:
             case = write_kits_case(folder / "raw", (slices, args.rows, args.rows), spacing)
             command = commands["predict"] + ["--input", case.image, "--output", folder / "out"]
             say(f"predict {slices} slices: {' '.join(map(str, command))}")
-            outcome = run_step(command, work / "logs" / f"predict_{slices}", args.max_rss_gb, args.min_free_gb)
+            outcome = run_step(command, work / "logs" / f"predict_{slices}", args.max_rss_gb, args.min_free_gb,
+                               max_minutes=args.max_step_minutes)
             outcome["shape"], outcome["spacing_mm"] = [slices, args.rows, args.rows], [round(x, 5) for x in spacing]
             if plan:
                 outcome["windows"] = sweep_windows(slices, args.rows, args.slice_mm, plan, cfg.step_size)

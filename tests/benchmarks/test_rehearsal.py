@@ -118,6 +118,21 @@ def test_a_step_is_stopped_when_the_machine_runs_short_of_memory(tmp_path):
     assert not result["ok"] and "available memory" in result["error"] and result["returncode"] < 0
 
 
+def test_a_step_over_its_time_limit_is_stopped_with_its_progress_so_far(tmp_path):
+    bar = ("import sys, time\n"
+           "for i in range(3): sys.stderr.write(f'\\rwindows:  {i}%|#  | {i}/294 [00:0{i}<01:00]'); sys.stderr.flush()\n"
+           "time.sleep(60)")
+    result = rehearsal.run_step(_python(bar), tmp_path / "slow", max_gb=8, max_minutes=0.03)
+    assert not result["ok"] and "--max_step_minutes 0.03" in result["error"] and result["returncode"] < 0
+    assert result["progress"] == "2/294" and result["seconds"] < 20
+
+
+def test_last_progress_reads_the_last_bar_count():
+    assert rehearsal.last_progress(["cases:   0%|   | 0/1 [00:00<?, ?case/s]", "windows: 40%|####  | 118/294 [01:02<...]",
+                                    "a plain line"]) == "118/294"
+    assert rehearsal.last_progress(["no bar here"]) == ""
+
+
 def test_a_step_over_the_memory_cap_is_stopped_with_its_workers(tmp_path):
     hog = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
            "print(w.pid, flush=True); b = b'x' * 400_000_000; time.sleep(60)")
