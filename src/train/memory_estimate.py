@@ -2,48 +2,44 @@
 ``micro_batch_size: auto``.
 
 A pure function of (plan, config, bytes available); nothing here reads the machine. The estimate of the
-training process's peak, for a forward over ``m`` samples, is
+training process's peak (with its data-loader workers), for a forward over ``m`` samples, is
 
-    BASE + FIXED_BYTES_PER_PARAMETER x parameters + CASE_COPIES x median case x 5 bytes
-         + m x BYTES_PER_FEATURE_VOXEL x feature voxels of one sample
+    BASE + BYTES_PER_PARAMETER x parameters + m x BYTES_PER_FEATURE_VOXEL x feature voxels of one sample
 
 - *feature voxels*: the channels x voxels of every tensor the network keeps for its backward pass, at
-  the plan's patch: each conv unit (conv + norm + activation) counts 3 maps of its output, each
-  concatenation, residual sum, upsampling or pooling output 1 map, and each segmentation head its classes
-  (``feature_voxels``; the architecture of each network of ``src/models`` written out per stage);
-- *parameters*: counted the same way (convolution weights, norm affines, biases);
-- *fixed part*: weights, gradients, the accumulated gradients of micro-batching, momentum / Adam moments:
-  4 float32 copies, 16 bytes a parameter;
-- *case copies*: the data loader's workers hold whole preprocessed cases (float32 data + int8 labels);
-- *BASE*: the MindSpore runtime, compiled graphs and kernels.
+  the plan's patch: each conv unit (conv + norm + activation) its output (the fused norm's backward works
+  from it, so the convolution's own output is freed), each concatenation, residual sum, upsampling or pooling
+  output 1 map, each segmentation head its classes (the architecture of each network of ``src/models``
+  written out per stage);
+- *parameters*: counted the same way (convolution weights, norm affines, biases); per parameter the weights,
+  their gradients, the accumulated gradients of micro-batching, the momentum and the temporaries of
+  clipping, weight decay and the update;
+- *BASE*: the MindSpore runtime, compiled graphs and kernels, the data-loader workers (which read only their
+  patches of the memory-mapped cases).
 
 Calibration: the full-size rehearsal (``python -m benchmarks.rehearsal --config C --steps preprocess train``,
-docs/PERFORMANCE.md "Full-size rehearsal"; float32, two synthetic 100-slice cases, their resampled median
-shape in the plan) on a 23 GB machine measured two peaks of the training process: ``kits19_bdci`` (plain
-U-Net at 80 x 160 x 160) 18.0 GB with both samples in one forward, ``kits21_nnunet`` (the same network at
-128^3, 2.79 x 0.78 x 0.78 mm) 13.09 GB as micro-batches of 1. BASE_BYTES and BYTES_PER_FEATURE_VOXEL are
-the two-point fit to them (CASE_COPIES and the 16 bytes a parameter fixed beforehand). Checked against the
-rest: kits21_nnunet's whole batch ran out of memory past 20.2 GB (estimate 22.4); ``kits21_transfer``
-(res_unet_aspp, 128^3 at 0.78 mm) and ``mots_dodnet`` (DoDNet, 64 x 192 x 192) passed 21.4-21.6 GB with one
-sample per forward before the rehearsal stopped them (estimates 22.9 and 24.3 GB); a plain U-Net at
-64 x 96 x 96 kept about 5.2 bytes per counted feature voxel.
+docs/PERFORMANCE.md "Every shipped config trains on a 24 GB CPU machine"; float32, two synthetic 100-slice
+cases) measured four peaks of the training process tree on a 23 GiB machine: ``kits19_bdci`` (plain U-Net,
+80 x 160 x 160, both samples in one forward) 15.15 GB, ``kits21_nnunet`` (the same network at 128^3, one
+sample per forward) 11.13 GB, ``kits21_transfer`` (res_unet_aspp, 128^3, 138 M parameters) 20.76 GB and
+``mots_dodnet`` (DoDNet, 64 x 192 x 192) 21.61 GB, one sample per forward. The three constants are their
+least-squares fit (each peak within 0.4 GB). The residual networks' many parameters are what needs the large
+per-parameter figure: the plain U-Nets alone would fit 16 bytes a parameter.
 """
 from dataclasses import dataclass
 from math import prod
 
 from src.errors import UserError
 
-BASE_BYTES = 2.6e9
-FIXED_BYTES_PER_PARAMETER = 16
-CASE_COPIES = 4
-CASE_BYTES_PER_VOXEL = 5  # float32 image + int8 labels
-BYTES_PER_FEATURE_VOXEL = 5.55
+BASE_BYTES = 3.6e9
+BYTES_PER_PARAMETER = 48
+BYTES_PER_FEATURE_VOXEL = 7.9
 # the largest share of the available memory the estimate may take
 MARGIN = 0.9
 GB = 1e9
 
-# conv units (conv + norm + activation) keep about three maps of their output; other ops one
-CONV_MAPS = 3
+# maps a conv unit (conv + fused norm and activation) keeps for the backward: its output
+CONV_MAPS = 1
 # residual encoder blocks per downsampling stage (src/models/res_unet_aspp.py default_extra_blocks)
 SEED_EXTRA_BLOCKS = (2, 3, 5, 2)
 ASPP_BRANCHES = 4
@@ -150,9 +146,7 @@ def feature_voxels_and_parameters(plan, cfg) -> tuple:
 
 def estimate(plan, cfg) -> Estimate:
     maps, params = feature_voxels_and_parameters(plan, cfg)
-    median_shape = plan.get("median_shape")
-    case_voxels = prod(int(s) for s in median_shape) if median_shape else 0
-    fixed = BASE_BYTES + FIXED_BYTES_PER_PARAMETER * params + CASE_COPIES * CASE_BYTES_PER_VOXEL * case_voxels
+    fixed = BASE_BYTES + BYTES_PER_PARAMETER * params
     return Estimate(int(params), int(maps), float(fixed), float(BYTES_PER_FEATURE_VOXEL * maps))
 
 
