@@ -21,9 +21,9 @@ Calibration: the full-size rehearsal (``python -m benchmarks.rehearsal --config 
 docs/PERFORMANCE.md "Every shipped config trains on a 24 GB CPU machine"; float32, two synthetic 100-slice
 cases) measured four peaks of the training process tree on a 23 GiB machine: ``kits19_bdci`` (plain U-Net,
 80 x 160 x 160, both samples in one forward) 15.15 GB, ``kits21_nnunet`` (the same network at 128^3, one
-sample per forward) 11.13 GB, ``kits21_transfer`` (res_unet_aspp, 128^3, 138 M parameters) 20.76 GB and
-``mots_dodnet`` (DoDNet, 64 x 192 x 192) 21.61 GB, one sample per forward. The three constants are their
-least-squares fit (each peak within 0.4 GB). The residual networks' many parameters are what needs the large
+sample per forward) 11.13 GB, ``kits21_transfer`` (res_unet_aspp, 128^3, 138 M parameters) 20.51 GB and
+``mots_dodnet`` (DoDNet, 64 x 192 x 192) 21.61 GB, one sample per forward. The three constants are fitted to
+them (each peak within 0.5 GB). The residual networks' many parameters are what needs the large
 per-parameter figure: the plain U-Nets alone would fit 16 bytes a parameter.
 """
 from dataclasses import dataclass
