@@ -18,7 +18,10 @@ for mode in off windows crop; do
     OUT=$D/locate_$mode/$set
     $PY predict.py --config config/demo.yaml --mindir "$M" --input "$IN" --output "$OUT" --locate "$mode" \
       --overwrite 2> "$D/locate_${mode}_${set}.err" > /dev/null || { tail -3 "$D/locate_${mode}_${set}.err"; exit 1; }
-    windows=$(grep -o "locate: [0-9]* of [0-9]* windows run" "$D/locate_${mode}_${set}.err" | awk '{r += $2; t += $4} END {print r " of " t}')
+    # no such line with --locate off, or when every case was already predicted
+    windows=$({ grep -o "locate: [0-9]* of [0-9]* windows run" "$D/locate_${mode}_${set}.err" || true; } \
+      | awk '{r += $2; t += $4} END {if (t) print r " of " t}')
+    if [ -z "$windows" ] && [ "$mode" != off ]; then windows="not logged (cases already predicted)"; fi
     $PY eval.py score --pred "$OUT" --ref "$IN" --metric kits19 --output "$D/locate_$mode/${set}_metrics.csv" > /dev/null
     $PY -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'kidney %.4f tumour %.4f' % (s['kits19_kidney_dice'], s['kits19_tumor_dice']), 'windows run', sys.argv[3] or 'all')" \
       "$D/locate_$mode/${set}_metrics_summary.json" "$mode $set" "$windows"
