@@ -8,34 +8,32 @@ set -euo pipefail
 D=${1:?usage: bash benchmarks/locate_dice.sh DEMO_DIR}
 PY=${PYTHON:-.venv/bin/python}
 M=$D/demo_unet.mindir
+
+# score MODE SET INPUT: predict INPUT with --locate MODE into locate_MODE/SET, score it, print one line
+score() {
+  local mode=$1 set=$2 in=$3 out=$D/locate_$1/$2 err=$D/locate_$1_$2.err windows
+  $PY predict.py --config config/demo.yaml --mindir "$M" --input "$in" --output "$out" --locate "$mode" \
+    --overwrite 2> "$err" > /dev/null || { tail -3 "$err"; exit 1; }
+  # no such line with --locate off, or when every case was already predicted
+  windows=$({ grep -o "locate: [0-9]* of [0-9]* windows run" "$err" || true; } \
+    | awk '{r += $2; t += $4} END {if (t) print r " of " t}')
+  if [ -z "$windows" ] && [ "$mode" != off ]; then windows="not logged (cases already predicted)"; fi
+  $PY eval.py score --pred "$out" --ref "$in" --metric kits19 --output "$D/locate_$mode/${set}_metrics.csv" > /dev/null
+  $PY -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'kidney %.4f tumour %.4f' % (s['kits19_kidney_dice'], s['kits19_tumor_dice']), 'windows run', sys.argv[3] or 'all')" \
+    "$D/locate_$mode/${set}_metrics_summary.json" "$mode $set" "$windows"
+}
+
 mkdir -p "$D/heldout_raw"
 for c in $($PY -c "import json, sys; print(' '.join(json.load(open(sys.argv[1]))[0]['val']))" "$D/preprocessed/splits.json"); do
   ln -sfn "$D/raw/$c" "$D/heldout_raw/$c"
 done
 for mode in off windows crop; do
-  for set in heldout test; do
-    if [ "$set" = heldout ]; then IN=$D/heldout_raw; else IN=$D/test/raw; fi
-    OUT=$D/locate_$mode/$set
-    $PY predict.py --config config/demo.yaml --mindir "$M" --input "$IN" --output "$OUT" --locate "$mode" \
-      --overwrite 2> "$D/locate_${mode}_${set}.err" > /dev/null || { tail -3 "$D/locate_${mode}_${set}.err"; exit 1; }
-    # no such line with --locate off, or when every case was already predicted
-    windows=$({ grep -o "locate: [0-9]* of [0-9]* windows run" "$D/locate_${mode}_${set}.err" || true; } \
-      | awk '{r += $2; t += $4} END {if (t) print r " of " t}')
-    if [ -z "$windows" ] && [ "$mode" != off ]; then windows="not logged (cases already predicted)"; fi
-    $PY eval.py score --pred "$OUT" --ref "$IN" --metric kits19 --output "$D/locate_$mode/${set}_metrics.csv" > /dev/null
-    $PY -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'kidney %.4f tumour %.4f' % (s['kits19_kidney_dice'], s['kits19_tumor_dice']), 'windows run', sys.argv[3] or 'all')" \
-      "$D/locate_$mode/${set}_metrics_summary.json" "$mode $set" "$windows"
-  done
+  score "$mode" heldout "$D/heldout_raw"
+  score "$mode" test "$D/test/raw"
 done
 for k in ${SHIFTS:-}; do
-  IN=$D/heldout_shift$k
-  $PY -m benchmarks.shifted_cases --input "$D/heldout_raw" --output "$IN" --voxels "$k" > /dev/null
+  $PY -m benchmarks.shifted_cases --input "$D/heldout_raw" --output "$D/heldout_shift$k" --voxels "$k" > /dev/null
   for mode in off crop; do
-    OUT=$D/locate_$mode/heldout_shift$k
-    $PY predict.py --config config/demo.yaml --mindir "$M" --input "$IN" --output "$OUT" --locate "$mode" \
-      --overwrite 2> "$D/locate_${mode}_shift$k.err" > /dev/null || { tail -3 "$D/locate_${mode}_shift$k.err"; exit 1; }
-    $PY eval.py score --pred "$OUT" --ref "$IN" --metric kits19 --output "$D/locate_$mode/heldout_shift${k}_metrics.csv" > /dev/null
-    $PY -c "import json, sys; s = json.load(open(sys.argv[1])); print(sys.argv[2], 'kidney %.4f tumour %.4f' % (s['kits19_kidney_dice'], s['kits19_tumor_dice']))" \
-      "$D/locate_$mode/heldout_shift${k}_metrics_summary.json" "$mode heldout shifted by $k"
+    score "$mode" "heldout_shift$k" "$D/heldout_shift$k"
   done
 done

@@ -217,6 +217,17 @@ def last_progress(lines) -> str:
     return ""
 
 
+def stop_reason(tree_bytes, max_gb, available_gb, min_free_gb, seconds, max_minutes) -> str:
+    """Why a step must stop now ('' while it may go on)."""
+    if tree_bytes > max_gb * GB:
+        return f"the process tree passed --max_rss_gb {max_gb}"
+    if available_gb < min_free_gb:
+        return f"the machine's available memory fell below --min_free_gb {min_free_gb}"
+    if max_minutes is not None and seconds > 60 * max_minutes:
+        return f"the step passed --max_step_minutes {max_minutes:g}"
+    return ""
+
+
 def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, interval: float = 0.5,
              max_minutes: float = None) -> dict:
     """Run ``command``; its wall time, its own peak RSS and its process tree's peak PSS.
@@ -229,7 +240,7 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
         start, own_cpu = time.perf_counter(), time.process_time()
         inherited_kb = proc_kb("/proc/self/status", "VmHWM:")
         child = subprocess.Popen([str(c) for c in command], stdout=out, stderr=err, start_new_session=True)
-        peak_tree_kb, workers_kb, stopped, sample, own_hwm_kb = 0, 0, False, 0, 0
+        peak_tree_kb, workers_kb, stopped, sample, own_hwm_kb = 0, 0, "", 0, 0
         try:
             while True:
                 pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -243,12 +254,11 @@ def run_step(command, log_dir: Path, max_gb: float, min_free_gb: float = 0.0, in
                 now_kb = proc_kb(f"/proc/{child.pid}/status", "VmRSS:") + workers_kb
                 peak_tree_kb = max(peak_tree_kb, now_kb)
                 available_gb = proc_kb("/proc/meminfo", "MemAvailable:") * 1024 / GB
-                over_time = max_minutes is not None and time.perf_counter() - start > 60 * max_minutes
-                if not stopped and (now_kb * 1024 > max_gb * GB or available_gb < min_free_gb or over_time):
-                    stopped = (f"the process tree passed --max_rss_gb {max_gb}" if now_kb * 1024 > max_gb * GB
-                               else f"the machine's available memory fell below --min_free_gb {min_free_gb}"
-                               if available_gb < min_free_gb else f"the step passed --max_step_minutes {max_minutes:g}")
-                    os.killpg(child.pid, signal.SIGTERM)
+                if not stopped:
+                    stopped = stop_reason(now_kb * 1024, max_gb, available_gb, min_free_gb,
+                                          time.perf_counter() - start, max_minutes)
+                    if stopped:
+                        os.killpg(child.pid, signal.SIGTERM)
                 time.sleep(interval)
         except BaseException:
             os.killpg(child.pid, signal.SIGKILL)

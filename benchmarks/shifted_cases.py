@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from src.errors import UserError, exit_on_user_error
+from src.files import atomic_produce
 
 FILLS = (("imaging.nii.gz", -1024), ("segmentation.nii.gz", 0))
 
@@ -26,14 +27,16 @@ def shifted(volume: np.ndarray, voxels: int, fill) -> np.ndarray:
 
 
 def shift_case(case: Path, out: Path, voxels: int) -> None:
-    seg = np.asarray(nib.load(str(case / "segmentation.nii.gz")).dataobj)
+    """Both files of ``case`` shifted into ``out``, each written whole or not at all (``atomic_produce``)."""
+    images = {name: nib.load(str(case / name)) for name, _ in FILLS}
+    volumes = {name: np.asarray(image.dataobj) for name, image in images.items()}
+    seg = volumes["segmentation.nii.gz"]
     if np.any(seg[:, seg.shape[1] - voxels:, :]) or np.any(seg[:, :, seg.shape[2] - voxels:]):
         raise UserError(f"{case}: shifting by {voxels} voxels would cut labelled voxels")
     out.mkdir(parents=True, exist_ok=True)
     for name, fill in FILLS:
-        image = nib.load(str(case / name))
-        data = shifted(np.asarray(image.dataobj), voxels, fill)
-        nib.save(nib.Nifti1Image(data, image.affine, image.header), str(out / name))
+        moved = nib.Nifti1Image(shifted(volumes[name], voxels, fill), images[name].affine, images[name].header)
+        atomic_produce(out / name, lambda partial, image=moved: nib.save(image, str(partial)), suffix=".nii.gz")
 
 
 @exit_on_user_error
@@ -45,6 +48,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.voxels < 1:
         raise UserError(f"--voxels must be at least 1, got {args.voxels}")
+    if args.output.resolve() == args.input.resolve() or args.input.resolve() in args.output.resolve().parents:
+        raise UserError(f"--output {args.output} is inside --input {args.input}: the cases would be overwritten")
     cases = sorted(p for p in args.input.iterdir() if (p / "segmentation.nii.gz").is_file())
     if not cases:
         raise UserError(f"{args.input}: no case folder with imaging.nii.gz and segmentation.nii.gz")

@@ -53,3 +53,15 @@ def test_shift_case_raises_a_user_error_naming_the_case(tmp_path):
     write_case(tmp_path / "case_00001", seg)
     with pytest.raises(UserError, match="case_00001"):
         shift_case(tmp_path / "case_00001", tmp_path / "out", 1)
+
+
+def test_output_inside_the_input_is_refused_and_nothing_is_written(tmp_path):
+    seg = np.zeros((2, 8, 8), np.uint8)
+    seg[0, 2, 2] = 1
+    write_case(tmp_path / "in" / "case_00000", seg)
+    before = sorted(p.name for p in (tmp_path / "in").iterdir())
+    for output in (tmp_path / "in", tmp_path / "in" / "shifted"):
+        with pytest.raises(SystemExit) as stop:
+            main(["--input", str(tmp_path / "in"), "--output", str(output), "--voxels", "1"])
+        assert stop.value.code != 0
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
