@@ -31,6 +31,9 @@ def shift_case(case: Path, out: Path, voxels: int) -> None:
     images = {name: nib.load(str(case / name)) for name, _ in FILLS}
     volumes = {name: np.asarray(image.dataobj) for name, image in images.items()}
     seg = volumes["segmentation.nii.gz"]
+    if seg.ndim != 3 or seg.shape != volumes["imaging.nii.gz"].shape:
+        raise UserError(f"{case}: imaging {volumes['imaging.nii.gz'].shape} and segmentation {seg.shape} are not "
+                        "one 3-D grid")
     if np.any(seg[:, seg.shape[1] - voxels:, :]) or np.any(seg[:, :, seg.shape[2] - voxels:]):
         raise UserError(f"{case}: shifting by {voxels} voxels would cut labelled voxels")
     out.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,13 @@ def test_output_inside_the_input_is_refused_and_nothing_is_written(tmp_path):
             main(["--input", str(tmp_path / "in"), "--output", str(output), "--voxels", "1"])
         assert stop.value.code != 0
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
+
+
+def test_a_case_whose_two_files_differ_in_shape_is_refused(tmp_path):
+    seg = np.zeros((2, 8, 8), np.uint8)
+    write_case(tmp_path / "case_00002", seg)
+    nib.save(nib.Nifti1Image(np.zeros((2, 8, 9), np.uint8), np.eye(4)), str(tmp_path / "case_00002" / "segmentation.nii.gz"))
+    from benchmarks.shifted_cases import shift_case
+    with pytest.raises(UserError, match="not one 3-D grid"):
+        shift_case(tmp_path / "case_00002", tmp_path / "out", 1)
+    assert not (tmp_path / "out").exists()
