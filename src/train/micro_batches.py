@@ -82,36 +82,14 @@ class _AddGradients(nn.Cell):
 
 
 class _ApplyGradients(nn.Cell):
-    """The whole-batch cell's tail on given gradients: all-reduce, clip by global norm, optimizer."""
-
-    def __init__(self, train_cell):
-        super().__init__(auto_prefix=False)
-        self.optimizer = train_cell.optimizer
-        self.grad_reducer = train_cell.grad_reducer
-        self.clip_norm = train_cell.clip_norm
-
-    def construct(self, grads):
-        grads = self.grad_reducer(grads)
-        grads = ops.clip_by_global_norm(grads, self.clip_norm)
-        return self.optimizer(grads)
-
-
-class _ApplyScaledGradients(nn.Cell):
-    """The loss-scale cell's tail on given unscaled gradients: all-reduce, the portable overflow check (summed
-    over ranks), the loss-scale update, and unless overflowed clipping and the optimizer."""
+    """The one-step cell's own tail (``apply_gradients``) as a graph of its own, on summed gradients."""
 
     def __init__(self, train_cell):
         super().__init__(auto_prefix=False)
         self.cell = train_cell
 
     def construct(self, grads):
-        grads = self.cell.grad_reducer(grads)
-        overflow = self.cell._any_not_finite(grads)
-        overflow = self.cell.process_loss_scale(overflow)
-        if not overflow:
-            grads = ops.clip_by_global_norm(grads, self.cell.clip_norm)
-            overflow = ops.depend(overflow, self.cell.optimizer(grads))
-        return overflow
+        return self.cell.apply_gradients(grads)
 
 
 class MicroBatchedStep:
@@ -127,7 +105,7 @@ class MicroBatchedStep:
         self.normalizers = _Normalizers(loss_fn)
         self.part_gradients = _PartGradients(part_loss, train_cell.weights, self.scaled)
         self.add = _AddGradients()
-        self.apply = _ApplyScaledGradients(train_cell) if self.scaled else _ApplyGradients(train_cell)
+        self.apply = _ApplyGradients(train_cell)
         self.one = ms.Tensor(1.0, ms.float32)
         for cell in (self.normalizers, self.part_gradients, self.add, self.apply):
             cell.set_train(True)

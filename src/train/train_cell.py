@@ -63,9 +63,13 @@ class ClippedTrainOneStepCell(nn.TrainOneStepCell):
         loss = self.network(*inputs)
         sens = ops.fill(loss.dtype, loss.shape, 1.0)
         grads = self.grad(self.network, self.weights)(*inputs, sens)
+        return ops.depend(loss, self.apply_gradients(grads))
+
+    def apply_gradients(self, grads):
+        """The step's tail on this rank's gradients: all-reduce, clip by global norm, optimizer."""
         grads = self.grad_reducer(grads)
         grads = ops.clip_by_global_norm(grads, self.clip_norm)
-        return ops.depend(loss, self.optimizer(grads))
+        return self.optimizer(grads)
 
 
 class ClippedLossScaleTrainOneStepCell(nn.TrainOneStepWithLossScaleCell):
@@ -95,11 +99,21 @@ class ClippedLossScaleTrainOneStepCell(nn.TrainOneStepWithLossScaleCell):
             overflow = self.get_overflow_status(status, grads)
         else:
             overflow = self._any_not_finite(grads)
+        return ops.depend(loss, self._update_unless_overflow(grads, overflow))
+
+    def apply_gradients(self, grads):
+        """The step's tail on this rank's unscaled gradients, with the portable overflow check (the
+        hardware flags only cover a forward and backward run in this cell): all-reduce, overflow check,
+        loss-scale update, and unless overflowed clipping and the optimizer. Returns the overflow flag."""
+        grads = self.grad_reducer(grads)
+        return self._update_unless_overflow(grads, self._any_not_finite(grads))
+
+    def _update_unless_overflow(self, grads, overflow):
         overflow = self.process_loss_scale(overflow)
         if not overflow:
             grads = ops.clip_by_global_norm(grads, self.clip_norm)
-            loss = ops.depend(loss, self.optimizer(grads))
-        return loss
+            overflow = ops.depend(overflow, self.optimizer(grads))
+        return overflow
 
     def _any_not_finite(self, grads):
         flags = ops.addn(self.hyper_map(_not_finite, grads))
