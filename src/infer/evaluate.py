@@ -28,9 +28,9 @@ from src.data.preprocessed import fold_cases, fold_validation_cases, load_plan
 from src.data.preprocessed_case import load_case, load_case_properties
 from src.errors import UserError
 from src.infer.geometry import probabilities_to_original, save_prediction
-from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, component_floor_ml,
-                                   decide_postprocessing, label_values, resolve_postprocessing, save_postprocessing,
-                                   spec_summary)
+from src.infer.postprocess import (POSTPROCESSING_FILE, apply_postprocessing, label_values, resolve_postprocessing,
+                                   save_postprocessing, spec_summary)
+from src.infer.postprocess_decision import component_floor_ml, decide_postprocessing
 from src.metrics.kits import case_scores
 from src.metrics.report import find_references, write_metrics_csv, write_summary_json
 from src.msrun_env import Shard
