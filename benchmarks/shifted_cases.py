@@ -14,7 +14,8 @@ import nibabel as nib
 import numpy as np
 
 from src.errors import UserError, exit_on_user_error
-from src.files import atomic_produce
+from src.data.geometry_checks import geometry_difference
+from src.files import commit, overlapping_inputs, temporary_path
 
 FILLS = (("imaging.nii.gz", -1024), ("segmentation.nii.gz", 0))
 
@@ -27,19 +28,29 @@ def shifted(volume: np.ndarray, voxels: int, fill) -> np.ndarray:
 
 
 def shift_case(case: Path, out: Path, voxels: int) -> None:
-    """Both files of ``case`` shifted into ``out``, each written whole or not at all (``atomic_produce``)."""
+    """Both files of ``case`` shifted into ``out``. Both are written to temporaries before either replaces its
+    target (``src.files.commit``), so a failure leaves the old pair and a kill at most the gap of one rename."""
     images = {name: nib.load(str(case / name)) for name, _ in FILLS}
     volumes = {name: np.asarray(image.dataobj) for name, image in images.items()}
-    seg = volumes["segmentation.nii.gz"]
-    if seg.ndim != 3 or seg.shape != volumes["imaging.nii.gz"].shape:
-        raise UserError(f"{case}: imaging {volumes['imaging.nii.gz'].shape} and segmentation {seg.shape} are not "
-                        "one 3-D grid")
+    seg, image = volumes["segmentation.nii.gz"], volumes["imaging.nii.gz"]
+    grids = geometry_difference(images["imaging.nii.gz"].affine, images["segmentation.nii.gz"].affine,
+                                "imaging", "segmentation")
+    if seg.ndim != 3 or seg.shape != image.shape or grids:
+        raise UserError(f"{case}: imaging {image.shape} and segmentation {seg.shape} are not one 3-D grid"
+                        + (f" ({grids})" if grids else ""))
     if np.any(seg[:, seg.shape[1] - voxels:, :]) or np.any(seg[:, :, seg.shape[2] - voxels:]):
         raise UserError(f"{case}: shifting by {voxels} voxels would cut labelled voxels")
     out.mkdir(parents=True, exist_ok=True)
-    for name, fill in FILLS:
-        moved = nib.Nifti1Image(shifted(volumes[name], voxels, fill), images[name].affine, images[name].header)
-        atomic_produce(out / name, lambda partial, image=moved: nib.save(image, str(partial)), suffix=".nii.gz")
+    temporaries = {name: temporary_path(out / name, ".nii.gz") for name, _ in FILLS}
+    try:
+        for name, fill in FILLS:
+            moved = nib.Nifti1Image(shifted(volumes[name], voxels, fill), images[name].affine, images[name].header)
+            nib.save(moved, str(temporaries[name]))
+        for name, tmp in temporaries.items():
+            commit(tmp, out / name)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 @exit_on_user_error
@@ -56,6 +67,11 @@ def main(argv=None) -> None:
     cases = sorted(p for p in args.input.iterdir() if (p / "segmentation.nii.gz").is_file())
     if not cases:
         raise UserError(f"{args.input}: no case folder with imaging.nii.gz and segmentation.nii.gz")
+    # the output folder may reach the inputs another way (a case folder that is a link, as locate_dice.sh makes)
+    replaced = overlapping_inputs([args.output / case.name / name for case in cases for name, _ in FILLS],
+                                  [case / name for case in cases for name, _ in FILLS])
+    if replaced:
+        raise UserError(f"--output {args.output} would replace the input {replaced[0]}; choose another output")
     for case in cases:
         shift_case(case, args.output / case.name, args.voxels)
     print(f"wrote {len(cases)} case(s) shifted by {args.voxels} voxels to {args.output}")

@@ -75,3 +75,17 @@ def test_a_case_whose_two_files_differ_in_shape_is_refused(tmp_path):
     with pytest.raises(UserError, match="not one 3-D grid"):
         shift_case(tmp_path / "case_00002", tmp_path / "out", 1)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_reaches_the_input_through_a_link_is_refused(tmp_path):
+    # locate_dice.sh links the held-out case folders to the raw ones: that raw folder is an input too
+    seg = np.zeros((2, 8, 8), np.uint8)
+    seg[0, 2, 2] = 1
+    write_case(tmp_path / "raw" / "case_00000", seg)
+    (tmp_path / "heldout").mkdir()
+    (tmp_path / "heldout" / "case_00000").symlink_to(tmp_path / "raw" / "case_00000")
+    before = (tmp_path / "raw" / "case_00000" / "imaging.nii.gz").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        main(["--input", str(tmp_path / "heldout"), "--output", str(tmp_path / "raw"), "--voxels", "1"])
+    assert stop.value.code != 0
+    assert (tmp_path / "raw" / "case_00000" / "imaging.nii.gz").read_bytes() == before
