@@ -1,43 +1,14 @@
-"""Resampling: hand-checkable volumes, straightforward reference implementations, and (when nnunetv2 is
-installed, e.g. in the benchmark venv) parity with nnU-Net v2's own functions."""
-import importlib.util
-
+"""Resampling: hand-checkable volumes and straightforward reference implementations (parity with nnU-Net v2's
+own functions: test_resample_nnunet_parity.py)."""
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from src.data.resample import (compute_new_shape, needs_separate_z, resample_image, resample_probabilities,
                                resample_segmentation)
+from tests.data.resample_volumes import smooth_field, smooth_labels
 
 ISO = (1.0, 1.0, 1.0)
-
-
-def _smooth(rng, shape, sigma=2.0):
-    return ndimage.gaussian_filter(rng.normal(size=shape), sigma).astype(np.float32)
-
-
-def _smooth_labels(rng, shape):
-    field = _smooth(rng, shape, 2.5)
-    seg = (field > 0.03).astype(np.int16) + (field > 0.12) + (field < -0.15) * 3
-    seg[:, :2] = -1
-    return seg
-
-
-def _organ_labels(shape):
-    """Kidney-like layout: two ellipsoids (1), a tumour sphere inside one (2), an ignored border (-1)."""
-    grid = np.indices(shape, dtype=np.float64) / np.array(shape, dtype=np.float64)[:, None, None, None]
-    seg = np.zeros(shape, dtype=np.int16)
-    for centre in ((0.5, 0.45, 0.28), (0.5, 0.5, 0.72)):
-        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, (0.35, 0.3, 0.18))) <= 1
-        seg[inside] = 1
-    seg[sum(((g - c) / 0.12) ** 2 for g, c in zip(grid, (0.5, 0.5, 0.75))) <= 1] = 2
-    seg[:, :2] = -1
-    return seg
-
-
-def _dice(a, b):
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
 # ---------------------------------------------------------------- planning
@@ -115,7 +86,7 @@ def test_cubic_overshoot_is_clipped_to_the_input_range():
 @pytest.mark.parametrize("order", [1, 3])
 def test_matches_scipy_zoom_in_3d(order):
     rng = np.random.default_rng(0)
-    data = _smooth(rng, (1, 14, 19, 11)) * 50
+    data = smooth_field(rng, (1, 14, 19, 11)) * 50
     new_shape = (9, 25, 16)
     out = resample_image(data, ISO, new_shape, order=order)
     factors = [n / o for n, o in zip(new_shape, data.shape[1:])]
@@ -127,7 +98,7 @@ def test_matches_scipy_zoom_in_3d(order):
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_separate_axis_matches_slicewise_zoom_and_nearest_slices(axis):
     rng = np.random.default_rng(axis)
-    volume = _smooth(rng, (12, 13, 14)) * 10
+    volume = smooth_field(rng, (12, 13, 14)) * 10
     new_shape = [15, 9, 10]
     new_shape[axis] = 5
     out = resample_image(volume[None], ISO, new_shape, order=3, separate_z_axis=axis)[0]
@@ -164,8 +135,8 @@ def test_identity_when_the_shape_does_not_change():
 def test_memory_layout_does_not_change_the_result(axis):
     # nibabel hands out Fortran-ordered arrays; views with odd strides must work too
     rng = np.random.default_rng(4)
-    data = _smooth(rng, (1, 12, 10, 14)) * 10
-    seg = _smooth_labels(rng, (12, 10, 14))
+    data = smooth_field(rng, (1, 12, 10, 14)) * 10
+    seg = smooth_labels(rng, (12, 10, 14))
     new_shape = (5, 13, 9)
     expected = resample_image(data, ISO, new_shape, order=3, separate_z_axis=axis)
     expected_seg = resample_segmentation(seg, ISO, new_shape, axis)
@@ -274,7 +245,7 @@ def _threshold_reference(seg, new_shape, separate_z_axis):
     ((9, 25, 16), None), ((20, 7, 13), None), ((6, 21, 19), 0), ((17, 9, 12), 1), ((11, 30, 5), 2)])
 def test_segmentation_equals_per_label_thresholding(new_shape, axis):
     rng = np.random.default_rng(sum(new_shape))
-    seg = _smooth_labels(rng, (14, 19, 11))
+    seg = smooth_labels(rng, (14, 19, 11))
     out = resample_segmentation(seg, ISO, new_shape, axis)
     expected = _threshold_reference(seg, new_shape, axis)
     np.testing.assert_array_equal(out, expected)
@@ -351,81 +322,3 @@ def test_probabilities_are_linear_with_nearest_slices_on_the_separate_axis():
     picked = [0, 0, 1, 1, 2, 2, 3, 3]  # coordinates -0.25, 0.25, 0.75, ... rounded half up
     expected = in_plane[None, :] * (np.array(picked)[:, None] + 1) / 4
     np.testing.assert_allclose(out[1, :, 0, :], expected, atol=1e-6)
-
-
-# ---------------------------------------------------------------- nnU-Net v2 parity (benchmark venv only)
-
-NNUNET_AVAILABLE = importlib.util.find_spec("nnunetv2") is not None
-# Non-integer zoom factors, like real data: with integer ones every boundary voxel is an exact tie.
-PARITY_CASES = [
-    ((20, 41, 37), (3.0, 0.8, 0.8), (3.22, 1.62, 1.62)),
-    ((24, 30, 28), (1.0, 1.0, 1.0), (0.7, 1.3, 1.1)),
-    ((30, 21, 23), (0.8, 2.9, 0.8), (1.7, 1.0, 1.7)),
-    ((12, 40, 40), (1.0, 1.0, 1.0), (3.5, 1.0, 1.0)),
-]
-
-
-def _nnunet_resample(array, new_shape, spacing, target, is_seg, order):
-    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
-
-    return resample_data_or_seg_to_shape(array, new_shape, spacing, target, is_seg=is_seg, order=order,
-                                         order_z=0, force_separate_z=None)
-
-
-@pytest.mark.skipif(not NNUNET_AVAILABLE, reason="nnunetv2 is not installed (see requirements-bench.txt)")
-@pytest.mark.parametrize("shape, spacing, target", PARITY_CASES)
-def test_parity_with_nnunet_v2(shape, spacing, target):
-    from nnunetv2.preprocessing.resampling.default_resampling import (
-        compute_new_shape as nnunet_new_shape, determine_do_sep_z_and_axis)
-
-    rng = np.random.default_rng(11)
-    image = _smooth(rng, (1,) + shape) * 100
-    seg = _organ_labels(shape)
-    new_shape = compute_new_shape(shape, spacing, target)
-    assert new_shape == tuple(int(n) for n in nnunet_new_shape(shape, spacing, target))
-    axis = needs_separate_z(spacing, target)
-    separate, nnunet_axis = determine_do_sep_z_and_axis(None, spacing, target)
-    assert (axis is not None) == separate and (not separate or axis == nnunet_axis)
-
-    def reference(array, is_seg, order):
-        return _nnunet_resample(array, new_shape, spacing, target, is_seg, order)
-
-    ours = resample_image(image, spacing, new_shape, order=3, separate_z_axis=axis)
-    theirs = reference(image, False, 3)
-    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.9999
-    np.testing.assert_allclose(ours, theirs, atol=1e-3)
-
-    probs = resample_probabilities(image / 100, new_shape, axis)
-    np.testing.assert_allclose(probs, reference(image / 100, False, 1), atol=1e-5)
-
-    # batchgenerators >= 0.25.5 resolves labels by argmax where this contract thresholds at 0.5 in
-    # ascending order; the two differ only where several labels meet, hence Dice rather than equality.
-    ours_seg = resample_segmentation(seg, spacing, new_shape, axis)
-    theirs_seg = reference(seg[None], True, 1)[0]
-    for label in np.unique(seg):
-        assert _dice(ours_seg == label, theirs_seg == label) >= 0.95, label
-
-
-@pytest.mark.skipif(not NNUNET_AVAILABLE, reason="nnunetv2 is not installed (see requirements-bench.txt)")
-@pytest.mark.parametrize("shape, spacing, target", PARITY_CASES + [((20, 40, 36), (3.0, 0.8, 0.8), (3.0, 1.6, 1.6))])
-def test_segmentation_equals_nnunet_v2_with_the_threshold_rule(shape, spacing, target, monkeypatch):
-    """nnU-Net v2's own resampling path, with batchgenerators' label rule swapped for the classic one
-    (per-label skimage resize, >= 0.5, ascending), agrees voxel for voxel: only the rule differs."""
-    import nnunetv2.preprocessing.resampling.default_resampling as nnunet_resampling
-    from skimage.transform import resize
-
-    def threshold_resize_segmentation(segmentation, new_shape, order=3, **_):
-        out = np.zeros(new_shape, dtype=segmentation.dtype)
-        for label in np.unique(segmentation):
-            indicator = resize((segmentation == label).astype(float), new_shape, order, mode="edge", clip=True,
-                               anti_aliasing=False)
-            out[indicator >= 0.5] = label
-        return out
-
-    monkeypatch.setattr(nnunet_resampling, "resize_segmentation", threshold_resize_segmentation)
-    rng = np.random.default_rng(5)
-    new_shape = compute_new_shape(shape, spacing, target)
-    axis = needs_separate_z(spacing, target)
-    for seg in (_organ_labels(shape), _smooth_labels(rng, shape)):
-        theirs = _nnunet_resample(seg[None], new_shape, spacing, target, True, 1)[0]
-        np.testing.assert_array_equal(resample_segmentation(seg, spacing, new_shape, axis), theirs)
