@@ -5,6 +5,8 @@ Each row: (workspace, its own tmp folder) -> (script, argv, what the error line 
 import nibabel as nib
 import numpy as np
 
+from tests.fault_rows.predicting import predict
+
 
 def hides(*modules):
     """Mark a row that runs as if these optional packages were not installed."""
@@ -24,8 +26,7 @@ def _series(ws, folder, **damage):
 
 
 def _predict_dicom(ws, tmp, folder, *extra):
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(folder), "--output", str(tmp / "out"), *extra]
+    return predict(ws, folder, tmp / "out", *extra)
 
 
 def predict_dicom_folder_of_two_series(ws, tmp):

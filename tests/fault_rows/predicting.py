@@ -7,59 +7,53 @@ from tests.fault_rows.files import copy_from
 from tests.infer.tiny_model import write_tiny_checkpoint
 
 
+def predict(ws, input_path, output, *extra, model=None):
+    """predict.py's argv with the workspace's config and (unless ``model``) its checkpoint."""
+    model = model or ["--ckpt", str(ws / "model" / "fold_0" / "checkpoint_best.ckpt")]
+    return "predict.py", ["--config", str(ws / "cfg.yaml"), *model, "--input", str(input_path), "--output",
+                          str(output), *extra]
+
+
 def predict_into_its_input_folder(ws, tmp):
     flat = tmp / "cts"
     flat.mkdir()
     shutil.copy(ws / "raw" / "case_00000" / "imaging.nii.gz", flat / "patient.nii.gz")
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(flat), "--output", str(flat)], "patient"
+    return (*predict(ws, flat, flat), "patient")
 
 
 def predict_single_file_into_its_folder(ws, tmp):
     flat = tmp / "cts"
     flat.mkdir()
     shutil.copy(ws / "raw" / "case_00000" / "imaging.nii.gz", flat / "patient.nii.gz")
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(flat / "patient.nii.gz"), "--output", str(flat)], \
-        "patient"
+    return (*predict(ws, flat / "patient.nii.gz", flat), "patient")
 
 
 def predict_output_is_a_file(ws, tmp):
     (tmp / "taken").write_text("a user's file")
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(ws / "raw"), "--output", str(tmp / "taken")], "taken"
+    return (*predict(ws, ws / "raw", tmp / "taken"), "taken")
 
 
 def predict_output_under_a_file(ws, tmp):
     (tmp / "taken").write_text("a user's file")
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(ws / "raw"), "--output", str(tmp / "taken" / "x")], \
-        "taken"
+    return (*predict(ws, ws / "raw", tmp / "taken" / "x"), "taken")
 
 
 def predict_folder_where_a_label_goes(ws, tmp):
     (tmp / "out" / "case_00000.nii.gz").mkdir(parents=True)
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(ws / "raw"), "--output", str(tmp / "out")], \
-        "case_00000.nii.gz"
+    return (*predict(ws, ws / "raw", tmp / "out"), "case_00000.nii.gz")
 
 
 def predict_missing_input(ws, tmp):
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(tmp / "nowhere"), "--output", str(tmp / "out")], \
-        "nowhere"
+    return (*predict(ws, tmp / "nowhere", tmp / "out"), "nowhere")
 
 
 def predict_missing_checkpoint(ws, tmp):
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(tmp / "none.ckpt"),
-                          "--input", str(ws / "raw"), "--output", str(tmp / "out")], "none.ckpt"
+    return (*predict(ws, ws / "raw", tmp / "out", model=["--ckpt", str(tmp / "none.ckpt")]), "none.ckpt")
 
 
 def predict_non_nifti_file(ws, tmp):
     (tmp / "scan.txt").write_text("not an image")
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "fold_0" /
-                          "checkpoint_best.ckpt"), "--input", str(tmp / "scan.txt"), "--output", str(tmp / "out")], \
-        "scan.txt"
+    return (*predict(ws, tmp / "scan.txt", tmp / "out"), "scan.txt")
 
 
 def predict_with_a_decision_of_another_model(ws, tmp):
@@ -76,13 +70,11 @@ def predict_with_a_decision_of_another_model(ws, tmp):
 def predict_mindir_with_a_foreign_sidecar(ws, tmp):
     shutil.copy(ws / "model" / "tiny.mindir", tmp / "net.mindir")
     (tmp / "net.mindir.json").write_text('{"train": [], "val": []}')
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--mindir", str(tmp / "net.mindir"),
-                          "--input", str(ws / "raw"), "--output", str(tmp / "out")], "net.mindir.json"
+    return (*predict(ws, ws / "raw", tmp / "out", model=["--mindir", str(tmp / "net.mindir")]), "net.mindir.json")
 
 
 def predict_mindir_given_as_checkpoint(ws, tmp):
-    return "predict.py", ["--config", str(ws / "cfg.yaml"), "--ckpt", str(ws / "model" / "tiny.mindir"),
-                          "--input", str(ws / "raw"), "--output", str(tmp / "out")], "tiny.mindir"
+    return (*predict(ws, ws / "raw", tmp / "out", model=["--ckpt", str(ws / "model" / "tiny.mindir")]), "tiny.mindir")
 
 
 ROWS = [
