@@ -17,10 +17,11 @@ Per stage: predict.py runs with ``KITSEG_STAGE_TIMES=1`` and the case's stage se
 postprocess, write labels, report + overlay + page, and the model load) go into ``stages``; ``stages_other`` is
 the rest of the process (interpreter start, imports, output checks).
 
-Locate, then segment (``--locate windows|crop``, or ``auto`` when the model carries a locator): the random
-full-resolution network is kept, but the first pass must be a trained one, so the untimed set-up trains the
-locator (``--locator_iters`` steps, ``src/train/locator_training.py``) on ``--locator_cases`` synthetic
-phantoms of other sizes and noise, preprocessed with the case's plan, and stores it in the checkpoint.
+Locate, then segment (``--locate windows|crop``, or ``auto`` when the model carries a locator that passed its
+held-out check): the random full-resolution network is kept, but the first pass must be a trained one, so the
+untimed set-up trains the locator (``--locator_iters`` steps, ``src/train/locator_training.py``) on
+``--locator_cases`` synthetic phantoms of other sizes and noise, preprocessed with the case's plan, checks it
+on one more such phantom (``src/infer/locate_check.py``) and stores both in the checkpoint.
 
 ``--reference`` runs nnU-Net v2's own ``nnUNetPredictor`` (``benchmarks/predict_case_nnunet.py``) on the same
 case as a whole process right after ours: the same plan (spacing, intensity, patch, window step 0.5, Gaussian,

@@ -18,15 +18,14 @@ REFERENCE_SCRIPT = ROOT / "benchmarks" / "predict_case_nnunet.py"
 
 # ---------------------------------------------------------------- the locator
 
-def training_volumes(plan: dict, folder: Path, shape, count: int, factors) -> list:
+def preprocessed_phantoms(plan, folder: Path, shape, count: int) -> list:
     """``count`` synthetic phantoms (other slice counts, rows and noise than the timed case), preprocessed
-    with the case's plan as predict.py preprocesses; coarse (data, foreground) pairs for the locator."""
+    with the case's plan as predict.py preprocesses: (data (C, ...), labels on the same grid) pairs."""
     from src.data.io import load_image, load_label
     from src.data.preprocess import preprocess_image_for_inference
-    from src.infer.locate import block_reduce
 
     rng = np.random.default_rng(1)
-    volumes = []
+    phantoms = []
     for i in range(count):
         size = (int(shape[0] * rng.uniform(0.6, 1.4)), int(shape[1] * rng.uniform(0.5, 0.8)))
         spacing = (float(rng.uniform(2.0, 4.0)), 0.78125 * 512 / size[1], 0.78125 * 512 / size[1])
@@ -37,27 +36,33 @@ def training_volumes(plan: dict, folder: Path, shape, count: int, factors) -> li
         # nearest-neighbour labels on the preprocessed grid: the locator only needs the coarse blocks
         index = np.ix_(*[np.minimum((np.arange(n) * s / n).astype(int), s - 1)
                          for n, s in zip(data.shape[1:], label.shape)])
-        foreground = (label[index] > 0).astype(np.int8)[None]
-        volumes.append((block_reduce(data, factors, "mean"),
-                        (block_reduce(foreground, factors, "max")[0] > 0).astype(np.int32)))
-    return volumes
+        phantoms.append((data, label[index]))
+    return phantoms
 
 
 def add_trained_locator(cfg, plan: dict, ckpt: Path, folder: Path, shape, iters: int, cases: int) -> dict:
-    """Train the locator on synthetic phantoms and store it in ``ckpt`` (untimed); returns what was done."""
+    """Train the locator on ``cases`` synthetic phantoms, check it on one more (as train.py checks it on
+    the fold's validation cases) and store both in ``ckpt`` (untimed); returns what was done."""
+    from src.infer.locate import block_reduce
+    from src.infer.locate_check import check_summary
     from src.runtime.device import setup_device
-    from src.train.locator_training import attach_locator, locator_plan, train_locator_on
+    from src.train.locator_training import attach_locator, check_network, locator_plan, train_locator_on
 
     setup_device("CPU", mode="graph")
     cfg = cfg.replace(locator_iters=iters)
     lplan = locator_plan(cfg, plan)
     started = time.perf_counter()
-    volumes = training_volumes(plan, folder, shape, cases, lplan["factors"])
+    phantoms = preprocessed_phantoms(plan, folder, shape, cases + 1)
+    factors = lplan["factors"]
+    volumes = [(block_reduce(data, factors, "mean"),
+                (block_reduce((label > 0).astype(np.int8)[None], factors, "max")[0] > 0).astype(np.int32))
+               for data, label in phantoms[:-1]]
     network, stats = train_locator_on(cfg, lplan, volumes, log=lambda line: print(line, file=sys.stderr))
-    attach_locator(ckpt, network, lplan)
-    return {"iters": iters, "training_cases": cases, "factors": lplan["factors"],
-            "patch_size": lplan["patch_size"], "setup_seconds": round(time.perf_counter() - started, 1),
-            "last_loss": round(stats["last_loss"], 4)}
+    check = check_network(cfg, plan, network, lplan, [("held-out phantom", *phantoms[-1])])
+    attach_locator(ckpt, network, lplan, check)
+    return {"iters": iters, "training_cases": cases, "factors": factors, "patch_size": lplan["patch_size"],
+            "setup_seconds": round(time.perf_counter() - started, 1), "last_loss": round(stats["last_loss"], 4),
+            "check": check_summary(check)}
 
 
 # ---------------------------------------------------------------- nnU-Net v2

@@ -91,12 +91,14 @@ class Config:
     sw_batch_size: int = 2
     postprocess: str = "auto"
     # locate, then segment (src/infer/locate.py): a first pass trained by train.py when locator_iters > 0
-    # and stored in the checkpoint; auto uses it when the model carries one (windows mode)
+    # and stored in the checkpoint; auto uses it (crop mode) when the model carries one that passed its
+    # held-out check (src/infer/locate_check.py)
     locate: str = "auto"
     locate_margin_mm: float = 20.0
     locate_threshold: float = 0.5
     locate_include: float = 0.1
     locate_max_unsure: float = 0.5
+    locate_min_coverage: float = 1.0
     locator_iters: int = 0
     locator_spacing_mm: float = 8.0
     locator_patch_size: List[int] = field(default_factory=lambda: [32, 48, 48])
@@ -213,9 +215,10 @@ def _validated(cfg: Config) -> Config:
     if cfg.locate_margin_mm < 0 or cfg.locator_iters < 0 or cfg.locator_spacing_mm <= 0:
         raise UserError("config keys 'locate_margin_mm' and 'locator_iters' must not be negative, "
                         "'locator_spacing_mm' must be positive")
-    if not 0.0 < cfg.locate_include <= cfg.locate_threshold <= 1.0 or not 0.0 <= cfg.locate_max_unsure <= 1.0:
-        raise UserError("config keys need 0 < locate_include <= locate_threshold <= 1 and "
-                        "0 <= locate_max_unsure <= 1")
+    if not 0.0 < cfg.locate_include <= cfg.locate_threshold <= 1.0 or not 0.0 <= cfg.locate_max_unsure <= 1.0 \
+            or not 0.0 <= cfg.locate_min_coverage <= 1.0:
+        raise UserError("config keys need 0 < locate_include <= locate_threshold <= 1, "
+                        "0 <= locate_max_unsure <= 1 and 0 <= locate_min_coverage <= 1")
     if any(p % 8 for p in cfg.locator_patch_size):
         raise UserError("config key 'locator_patch_size' must be a multiple of 8 per axis (3 poolings)")
     return cfg

@@ -38,7 +38,8 @@ from src.infer.stage_times import stage
 from src.infer.mindir import mindir_sidecar
 
 PRODUCER = "predict.py"
-LOCATE_KEYS = ("locate", "locate_margin_mm", "locate_threshold", "locate_include", "locate_max_unsure")
+LOCATE_KEYS = ("locate", "locate_margin_mm", "locate_threshold", "locate_include", "locate_max_unsure",
+               "locate_min_coverage")
 DEFAULTS = Config()
 COMPLETE, INCOMPLETE = "complete", "incomplete"
 NEW, OTHER, FOREIGN = "new", "other", "foreign"

@@ -6,11 +6,13 @@ preprocessed volumes averaged over blocks of about ``locator_spacing_mm`` (``loc
 function the predictor uses), with foreground = any labelled voxel in the block. ``locator_iters`` steps of
 Dice + CE, AdamW, batches of 2 random coarse patches of ``locator_patch_size`` (half centred on foreground,
 random flips). Its weights join the checkpoint as ``locator.<name>`` entries and its plan as the meta's
-``locator`` key; the main network ignores both (it loads its own names only).
+``locator`` key, with its held-out check (``src.infer.locate_check``, on the fold's validation cases) as
+``locator_check``; the main network ignores all three (it loads its own names only).
 """
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from mindspore import nn
@@ -121,12 +123,13 @@ class _SingleOutputLoss(nn.Cell):
         return self.inner(logits, targets[0])
 
 
-def attach_locator(ckpt_path, network, lplan: dict) -> None:
-    """Rewrite the training checkpoint ``ckpt_path`` (atomically) with the locator's weights and plan added."""
-    _attach(ckpt_path, {p.name: p for p in network.get_parameters()}, lplan)
+def attach_locator(ckpt_path, network, lplan: dict, check: Optional[dict] = None) -> None:
+    """Rewrite the training checkpoint ``ckpt_path`` (atomically) with the locator's weights, plan and held-out
+    check added."""
+    _attach(ckpt_path, {p.name: p for p in network.get_parameters()}, lplan, check)
 
 
-def _attach(ckpt_path, weights: dict, lplan: dict) -> None:
+def _attach(ckpt_path, weights: dict, lplan: dict, check: Optional[dict]) -> None:
     """``attach_locator`` with the locator's ``weights`` by name (without the prefix)."""
     import mindspore as ms
 
@@ -138,70 +141,123 @@ def _attach(ckpt_path, weights: dict, lplan: dict) -> None:
     entries = [{"name": name, "data": value} for name, value in params.items() if not name.startswith(PREFIX)]
     entries += [{"name": PREFIX + name, "data": value} for name, value in weights.items()]
     meta = dict(meta or {}, locator=lplan)
+    meta.pop("locator_check", None)
+    if check is not None:
+        meta["locator_check"] = check
     atomic_produce(path, lambda tmp: ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}),
                    suffix=".ckpt")
 
 
 def stored_locator(ckpt_path):
-    """``(weights by name without the prefix, plan)`` of the locator the checkpoint carries, or None."""
+    """``(weights by name without the prefix, plan, held-out check or None)`` of the locator the checkpoint
+    carries, or None."""
     from src.runtime.checkpoint import load_checkpoint_file, split_checkpoint
 
     path = Path(ckpt_path)
     params, meta = split_checkpoint(load_checkpoint_file(path), path)
     weights = {name[len(PREFIX):]: value for name, value in params.items() if name.startswith(PREFIX)}
     lplan = (meta or {}).get("locator")
-    return (weights, lplan) if lplan and weights else None
+    return (weights, lplan, (meta or {}).get("locator_check")) if lplan and weights else None
 
 
 def same_locator(one, other) -> bool:
     """Whether two ``stored_locator`` results are the same locator: equal plans, equal weights bit for bit."""
-    (weights, lplan), (other_weights, other_plan) = one, other
+    (weights, lplan, _), (other_weights, other_plan, _) = one, other
     return lplan == other_plan and weights.keys() == other_weights.keys() and all(
         np.array_equal(value.asnumpy(), other_weights[name].asnumpy()) for name, value in weights.items())
+
+
+def check_network(cfg, plan, network, lplan: dict, cases) -> dict:
+    """The held-out check (``src.infer.locate_check``) of the locator ``network`` on ``cases`` ((case id,
+    preprocessed data, labels) on the plan's grid), with the configured locate settings."""
+    from src.infer.locate import LocateSettings, Locator
+    from src.infer.locate_check import check_locator
+    from src.infer.predictor import CellNetFn
+
+    locator = Locator(CellNetFn(network), lplan["patch_size"], lplan["factors"],
+                      LocateSettings.from_config(cfg, "crop"))
+    return check_locator(locator, cases, plan.target_spacing, plan.patch_size, cfg.step_size)
+
+
+def check_on_cases(cfg, plan, pre_dir, case_ids, network, lplan: dict) -> dict:
+    """``check_network`` on the preprocessed ``case_ids`` of ``pre_dir``, one case in memory at a time."""
+    from src.data.preprocessed_case import load_case
+
+    def cases():
+        for case_id in case_ids:
+            case = load_case(pre_dir, case_id, plan.identity)
+            yield case_id, np.asarray(case.data, dtype=np.float32), np.asarray(case.seg)
+
+    return check_network(cfg, plan, network, lplan, cases())
+
+
+def stored_network(weights: dict, lplan: dict):
+    """The locator network with ``stored_locator``'s weights, in inference mode."""
+    from src.runtime.checkpoint import restore_parameters
+
+    network = build_locator_network(lplan)
+    restore_parameters(network, weights, "the stored locator")
+    network.set_train(False)
+    return network
 
 
 CHECKPOINTS = ("checkpoint_best.ckpt", "checkpoint_latest.ckpt")  # the order the locator is written in
 
 
-def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print) -> dict:
-    """train.py's hook: train the locator on the fold's training cases and add it to the fold's checkpoints.
+def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print, val_ids=()) -> dict:
+    """train.py's hook: train the locator on the fold's training cases, check it on its validation cases
+    (``val_ids``) and add both to the fold's checkpoints.
 
     Crash consistency: each checkpoint is rewritten in one rename, the best before the latest, so a kill
     leaves each checkpoint with the locator or without it. A finished run that runs this again (``--resume``
     of a finished or killed run) first looks at what the checkpoints carry: a locator in every checkpoint
-    is kept (not trained again); a locator in one and none in the other is completed from the one that
-    has it (the same weights in both, no training) when it was made for the configured plan; two
-    different locators are reported and left as they are. Only a fold without one trains it.
-    Returns the training stats, or ``{"reused": <checkpoint name>}`` / ``{"differ": [names]}``.
+    is kept (not trained again; checked and rewritten when it has no check yet); a locator in one and none
+    in the other is completed from the one that has it (the same weights in both, no training) when it was
+    made for the configured plan; two different locators are reported and left as they are. Only a fold
+    without one trains it. Returns the training stats with the check, or ``{"reused": <checkpoint name>}``
+    (with the check when it was made now) / ``{"differ": [names]}``.
     """
+    from src.infer.locate_check import check_summary
+
     fold_dir = Path(fold_dir)
     paths = [fold_dir / name for name in CHECKPOINTS if (fold_dir / name).is_file()]
     stored = {path.name: stored_locator(path) for path in paths}
     carrying = [name for name in stored if stored[name] is not None]
+
+    def check_of(network, lplan) -> dict:
+        check = check_on_cases(cfg, plan, pre_dir, val_ids, network, lplan)
+        log(f"locator: held-out check: {check_summary(check)}")
+        return check
+
     if carrying:
-        source = stored[carrying[0]]
-        if any(not same_locator(source, stored[name]) for name in carrying[1:]):
+        weights, lplan, check = stored[carrying[0]]
+        if any(not same_locator(stored[carrying[0]], stored[name]) for name in carrying[1:]):
             log(f"warning: {' and '.join(carrying)} carry different locators (a run of an older version killed "
                 f"while storing it, or files copied by hand); left as they are: predictions from each file "
                 f"locate with its own")
             return {"differ": carrying}
-        if len(carrying) == len(paths):
-            other = "" if source[1] == locator_plan(cfg, plan) else \
-                " (it was made for other locator settings than the configured ones, which are not applied)"
-            log(f"locator: already stored in {', '.join(carrying)}; not trained again{other}")
-            return {"reused": carrying[0]}
-        if source[1] == locator_plan(cfg, plan):
+        complete = len(carrying) == len(paths)
+        if complete or lplan == locator_plan(cfg, plan):
+            unchecked = [name for name in carrying if stored[name][2] is None]
+            if unchecked:
+                check = check_of(stored_network(weights, lplan), lplan)
             for path in paths:
-                if stored[path.name] is None:
-                    _attach(path, *source)
-            log(f"locator: completed {', '.join(p.name for p in paths if stored[p.name] is None)} with the "
-                f"locator of {carrying[0]} (a run stopped while storing it); not trained again")
-            return {"reused": carrying[0]}
+                if stored[path.name] is None or stored[path.name][2] is None:
+                    _attach(path, weights, lplan, check)
+            if not complete:
+                log(f"locator: completed {', '.join(p.name for p in paths if stored[p.name] is None)} with the "
+                    f"locator of {carrying[0]} (a run stopped while storing it); not trained again")
+            else:
+                other = "" if lplan == locator_plan(cfg, plan) else \
+                    " (it was made for other locator settings than the configured ones, which are not applied)"
+                log(f"locator: already stored in {', '.join(carrying)}; not trained again{other}")
+            return {"reused": carrying[0], **({"check": check} if unchecked else {})}
         log(f"locator: the one in {carrying[0]} was made for other settings than the configured ones; "
             f"training it again")
     network, lplan, stats = train_locator(cfg, plan, pre_dir, case_ids, log)
+    stats["check"] = check_of(network, lplan)
     for path in paths:
-        attach_locator(path, network, lplan)
+        attach_locator(path, network, lplan, stats["check"])
     log(f"locator: {stats['iters']} steps in {stats['seconds']} s, last loss {stats['last_loss']:.4f}, "
         f"coarse blocks {lplan['factors']}, patch {lplan['patch_size']}; stored in the fold's checkpoints")
     return stats

@@ -363,7 +363,8 @@ def summarise(run: FoldRun) -> dict:
     if run.cfg.locator_iters > 0 and run.parallel.is_main and state.epoch >= run.epochs:
         from src.train.locator_training import train_and_attach  # the first pass of src/infer/locate.py
 
-        train_and_attach(run.cfg, run.plan, run.pre_dir, run.train_ids, run.fold_dir, log)
+        train_and_attach(run.cfg, run.plan, run.pre_dir, run.train_ids, run.fold_dir, log,
+                         val_ids=run.val_ids)
     identical = weights_identical_across_ranks(run.network, run.parallel)
     if run.parallel.distributed:
         log(f"world size {run.parallel.world}: all ranks hold identical weights: {'yes' if identical else 'NO'}")

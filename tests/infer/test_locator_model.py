@@ -38,8 +38,8 @@ def test_trained_locator_is_stored_in_the_checkpoint_and_loaded_back(tmp_path, r
     network, stats = train_locator_on(cfg, lplan, coarse_volumes(), log=lambda _: None)
     assert stats["iters"] == 3 and np.isfinite(stats["last_loss"])
     attach_locator(ckpt, network, lplan)
-    locator = checkpoint_locator(ckpt, settings_for(cfg.replace(locate="crop")))
-    assert locator.factors == (1, 2, 2) and locator.settings.mode == "crop"
+    locator, check = checkpoint_locator(ckpt, settings_for(cfg.replace(locate="crop")))
+    assert locator.factors == (1, 2, 2) and locator.settings.mode == "crop" and check is None
     windows = np.random.default_rng(2).normal(size=(1, 1, 8, 16, 16)).astype(np.float32)
     import mindspore as ms
 
@@ -69,10 +69,13 @@ def test_the_locator_travels_with_a_mindir_export_and_predicts_as_the_checkpoint
     ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
     lplan = locator_plan(cfg, tiny_plan())
     network, _ = train_locator_on(cfg, lplan, coarse_volumes(), log=lambda _: None)
-    attach_locator(ckpt, network, lplan)
+    check = {"cases": 0, "min_covered": None, "worst_case": None, "whole_volume": 0, "windows": [0, 0],
+             "settings": {}, "per_case": {}}  # what a fold without validation cases stores
+    attach_locator(ckpt, network, lplan, check)
     model, _ = export_network(cfg, ckpt, tmp_path / "export" / "tiny", "MINDIR")
     entry = read_mindir_sidecar(model)["locator"]
     assert entry["file"] == "tiny.locator.mindir" and (model.parent / entry["file"]).is_file()
+    assert entry["check"] == check  # the held-out check travels with it
     volume = np.random.default_rng(3).normal(size=(1, 16, 32, 32)).astype(np.float32)
     from_ckpt = load_predictor(cfg, ckpts=[ckpt], progress=False)
     from_mindir = load_predictor(cfg, mindir=model, progress=False)

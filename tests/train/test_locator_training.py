@@ -11,6 +11,7 @@ from src.train.locator_training import (CHECKPOINTS, PREFIX, attach_locator, sam
 from src.train.run_folder import BEST, LATEST
 from tests.infer.tiny_model import write_tiny_checkpoint
 from src.train.trainer import train_fold
+from src.data.preprocessed import fold_cases, load_plan
 from tests.train.tiny_training import tiny_config
 
 
@@ -18,12 +19,14 @@ from tests.train.tiny_training import tiny_config
 def test_train_fold_with_locator_iters_stores_the_locator_in_both_checkpoints(tiny_data, tmp_path):
     cfg = tiny_config(epochs=1, locator_iters=2, locator_patch_size=[8, 8, 8], locator_spacing_mm=2.0)
     train_fold(cfg, tiny_data, 0, tmp_path)
+    plan = load_plan(tiny_data)
     for name in ("checkpoint_best.ckpt", "checkpoint_latest.ckpt"):
         params, meta = read_training_checkpoint(tmp_path / "fold_0" / name)
         assert meta["locator"]["patch_size"] == [8, 8, 8]
         assert any(key.startswith(PREFIX) for key in params)
+        assert meta["locator_check"]["cases"] == len(fold_cases(tiny_data, plan, 0)[1])
     log = (tmp_path / "fold_0" / "training_log.txt").read_text()
-    assert "locator: 2 steps" in log
+    assert "locator: 2 steps" in log and "locator: held-out check: on " in log
 
 
 @pytest.mark.slow
@@ -194,3 +197,35 @@ def test_a_locator_made_for_other_settings_is_not_copied(tmp_path, fake_training
     state = carried(fold_dir)
     assert fake_training.calls == 2 and same_locator(state[BEST], state[LATEST])
     assert state[BEST][1]["patch_size"] == [8, 8, 8]
+
+
+def test_a_stored_locator_without_a_check_is_checked_not_trained_again(tmp_path, fake_training):
+    fold_dir = fold_with_checkpoints(tmp_path)
+    cfg, plan = locator_setup()
+    old, lplan, _ = fake_training(cfg, plan, None, [])
+    for name in CHECKPOINTS:  # as an older version stored it: no check
+        attach_locator(fold_dir / name, old, lplan)
+    lines = []
+    result = attach(fold_dir, lines)
+    assert result["reused"] == BEST and result["check"]["cases"] == 0 and fake_training.calls == 1
+    state = carried(fold_dir)
+    assert state[BEST][2] == state[LATEST][2] == result["check"]
+    assert same_locator(state[BEST], state[LATEST])
+    assert any(line.startswith("locator: held-out check:") for line in lines)
+
+
+def test_the_check_runs_the_locator_on_the_preprocessed_validation_cases(preprocessed_dir, restore_mode):
+    from src.data.preprocessed_case import load_case
+    from src.infer.sliding_window import window_layout
+    from src.models.locator import build_locator_network
+
+    plan = load_plan(preprocessed_dir)
+    cfg, _ = locator_setup()
+    lplan = locator_training.locator_plan(cfg, plan)
+    case_ids = sorted(path.name[:-len(".npz")] for path in preprocessed_dir.glob("*.npz"))[:2]
+    check = locator_training.check_on_cases(cfg, plan, preprocessed_dir, case_ids, build_locator_network(lplan),
+                                            lplan)
+    assert check["cases"] == 2 and set(check["per_case"]) == set(case_ids)
+    for case_id, result in check["per_case"].items():
+        shape = load_case(preprocessed_dir, case_id, plan.identity).seg.shape
+        assert result["windows"][1] == len(window_layout(shape, plan.patch_size, cfg.step_size).starts)
