@@ -64,6 +64,8 @@ class FirstCallTimed:
     """A network whose first call is its own stage: graph mode compiles there (tens of seconds for the
     BDCI network on CPU), which is not the cost of the windows."""
 
+    STAGE = "first network call (graph compile)"
+
     def __init__(self, net_fn: NetFn):
         self.net_fn = net_fn
         self.called = False
@@ -72,7 +74,7 @@ class FirstCallTimed:
         if self.called:
             return self.net_fn(windows)
         self.called = True
-        with stage("first network call (graph compile)"):
+        with stage(self.STAGE):
             return self.net_fn(windows)
 
 
