@@ -4,7 +4,8 @@ The network takes (batch, C, *patch) float32 at the checkpoint plan's patch size
 (batch, K, *patch) logits; softmax, mirroring and Gaussian stitching stay outside the graph so the
 exported model serves the CPU/GPU predictor and the Ascend 310 program alike. Next to ``NAME.mindir``
 goes the sidecar ``NAME.mindir.json`` (``NAME.air.json``): plan, config, input/output shapes, the fold's
-postprocessing decision and the model file's sha256, which readers (``read_mindir_sidecar``) check.
+postprocessing decision (unless ``postprocess: none``) and the model file's sha256, which readers
+(``read_mindir_sidecar``) check.
 
 Write order: the sidecar is first replaced by an ``incomplete`` one, then the model is written, then the
 complete sidecar with the model's sha256 - so a kill leaves the old export, the new one, or one that
@@ -70,6 +71,11 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     target = export_target(file_name, file_format)
     check_export_targets(target, overwrite)
+    # the fold's postprocessing decision (eval.py --postprocess auto) travels with the model; read before the
+    # network loads, so that one decided for other weights is refused before any compute
+    decision = Path(ckpt).parent / POSTPROCESSING_FILE
+    carried = cfg.postprocess != "none" and decision.is_file()
+    postprocessing = load_postprocessing(decision, models=[ckpt]) if carried else None
     remove_stale_temporaries(target.parent)
     device = setup_device(cfg.device_target, mode="graph")
     if file_format == "AIR" and device != "Ascend":
@@ -79,8 +85,6 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
     input_shape = [int(batch_size), plan.num_channels] + plan.patch_size
     example = ms.Tensor(np.zeros(input_shape, dtype=np.float32))
     output_shape = [int(s) for s in network(example).shape]
-    # the fold's postprocessing decision (eval.py --postprocess auto) travels with the model
-    decision = Path(ckpt).parent / POSTPROCESSING_FILE
     sidecar = mindir_sidecar(target)
     info = {
         "producer": SIDECAR_PRODUCER,
@@ -96,7 +100,7 @@ def export_network(cfg: Config, ckpt, file_name, file_format: str = "MINDIR", ba
         "plan": plan.to_json(),
         "config": model_cfg.to_dict(),
         # refused when it was decided for another checkpoint (a retrained one, another fold)
-        "postprocessing": load_postprocessing(decision, models=[ckpt]) if decision.is_file() else None,
+        "postprocessing": postprocessing,
     }
     # the old sidecar goes first: from here until the new one lands, readers refuse the export
     atomic_write_json(sidecar, info)

@@ -61,7 +61,7 @@ def test_mindir_carries_the_folds_postprocessing_decision(tmp_path, capsys, rest
     ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
     save_postprocessing({"all_foreground": False, "per_class": [2]}, ckpt.parent / POSTPROCESSING_FILE,
                         models=[ckpt])
-    model, sidecar = export_network(tiny_config(), ckpt, tmp_path / "export" / "tiny")
+    model, sidecar = export_network(tiny_config(postprocess="auto"), ckpt, tmp_path / "export" / "tiny")
     assert json.loads(sidecar.read_text())["postprocessing"]["per_class"] == [2]
     raw = tmp_path / "raw"
     write_tiny_kits19(raw, num_cases=1)
@@ -73,8 +73,28 @@ def test_mindir_carries_the_folds_postprocessing_decision(tmp_path, capsys, rest
     assert "the decision exported with the model" in capsys.readouterr().err
     # without a decision next to the checkpoint the sidecar says so, and auto applies nothing
     (ckpt.parent / POSTPROCESSING_FILE).unlink()
-    model, sidecar = export_network(tiny_config(), ckpt, tmp_path / "export" / "plain")
+    model, sidecar = export_network(tiny_config(postprocess="auto"), ckpt, tmp_path / "export" / "plain")
     assert json.loads(sidecar.read_text())["postprocessing"] is None
     predict.main(["--config", str(config), "--mindir", str(model), "--input", str(raw), "--output",
                   str(tmp_path / "out2")])
     assert "no postprocessing" in capsys.readouterr().err
+
+
+def test_export_refuses_a_decision_of_other_weights_unless_told_postprocess_none(tmp_path, restore_mode,
+                                                                                  monkeypatch):
+    """What the refusal advises works: ``--postprocess none`` exports without the fold's decision."""
+    from src.errors import UserError
+    from src.infer import export
+    from src.infer.postprocess import POSTPROCESSING_FILE, save_postprocessing
+
+    ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
+    other = write_tiny_checkpoint(tmp_path / "other" / "checkpoint_best.ckpt", seed=3)
+    save_postprocessing({"all_foreground": True, "per_class": []}, ckpt.parent / POSTPROCESSING_FILE,
+                        models=[other])
+    loaded, real_load = [], export.load_checkpoint_network
+    monkeypatch.setattr(export, "load_checkpoint_network", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    with pytest.raises(UserError, match="--postprocess none"):
+        export.export_network(tiny_config(postprocess="auto"), ckpt, tmp_path / "export" / "refused")
+    assert not loaded  # refused before the network loads
+    _, sidecar = export.export_network(tiny_config(postprocess="none"), ckpt, tmp_path / "export" / "plain")
+    assert loaded and json.loads(sidecar.read_text())["postprocessing"] is None
