@@ -18,6 +18,7 @@ import numpy as np
 from mindspore import nn
 
 from src.infer.locate import block_reduce, coarse_factors
+from src.infer.postprocess import POSTPROCESSING_FILE
 from src.models.locator import build_locator_network
 
 PREFIX = "locator."
@@ -244,6 +245,10 @@ def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print, va
             for path in paths:
                 if stored[path.name] is None or stored[path.name][2] is None:
                     _attach(path, weights, lplan, check)
+            if unchecked and (fold_dir / POSTPROCESSING_FILE).is_file():
+                log(f"note: {fold_dir / POSTPROCESSING_FILE} was decided for these checkpoints before the check "
+                    f"was added to them; predict.py and export.py refuse it until `eval.py ... --postprocess auto` "
+                    f"decides it again")
             if not complete:
                 log(f"locator: completed {', '.join(p.name for p in paths if stored[p.name] is None)} with the "
                     f"locator of {carrying[0]} (a run stopped while storing it); not trained again")

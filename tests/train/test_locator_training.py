@@ -212,6 +212,22 @@ def test_a_stored_locator_without_a_check_is_checked_not_trained_again(tmp_path,
     assert state[BEST][2] == state[LATEST][2] == result["check"]
     assert same_locator(state[BEST], state[LATEST])
     assert any(line.startswith("locator: held-out check:") for line in lines)
+    assert not any(line.startswith("note:") for line in lines)  # no postprocessing decision to re-make
+
+
+def test_checking_a_stored_locator_says_the_postprocessing_decision_must_be_made_again(tmp_path, fake_training):
+    from src.infer.postprocess import POSTPROCESSING_FILE, save_postprocessing
+
+    fold_dir = fold_with_checkpoints(tmp_path)
+    cfg, plan = locator_setup()
+    old, lplan, _ = fake_training(cfg, plan, None, [])
+    for name in CHECKPOINTS:
+        attach_locator(fold_dir / name, old, lplan)
+    save_postprocessing({"all_foreground": True, "per_class": []}, fold_dir / POSTPROCESSING_FILE,
+                        models=[fold_dir / BEST])
+    lines = []
+    attach(fold_dir, lines)
+    assert any(line.startswith("note:") and "--postprocess auto" in line for line in lines)
 
 
 def test_the_check_runs_the_locator_on_the_preprocessed_validation_cases(preprocessed_dir, restore_mode):
