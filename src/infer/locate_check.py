@@ -69,7 +69,8 @@ def check_summary(check: dict) -> str:
 def check_verdict(check: Optional[dict], settings: LocateSettings, min_covered: float) -> Optional[str]:
     """None when the check lets ``locate: auto`` use the first pass; otherwise why not, in a few words."""
     if not check:
-        return "it carries no held-out check (trained by an older version: train.py --resume adds it)"
+        return ("it carries no held-out check (trained by an older version: train.py --resume adds it, then "
+                "export.py again for a MindIR)")
     if not check["cases"]:
         return "its fold had no validation cases to check it on"
     checked = check["settings"]
