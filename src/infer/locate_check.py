@@ -71,13 +71,17 @@ def check_verdict(check: Optional[dict], settings: LocateSettings, min_covered: 
     if not check:
         return ("it carries no held-out check (trained by an older version: train.py --resume adds it, then "
                 "export.py again for a MindIR)")
-    if not check["cases"]:
-        return "its fold had no validation cases to check it on"
-    checked = check["settings"]
-    now = settings_json(settings)
-    if now["margin_mm"] < checked["margin_mm"] or any(now[key] != checked[key] for key in now if key != "margin_mm"):
-        return f"it was checked with other locate settings ({checked}, now {now})"
-    if check["min_covered"] < min_covered:
-        return (f"its region held only {check['min_covered']:.2%} of the labelled voxels of held-out case "
-                f"{check['worst_case']} (locate_min_coverage {min_covered:g})")
+    try:
+        if not check["cases"]:
+            return "its fold had no validation cases to check it on"
+        checked = check["settings"]
+        now = settings_json(settings)
+        if now["margin_mm"] < checked["margin_mm"] or any(now[key] != checked[key] for key in now
+                                                          if key != "margin_mm"):
+            return f"it was checked with other locate settings ({checked}, now {now})"
+        if check["min_covered"] < min_covered:
+            return (f"its region held only {check['min_covered']:.2%} of the labelled voxels of held-out case "
+                    f"{check['worst_case']} (locate_min_coverage {min_covered:g})")
+    except (KeyError, TypeError):  # written by hand or by another program: not a check to rely on
+        return "its held-out check is unreadable"
     return None

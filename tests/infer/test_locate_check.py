@@ -82,6 +82,7 @@ def test_the_verdict():
     assert "case_b" in check_verdict(bad, settings, 1.0)
     assert check_verdict(bad, settings, 0.8) is None
     assert "no held-out check" in check_verdict(None, settings, 1.0)
+    assert "unreadable" in check_verdict({"cases": 1, "settings": "?"}, settings, 1.0)
     empty = check_locator(locator(), [], SPACING, PATCH, 0.5)
     assert "no validation cases" in check_verdict(empty, settings, 1.0) and "no validation" in check_summary(empty)
 
