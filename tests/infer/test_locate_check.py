@@ -105,6 +105,6 @@ def test_auto_uses_only_a_first_pass_its_check_vouches_for(monkeypatch, capsys, 
 
     predictor = Predictor()
     locate_model.attach_locator(predictor, cfg, ckpts=["model.ckpt"])
-    assert (predictor.locator is first_pass) == used and (used or predictor.locator is None)
+    assert predictor.locator is (first_pass if used else None)
     err = capsys.readouterr().err
     assert (says in err) if says else err == ""
