@@ -43,10 +43,9 @@ def preprocessed_phantoms(plan, folder: Path, shape, count: int) -> list:
 def add_trained_locator(cfg, plan: dict, ckpt: Path, folder: Path, shape, iters: int, cases: int) -> dict:
     """Train the locator on ``cases`` synthetic phantoms, check it on one more (as train.py checks it on
     the fold's validation cases) and store both in ``ckpt`` (untimed); returns what was done."""
-    from src.infer.locate import block_reduce
     from src.infer.locate_check import check_summary
     from src.runtime.device import setup_device
-    from src.train.locator_training import attach_locator, check_network, locator_plan, train_locator_on
+    from src.train.locator_training import attach_locator, check_network, coarse_pair, locator_plan, train_locator_on
 
     setup_device("CPU", mode="graph")
     cfg = cfg.replace(locator_iters=iters)
@@ -54,9 +53,7 @@ def add_trained_locator(cfg, plan: dict, ckpt: Path, folder: Path, shape, iters:
     started = time.perf_counter()
     phantoms = preprocessed_phantoms(plan, folder, shape, cases + 1)
     factors = lplan["factors"]
-    volumes = [(block_reduce(data, factors, "mean"),
-                (block_reduce((label > 0).astype(np.int8)[None], factors, "max")[0] > 0).astype(np.int32))
-               for data, label in phantoms[:-1]]
+    volumes = [coarse_pair(data, label, factors) for data, label in phantoms[:-1]]
     network, stats = train_locator_on(cfg, lplan, volumes, log=lambda line: print(line, file=sys.stderr))
     check = check_network(cfg, plan, network, lplan, [("held-out phantom", *phantoms[-1])])
     attach_locator(ckpt, network, lplan, check)

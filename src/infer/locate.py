@@ -178,6 +178,11 @@ def crop_box(boxes: Sequence[Box], shape: Sequence[int], patch_size: Sequence[in
     return tuple(box)
 
 
+def crop_window_count(box: Box, patch_size: Sequence[int], step_size: float) -> int:
+    """The windows ``crop_logits`` runs over ``box`` (``crop_box``'s)."""
+    return len(window_layout([hi - lo for lo, hi in box], patch_size, step_size).starts)
+
+
 def crop_logits(data: np.ndarray, net_fn: NetFn, patch_size, num_classes: int, boxes: Sequence[Box],
                 step_size: float = 0.5, batch_size: int = 2, mirror: bool = False) -> Tuple[np.ndarray, int, int]:
     """(logits (K, *shape), windows run, windows of the whole volume): a sliding window over the crop box
@@ -190,8 +195,8 @@ def crop_logits(data: np.ndarray, net_fn: NetFn, patch_size, num_classes: int, b
     logits = np.zeros((num_classes,) + tuple(shape), dtype=np.float32)
     logits[1:] = BACKGROUND_LOGIT
     logits[(slice(None),) + region] = inner
-    run = len(window_layout([hi - lo for lo, hi in box], patch_size, step_size).starts)
-    return logits, run, len(window_layout(shape, patch_size, step_size).starts)
+    total = len(window_layout(shape, patch_size, step_size).starts)
+    return logits, crop_window_count(box, patch_size, step_size), total
 
 
 class Locator:

@@ -13,7 +13,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from src.infer.locate import LocateSettings, Locator, crop_box, inside_mask
+from src.infer.locate import LocateSettings, Locator, crop_box, crop_window_count, inside_mask
 from src.infer.sliding_window import window_layout
 
 CheckedCase = Tuple[str, np.ndarray, np.ndarray]  # (case id, preprocessed data (C, ...), labels (...))
@@ -36,8 +36,7 @@ def check_case(locator: Locator, data: np.ndarray, seg: np.ndarray, spacing: Seq
     labelled = seg > 0
     count = int(np.count_nonzero(labelled))
     inside = int(np.count_nonzero(labelled & inside_mask(shape, region.boxes)))
-    box = crop_box(region.boxes, shape, patch_size)
-    run = len(window_layout([hi - lo for lo, hi in box], patch_size, step_size).starts)
+    run = crop_window_count(crop_box(region.boxes, shape, patch_size), patch_size, step_size)
     return {"covered": 1.0 if count == 0 else inside / count, "missed_voxels": count - inside,
             "windows": [run, total]}
 

@@ -30,21 +30,15 @@ def settings_for(cfg) -> Optional[LocateSettings]:
 def restored_locator(path):
     """(locator network with the checkpoint's weights, in inference mode, its plan, its held-out check or
     None), or (None, None, None) when the checkpoint ``path`` carries no locator."""
-    import mindspore as ms
-
-    from src.runtime.checkpoint import read_training_checkpoint, restore_parameters
-    from src.models.locator import build_locator_network
+    from src.runtime.checkpoint import read_training_checkpoint
+    from src.models.locator import locator_with_weights
 
     params, meta = read_training_checkpoint(path)
     lplan = meta.get("locator")
     if not lplan:
         return None, None, None
-    network = build_locator_network(lplan)
-    weights = {name[len(PREFIX):]: ms.Parameter(value.data, name=name[len(PREFIX):])
-               for name, value in params.items() if name.startswith(PREFIX)}
-    restore_parameters(network, weights, f"{path} (locator)")
-    network.set_train(False)
-    return network, lplan, meta.get("locator_check")
+    weights = {name[len(PREFIX):]: value for name, value in params.items() if name.startswith(PREFIX)}
+    return locator_with_weights(lplan, weights, f"{path} (locator)"), lplan, meta.get("locator_check")
 
 
 def checkpoint_locator(path, settings: LocateSettings) -> Tuple[Optional[Locator], Optional[dict]]:

@@ -19,7 +19,7 @@ from mindspore import nn
 
 from src.infer.locate import block_reduce, coarse_factors
 from src.infer.postprocess import POSTPROCESSING_FILE
-from src.models.locator import build_locator_network
+from src.models.locator import build_locator_network, locator_with_weights
 
 PREFIX = "locator."
 FEATURES = (8, 16, 32, 64)
@@ -36,16 +36,22 @@ def locator_plan(cfg, plan: dict) -> dict:
             "num_channels": int(plan.get("num_channels", 1))}
 
 
+def coarse_pair(data: np.ndarray, seg: np.ndarray, factors) -> tuple:
+    """(coarse data (C, ...), coarse foreground (...) int32 0/1: any labelled voxel in the block) of one
+    preprocessed case."""
+    coarse = block_reduce(np.asarray(data, dtype=np.float32), factors, "mean")
+    labels = block_reduce(np.asarray(seg)[None].astype(np.int8), factors, "max")[0]
+    return coarse, (labels > 0).astype(np.int32)
+
+
 def coarse_cases(pre_dir, case_ids, plan, factors) -> list:
-    """(coarse data (C, ...), coarse foreground (...) int32 0/1) per case."""
+    """``coarse_pair`` per preprocessed case."""
     from src.data.preprocessed_case import load_case
 
     cases = []
     for case_id in case_ids:
         case = load_case(pre_dir, case_id, plan.identity)
-        data = block_reduce(np.asarray(case.data, dtype=np.float32), factors, "mean")
-        seg = block_reduce(np.asarray(case.seg)[None].astype(np.int8), factors, "max")[0]
-        cases.append((data, (seg > 0).astype(np.int32)))
+        cases.append(coarse_pair(case.data, case.seg, factors))
     return cases
 
 
@@ -192,16 +198,6 @@ def check_on_cases(cfg, plan, pre_dir, case_ids, network, lplan: dict) -> dict:
     return check_network(cfg, plan, network, lplan, cases())
 
 
-def stored_network(weights: dict, lplan: dict):
-    """The locator network with ``stored_locator``'s weights, in inference mode."""
-    from src.runtime.checkpoint import restore_parameters
-
-    network = build_locator_network(lplan)
-    restore_parameters(network, weights, "the stored locator")
-    network.set_train(False)
-    return network
-
-
 CHECKPOINTS = ("checkpoint_best.ckpt", "checkpoint_latest.ckpt")  # the order the locator is written in
 
 
@@ -240,8 +236,10 @@ def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print, va
         complete = len(carrying) == len(paths)
         if complete or lplan == locator_plan(cfg, plan):
             unchecked = [name for name in carrying if stored[name][2] is None]
-            if unchecked:
-                check = check_of(stored_network(weights, lplan), lplan)
+            checks = [stored[name][2] for name in carrying if stored[name][2] is not None]
+            made = not checks  # a check one checkpoint already carries is copied, not made again
+            check = check_of(locator_with_weights(lplan, weights, "the stored locator"), lplan) if made \
+                else checks[0]
             for path in paths:
                 if stored[path.name] is None or stored[path.name][2] is None:
                     _attach(path, weights, lplan, check)
@@ -256,7 +254,7 @@ def train_and_attach(cfg, plan: dict, pre_dir, case_ids, fold_dir, log=print, va
                 other = "" if lplan == locator_plan(cfg, plan) else \
                     " (it was made for other locator settings than the configured ones, which are not applied)"
                 log(f"locator: already stored in {', '.join(carrying)}; not trained again{other}")
-            return {"reused": carrying[0], **({"check": check} if unchecked else {})}
+            return {"reused": carrying[0], **({"check": check} if made else {})}
         log(f"locator: the one in {carrying[0]} was made for other settings than the configured ones; "
             f"training it again")
     network, lplan, stats = train_locator(cfg, plan, pre_dir, case_ids, log)
