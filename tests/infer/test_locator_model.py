@@ -5,7 +5,8 @@ import pytest
 
 from src.infer.locate import LocateSettings
 from src.infer.locate_model import checkpoint_locator, settings_for
-from src.train.locator_training import attach_locator, locator_plan, sample_batch, train_locator_on
+from src.train.locator_training import (attach_locator, check_network, locator_plan, sample_batch,
+                                        train_locator_on)
 from tests.infer.tiny_model import tiny_config, tiny_plan, write_tiny_checkpoint
 
 
@@ -69,8 +70,7 @@ def test_the_locator_travels_with_a_mindir_export_and_predicts_as_the_checkpoint
     ckpt = write_tiny_checkpoint(tmp_path / "fold_0" / "checkpoint_best.ckpt")
     lplan = locator_plan(cfg, tiny_plan())
     network, _ = train_locator_on(cfg, lplan, coarse_volumes(), log=lambda _: None)
-    check = {"cases": 0, "min_covered": None, "worst_case": None, "whole_volume": 0, "windows": [0, 0],
-             "settings": {}, "per_case": {}}  # what a fold without validation cases stores
+    check = check_network(cfg, tiny_plan(), network, lplan, [])  # what a fold without validation cases stores
     attach_locator(ckpt, network, lplan, check)
     model, _ = export_network(cfg, ckpt, tmp_path / "export" / "tiny", "MINDIR")
     entry = read_mindir_sidecar(model)["locator"]
